@@ -1,0 +1,2 @@
+//! cranelora facade (being written).
+pub use cranelora_kernels as kernels;
