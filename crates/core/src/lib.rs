@@ -1,1 +1,16 @@
-//! tmp
+//! Tensors, layers, LoRA adapters, losses and optimizers: the eager half of cranelora.
+#![warn(missing_docs)]
+
+pub mod activation;
+mod error;
+pub mod layer;
+pub mod layers;
+mod rng;
+pub mod tensor;
+pub mod testing;
+
+pub use activation::{Activation, ActivationLayer};
+pub use error::{Error, Result};
+pub use layer::{Input, Layer, Mask, Weight};
+pub use rng::Rng;
+pub use tensor::{IdTensor, Tensor};

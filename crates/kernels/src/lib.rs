@@ -10,6 +10,7 @@
 //! - [`im2col`]: the convolution lowering (im2col / col2im).
 //! - [`math`]: vectorized exp, tanh, erf, GELU and sigmoid with documented
 //!   error bounds, from one coefficient table the JIT emits as well.
+//! - [`testing`]: the one `assert_close` every test uses.
 //! - [`pool`]: the one persistent thread pool the kernels split work over.
 //!
 //! ```
@@ -36,6 +37,7 @@ pub mod im2col;
 pub mod math;
 pub mod pool;
 mod scalar;
+pub mod testing;
 
 pub use dtype::DType;
 pub use error::{KernelError, Result};
