@@ -5,6 +5,8 @@ pub mod activation;
 mod error;
 pub mod layer;
 pub mod layers;
+pub mod loss;
+pub mod optim;
 mod rng;
 pub mod tensor;
 pub mod testing;
