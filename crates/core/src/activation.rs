@@ -91,7 +91,7 @@ impl Activation {
             ndarray::Zip::from(out.array_mut())
                 .and(x.array())
                 .and(y.array())
-                .for_each(|g, &x, &y| *g = *g * f(x, y));
+                .for_each(|g, &x, &y| *g *= f(x, y));
             out
         };
         let with_kernel = |f: Func| {
@@ -115,7 +115,7 @@ impl Activation {
                 ndarray::Zip::from(out.array_mut())
                     .and(x.array())
                     .and(s.array())
-                    .for_each(|g, &x, &s| *g = *g * (s + x * s * (one - s)));
+                    .for_each(|g, &x, &s| *g *= s + x * s * (one - s));
                 out
             }
             Activation::GeluErf => with_kernel(Func::GeluErfGrad)?,

@@ -10,6 +10,7 @@ pub mod optim;
 mod rng;
 pub mod tensor;
 pub mod testing;
+pub mod train;
 
 pub use activation::{Activation, ActivationLayer};
 pub use error::{Error, Result};

@@ -60,6 +60,9 @@ pub trait Optimizer<T: Scalar> {
     fn load_state(&mut self, state: OptimizerState<T>);
 }
 
+/// An update of one weight given its optimizer buffers.
+type SlotUpdate<'a, T> = dyn FnMut(&mut Weight<T>, &mut [Tensor<T>]) + 'a;
+
 /// Runs `update(path, weight, slots)` on every trainable weight, creating
 /// `n_slots` zero buffers for a weight seen for the first time and checking
 /// restored buffers against the weight's shape.
@@ -67,7 +70,7 @@ fn for_each_trainable<T: Scalar>(
     model: &mut dyn Layer<T>,
     state: &mut OptimizerState<T>,
     n_slots: usize,
-    update: &mut dyn FnMut(&mut Weight<T>, &mut [Tensor<T>]),
+    update: &mut SlotUpdate<'_, T>,
 ) -> Result<()> {
     let mut err = None;
     model.for_each_weight_mut("", &mut |path, w| {
