@@ -20,8 +20,11 @@
 //! - **The flat parameter vector** ([`Layer::parameters`],
 //!   [`Layer::set_parameters`], [`Layer::gradients`],
 //!   [`Layer::parameter_count`]) holds the *trainable* weights only, in a
-//!   fixed depth-first order: a layer's own weights in declaration order
-//!   (each row-major), then each child's, children in declaration order.
+//!   fixed depth-first post-order: each child's weights, children in
+//!   declaration order, then the layer's own weights in declaration order
+//!   (each row-major). A LoRA adapter's base layer is its child and its
+//!   LoRA matrices its own weights, so its vector is base (when trainable)
+//!   then LoRA, the seed's packing order.
 //!   [`Layer::named_weights`] lists every weight, trainable or not, in the
 //!   same order.
 //! - **The tree.** [`Layer::children`] / [`Layer::children_mut`] expose the
@@ -30,6 +33,7 @@
 //!   [`visit`] walks every layer with its path. This is how LoRA wraps
 //!   layers by path and how weights are loaded by name.
 
+use crate::lora::{LoraAdapter, LoraTarget};
 use crate::{Error, IdTensor, Result, Tensor};
 use cranelora_kernels::Scalar;
 use std::collections::HashMap;
@@ -351,6 +355,22 @@ pub trait Layer<T: Scalar>: Send + Sync + std::fmt::Debug {
         d
     }
 
+    /// This layer as a LoRA target, if LoRA can wrap it (Dense,
+    /// FullyConnected, Conv2d, Embedding).
+    fn as_lora_target(&self) -> Option<&dyn LoraTarget<T>> {
+        None
+    }
+
+    /// This layer as a mutable LoRA target, if LoRA can wrap it.
+    fn as_lora_target_mut(&mut self) -> Option<&mut dyn LoraTarget<T>> {
+        None
+    }
+
+    /// This layer as a LoRA adapter, if it is one (used by `merge_all`).
+    fn as_lora_adapter(&self) -> Option<&LoraAdapter<T>> {
+        None
+    }
+
     // ---- provided: conveniences, modes and state ---------------------------
 
     /// `forward` with one float input.
@@ -381,23 +401,23 @@ pub trait Layer<T: Scalar>: Send + Sync + std::fmt::Debug {
 
     /// Calls `f(path, weight)` for every weight of the subtree in parameter order.
     fn for_each_weight(&self, prefix: &str, f: &mut dyn FnMut(&str, &Weight<T>)) {
-        for w in self.weights() {
-            f(&join(prefix, w.name()), w);
-        }
         for (name, c) in self.children() {
             c.for_each_weight(&join(prefix, name), f);
+        }
+        for w in self.weights() {
+            f(&join(prefix, w.name()), w);
         }
     }
 
     /// Calls `f(path, weight)` for every weight of the subtree, mutably, in parameter order.
     fn for_each_weight_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Weight<T>)) {
-        for w in self.weights_mut() {
-            let path = join(prefix, w.name());
-            f(&path, w);
-        }
         for (name, c) in self.children_mut() {
             let p = join(prefix, name);
             c.for_each_weight_mut(&p, f);
+        }
+        for w in self.weights_mut() {
+            let path = join(prefix, w.name());
+            f(&path, w);
         }
     }
 

@@ -5,6 +5,7 @@ pub mod activation;
 mod error;
 pub mod layer;
 pub mod layers;
+pub mod lora;
 pub mod loss;
 pub mod optim;
 mod rng;

@@ -452,10 +452,60 @@ impl<T: Scalar> Tensor<T> {
         Self::from_vec(out, &out_shape)
     }
 
+    /// 2-D product with either operand transposed without a copy:
+    /// `op(self) · op(other)` where `op` transposes when its flag is set.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] unless both are 2-D and the inner sizes agree.
+    pub fn matmul_t(
+        &self,
+        transpose_self: bool,
+        other: &Self,
+        transpose_other: bool,
+    ) -> Result<Self> {
+        let bad = || Error::Incompatible {
+            path: String::new(),
+            op: format!("matmul(transpose {transpose_self}, {transpose_other})"),
+            lhs: self.shape().to_vec(),
+            rhs: other.shape().to_vec(),
+        };
+        if self.ndim() != 2 || other.ndim() != 2 {
+            return Err(bad());
+        }
+        let a = self.data.as_standard_layout();
+        let b = other.data.as_standard_layout();
+        let (a, b) = (
+            mat_view(&a, transpose_self)?,
+            mat_view(&b, transpose_other)?,
+        );
+        if a.cols() != b.rows() {
+            return Err(bad());
+        }
+        let (m, n) = (a.rows(), b.cols());
+        let mut out = vec![T::zero(); m * n];
+        gemm_alloc(
+            T::one(),
+            a,
+            Rhs::Mat(b),
+            T::zero(),
+            MatMut::new(&mut out, m, n)?,
+        )?;
+        Self::from_vec(out, &[m, n])
+    }
+
     /// Converts every element to another float type.
     pub fn cast<U: Scalar>(&self) -> Tensor<U> {
         Tensor::from_array(self.data.mapv(|v| U::from_f64_lossy(v.to_f64_exact())))
     }
+}
+
+/// A 2-D standard-layout array as a kernel view, transposed when `t`.
+fn mat_view<'a, T: Scalar>(
+    x: &'a ndarray::CowArray<'_, T, IxDyn>,
+    t: bool,
+) -> Result<MatRef<'a, T>> {
+    let m = MatRef::new(contiguous(x), x.shape()[0], x.shape()[1])?;
+    Ok(if t { m.t() } else { m })
 }
 
 fn contiguous<'a, T>(a: &'a ndarray::CowArray<'_, T, IxDyn>) -> &'a [T] {

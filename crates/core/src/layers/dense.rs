@@ -251,6 +251,14 @@ impl<T: Scalar> Layer<T> for Dense<T> {
         self.pre_input = None;
     }
 
+    fn as_lora_target(&self) -> Option<&dyn crate::lora::LoraTarget<T>> {
+        Some(self)
+    }
+
+    fn as_lora_target_mut(&mut self) -> Option<&mut dyn crate::lora::LoraTarget<T>> {
+        Some(self)
+    }
+
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
     }
@@ -366,6 +374,13 @@ impl<T: Scalar> Layer<T> for FullyConnected<T> {
     }
     fn reset_own_state(&mut self) {
         self.0.reset_own_state()
+    }
+    fn as_lora_target(&self) -> Option<&dyn crate::lora::LoraTarget<T>> {
+        Some(self)
+    }
+
+    fn as_lora_target_mut(&mut self) -> Option<&mut dyn crate::lora::LoraTarget<T>> {
+        Some(self)
     }
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
