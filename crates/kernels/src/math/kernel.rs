@@ -1,0 +1,213 @@
+//! The algorithms, written once over [`Lanes`].
+//!
+//! Each function here is the executable form of the recipe in
+//! [`coeffs`](super::coeffs); instantiated with `f32`/`f64` it is the
+//! one-point reference [`eval`](super::eval), with AVX2 or AVX-512
+//! registers it is the vector kernel. Everything is `#[inline(always)]` so
+//! that it is compiled inside the `#[target_feature]` loop that calls it.
+
+use super::lanes::{poly, poly_select, Elem, Lanes};
+use super::Func;
+
+/// The loop of [`map`] for one kernel `$k`. A macro, not a function taking
+/// `impl Fn`, so that `$k` is called directly: a call through the `Fn` shim
+/// is not inlined, and the intrinsics inside it then cannot be either (the
+/// shim lacks the `#[target_feature]` of the caller).
+macro_rules! map_with {
+    ($x:expr, $out:expr, $k:expr) => {{
+        let (x, out) = ($x, $out);
+        debug_assert_eq!(x.len(), out.len());
+        let mut xs = x.chunks_exact(V::WIDTH);
+        let mut outs = out.chunks_exact_mut(V::WIDTH);
+        for (xc, oc) in (&mut xs).zip(&mut outs) {
+            $k(V::load(xc)).store(oc);
+        }
+        let (x_tail, out_tail) = (xs.remainder(), outs.into_remainder());
+        if !x_tail.is_empty() {
+            let mut buf = [V::E::ZERO; 16];
+            buf[..x_tail.len()].copy_from_slice(x_tail);
+            $k(V::load(&buf)).store(&mut buf);
+            out_tail.copy_from_slice(&buf[..x_tail.len()]);
+        }
+    }};
+}
+
+/// `out[i] = f(x[i])`, `x` and `out` of equal length, in registers of `V`.
+///
+/// The match is outside the loop so that each arm is one straight loop; a
+/// remainder shorter than a register goes through a zero-padded buffer and
+/// the same vector code.
+#[inline(always)]
+pub(crate) fn map<V: Lanes>(f: Func, x: &[V::E], out: &mut [V::E]) {
+    match f {
+        Func::Exp => map_with!(x, out, exp::<V>),
+        Func::Tanh => map_with!(x, out, tanh::<V>),
+        Func::Erf => map_with!(x, out, erf::<V>),
+        Func::Sigmoid => map_with!(x, out, sigmoid::<V>),
+        Func::Silu => map_with!(x, out, silu::<V>),
+        Func::GeluErf => map_with!(x, out, gelu_erf::<V>),
+        Func::GeluTanh => map_with!(x, out, gelu_tanh::<V>),
+        Func::GeluErfGrad => map_with!(x, out, gelu_erf_grad::<V>),
+        Func::GeluTanhGrad => map_with!(x, out, gelu_tanh_grad::<V>),
+    }
+}
+
+/// eˣ: Cody–Waite reduction, Taylor polynomial, two-step scaling by 2ⁿ.
+#[inline(always)]
+pub(crate) fn exp<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    let x = x.clamp(c.exp_min, c.exp_max);
+    let shifter = V::splat(c.round_shifter);
+    // n = round(x / ln 2), exact because |x·log2e| < 2^22.
+    let n = x.mul_add(V::splat(c.log2e), shifter) - shifter;
+    let r = (-n).mul_add(V::splat(c.ln2_hi), x);
+    let r = (-n).mul_add(V::splat(c.ln2_lo), r);
+    let p = poly(r, c.exp_poly);
+    // 2ⁿ = 2^n1 · 2^n2 with both factors normal, so that results in the
+    // subnormal range and in the binade below overflow round only once.
+    let n1 = n.clamp(c.exp2_min_n, c.exp2_max_n);
+    let n2 = n - n1;
+    p * n1.exp2i() * n2.exp2i()
+}
+
+/// (σ(v), σ(−v)) from one exponential, both without cancellation.
+#[inline(always)]
+fn sigmoid_pair<V: Lanes>(v: V) -> (V, V) {
+    let one = V::splat(V::E::ONE);
+    let e = exp(-v.abs());
+    let s = one / (one + e); // σ(|v|)
+    let t = e * s; // σ(−|v|) = e/(1 + e)
+    let neg = v.lt(V::splat(V::E::ZERO));
+    (V::select(neg, t, s), V::select(neg, s, t))
+}
+
+/// tanh x: odd polynomial near 0, (1 − e)/(1 + e) with e = e^(−2|x|) beyond.
+#[inline(always)]
+pub(crate) fn tanh<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    let one = V::splat(V::E::ONE);
+    let ax = x.abs();
+    let y = x * x;
+    let small = (x * y).mul_add(poly(y, c.tanh_poly), x);
+    let e = exp(-(ax + ax));
+    let large = (one - e) / (one + e);
+    // tanh is odd; copying the sign of x also gives tanh(−0) = −0.
+    V::select(ax.lt(V::splat(c.tanh_small)), small, large).copysign(x)
+}
+
+/// σ(x) = 1/(1 + e⁻ˣ).
+#[inline(always)]
+pub(crate) fn sigmoid<V: Lanes>(x: V) -> V {
+    sigmoid_pair(x).0
+}
+
+/// x·σ(x).
+#[inline(always)]
+pub(crate) fn silu<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    V::splat(-c.arg_clamp).max(x) * sigmoid(x)
+}
+
+/// 2·√(2/π)·(x + 0.044715·x³), the argument of σ in the tanh-form GELU.
+#[inline(always)]
+fn gelu_tanh_arg<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    x * (x * x).mul_add(V::splat(c.gelu_k1), V::splat(c.gelu_k0))
+}
+
+/// x/2·(1 + tanh(√(2/π)(x + 0.044715x³))) = x·σ(2u).
+#[inline(always)]
+pub(crate) fn gelu_tanh<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    V::splat(-c.arg_clamp).max(x) * sigmoid(gelu_tanh_arg(x))
+}
+
+/// d/dx x·σ(v(x)) = s·(1 + x·(1 − s)·v′(x)), s = σ(v).
+#[inline(always)]
+pub(crate) fn gelu_tanh_grad<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    let one = V::splat(V::E::ONE);
+    let x = x.clamp(-c.arg_clamp, c.arg_clamp);
+    let (s, sm) = sigmoid_pair(gelu_tanh_arg(x));
+    let dv = (x * x).mul_add(V::splat(c.gelu_k1_3), V::splat(c.gelu_k0));
+    s * (x * sm).mul_add(dv, one)
+}
+
+/// x·Φ(x), with Φ(x) = (1 + erf(x/√2))/2.
+#[inline(always)]
+pub(crate) fn gelu_erf<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    V::splat(-c.arg_clamp).max(x) * normal_cdf(x)
+}
+
+/// Φ(x) + x·φ(x).
+#[inline(always)]
+pub(crate) fn gelu_erf_grad<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    let x = x.clamp(-c.arg_clamp, c.arg_clamp);
+    let half = V::splat(V::E::HALF);
+    let pdf = V::splat(c.frac_1_sqrt_2pi) * exp_neg_square(x, half, V::splat(V::E::ZERO));
+    x.mul_add(pdf, normal_cdf(x))
+}
+
+/// Φ(x): erfc(|x|/√2)/2 for x < 0, (1 + erf(|x|/√2))/2 otherwise.
+#[inline(always)]
+fn normal_cdf<V: Lanes>(x: V) -> V {
+    let one = V::splat(V::E::ONE);
+    let (erf, erfc) = erf_erfc(x.abs() * V::splat(V::E::C.frac_1_sqrt_2));
+    V::splat(V::E::HALF) * V::select(x.lt(V::splat(V::E::ZERO)), erfc, one + erf)
+}
+
+/// erf x = sign(x)·erf(|x|).
+#[inline(always)]
+pub(crate) fn erf<V: Lanes>(x: V) -> V {
+    erf_erfc(x.abs()).0.copysign(x)
+}
+
+/// e^(s·(−a²) + c) for s ∈ {1, 1/2}, as e^(−s·z²)·e^(s·(z − a)(z + a) + c)
+/// with z = a rounded down to few bits, so that −s·z² is exact and the
+/// rounding of a² does not become a relative error of e^(−a²).
+#[inline(always)]
+fn exp_neg_square<V: Lanes>(a: V, s: V, c: V) -> V {
+    let z = a.clear_low_bits(V::E::C.erf.split_bits);
+    exp(-(z * z) * s) * exp(((z - a) * (z + a)).mul_add(s, c))
+}
+
+/// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane selecting
+/// its piece; NaN passes through.
+#[inline(always)]
+fn erf_erfc<V: Lanes>(a: V) -> (V, V) {
+    let t = &V::E::C.erf;
+    let one = V::splat(V::E::ONE);
+    let half = V::splat(V::E::HALF);
+    // a < 0.84375: erf = a + a·y; erfc = 1/2 − ((a − 1/2) + a·y) above 1/4.
+    let z = a * a;
+    let y = poly(z, t.pp) / poly(z, t.qq);
+    let erf_small = a.mul_add(y, a);
+    let erfc_small = V::select(
+        a.lt(half * half),
+        one - erf_small,
+        half - a.mul_add(y, a - half),
+    );
+    // 0.84375 ≤ a < 1.25: erf(1 + s) = erx + pa(s)/qa(s).
+    let s = a - one;
+    let q = poly(s, t.pa) / poly(s, t.qa);
+    let erx = V::splat(t.erx);
+    let (erf_mid, erfc_mid) = (erx + q, (one - erx) - q);
+    // a ≥ 1.25: erfc = e^(−a² − 0.5625 + R/S)/a, R/S in w = 1/a².
+    let at = V::splat(t.tail_max).min(a);
+    let inv = one / at;
+    let w = inv * inv;
+    let near = at.lt(V::splat(t.tail_split));
+    let rs = poly_select(near, w, t.ra, t.rb) / poly_select(near, w, t.sa, t.sb);
+    let erfc_tail = exp_neg_square(at, one, rs + V::splat(t.tail_offset)) * inv;
+    let is_small = a.lt(V::splat(t.small_max));
+    let is_mid = a.lt(V::splat(t.mid_max));
+    let erf = V::select(
+        is_small,
+        erf_small,
+        V::select(is_mid, erf_mid, one - erfc_tail),
+    );
+    let erfc = V::select(is_small, erfc_small, V::select(is_mid, erfc_mid, erfc_tail));
+    (erf, erfc)
+}

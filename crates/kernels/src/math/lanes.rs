@@ -1,0 +1,187 @@
+//! The vector vocabulary the math algorithms are written in.
+//!
+//! [`Lanes`] is a handful of lane-wise operations (arithmetic, FMA,
+//! x86-style min/max, compare, select, sign and exponent bits). The
+//! algorithms in `kernel.rs` are generic over it and are instantiated with
+//! plain `f32`/`f64` here (the scalar reference and the portable path), and
+//! with AVX2 and AVX-512 registers in `avx2.rs` and `avx512.rs`.
+
+use super::coeffs::{self, Coeffs};
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+/// An element type with its coefficient table.
+pub(crate) trait Elem: Copy + Neg<Output = Self> + 'static {
+    /// The constants of [`coeffs`] for this type.
+    const C: &'static Coeffs<Self>;
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// 1/2.
+    const HALF: Self;
+}
+
+/// A register of `WIDTH` lanes of `E`, with the operations the algorithms use.
+pub(crate) trait Lanes:
+    Copy
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+{
+    /// The element type.
+    type E: Elem;
+    /// The result of a comparison, one flag per lane.
+    type Mask: Copy;
+    /// Lanes per register (at most 16).
+    const WIDTH: usize;
+    /// Loads the first `WIDTH` elements of `s` (panics if `s` is shorter).
+    fn load(s: &[Self::E]) -> Self;
+    /// Stores into the first `WIDTH` elements of `s` (panics if `s` is shorter).
+    fn store(self, s: &mut [Self::E]);
+    /// All lanes set to `v`.
+    fn splat(v: Self::E) -> Self;
+    /// `self·b + c`, rounded once where the instruction set has FMA.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    /// `self < b ? self : b` per lane (a NaN `b` is returned).
+    fn min(self, b: Self) -> Self;
+    /// `self > b ? self : b` per lane (a NaN `b` is returned).
+    fn max(self, b: Self) -> Self;
+    /// |self|.
+    fn abs(self) -> Self;
+    /// |self| with the sign bit of `sign`.
+    fn copysign(self, sign: Self) -> Self;
+    /// `self < b`, false when either is NaN.
+    fn lt(self, b: Self) -> Self::Mask;
+    /// `m ? a : b` per lane.
+    fn select(m: Self::Mask, a: Self, b: Self) -> Self;
+    /// `self` with its low `n` mantissa bits cleared (n < mantissa bits).
+    fn clear_low_bits(self, n: u32) -> Self;
+    /// 2^self for integral lanes in the normal exponent range:
+    /// `bits(self + exp2_magic) << mantissa_bits`.
+    fn exp2i(self) -> Self;
+
+    /// Clamps to [lo, hi], passing NaN through.
+    #[inline(always)]
+    fn clamp(self, lo: Self::E, hi: Self::E) -> Self {
+        Self::splat(hi).min(Self::splat(lo).max(self))
+    }
+}
+
+/// Horner evaluation of `c[0] + c[1]·t + … + c[n]·tⁿ`.
+#[inline(always)]
+pub(crate) fn poly<V: Lanes>(t: V, c: &[V::E]) -> V {
+    let (last, rest) = c.split_last().expect("internal: empty coefficient list");
+    rest.iter()
+        .rev()
+        .fold(V::splat(*last), |acc, &k| acc.mul_add(t, V::splat(k)))
+}
+
+/// [`poly`] with per-lane choice between two coefficient lists of equal length.
+#[inline(always)]
+pub(crate) fn poly_select<V: Lanes>(m: V::Mask, t: V, a: &[V::E], b: &[V::E]) -> V {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len() - 1;
+    let mut acc = V::select(m, V::splat(a[n]), V::splat(b[n]));
+    for i in (0..n).rev() {
+        acc = acc.mul_add(t, V::select(m, V::splat(a[i]), V::splat(b[i])));
+    }
+    acc
+}
+
+impl Elem for f32 {
+    const C: &'static Coeffs<f32> = &coeffs::F32;
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+    const HALF: f32 = 0.5;
+}
+
+impl Elem for f64 {
+    const C: &'static Coeffs<f64> = &coeffs::F64;
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+    const HALF: f64 = 0.5;
+}
+
+/// Plain `f32`/`f64` as one-lane vectors: the scalar reference and the
+/// portable path, written branch-free so that LLVM can vectorize loops of it.
+macro_rules! scalar_lanes {
+    ($t:ty) => {
+        impl Lanes for $t {
+            type E = $t;
+            type Mask = bool;
+            const WIDTH: usize = 1;
+            #[inline(always)]
+            fn load(s: &[$t]) -> $t {
+                s[0]
+            }
+            #[inline(always)]
+            fn store(self, s: &mut [$t]) {
+                s[0] = self;
+            }
+            #[inline(always)]
+            fn splat(v: $t) -> $t {
+                v
+            }
+            #[inline(always)]
+            fn mul_add(self, b: $t, c: $t) -> $t {
+                // Without hardware FMA, `mul_add` is a slow libm call that
+                // blocks vectorization, so the portable path rounds twice.
+                if cfg!(target_feature = "fma") {
+                    <$t>::mul_add(self, b, c)
+                } else {
+                    self * b + c
+                }
+            }
+            #[inline(always)]
+            fn min(self, b: $t) -> $t {
+                if self < b {
+                    self
+                } else {
+                    b
+                }
+            }
+            #[inline(always)]
+            fn max(self, b: $t) -> $t {
+                if self > b {
+                    self
+                } else {
+                    b
+                }
+            }
+            #[inline(always)]
+            fn abs(self) -> $t {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn copysign(self, sign: $t) -> $t {
+                <$t>::copysign(self, sign)
+            }
+            #[inline(always)]
+            fn lt(self, b: $t) -> bool {
+                self < b
+            }
+            #[inline(always)]
+            fn select(m: bool, a: $t, b: $t) -> $t {
+                if m {
+                    a
+                } else {
+                    b
+                }
+            }
+            #[inline(always)]
+            fn clear_low_bits(self, n: u32) -> $t {
+                <$t>::from_bits(self.to_bits() >> n << n)
+            }
+            #[inline(always)]
+            fn exp2i(self) -> $t {
+                let c = <$t as Elem>::C;
+                <$t>::from_bits((self + c.exp2_magic).to_bits() << c.mantissa_bits)
+            }
+        }
+    };
+}
+
+scalar_lanes!(f32);
+scalar_lanes!(f64);

@@ -1,0 +1,286 @@
+//! Accuracy against libm in f64, special values, tails, and agreement
+//! between instruction sets.
+
+use super::*;
+use std::f64::consts::{FRAC_1_SQRT_2, PI};
+
+/// The f64 reference: libm where it has the function, otherwise the
+/// definition in a form without cancellation (erfc for the GELU tails).
+fn reference(f: Func, x: f64) -> f64 {
+    let sigmoid = |v: f64| {
+        if v >= 0.0 {
+            1.0 / (1.0 + libm::exp(-v))
+        } else {
+            let e = libm::exp(v);
+            e / (1.0 + e)
+        }
+    };
+    let gelu_v = |x: f64| 2.0 * (2.0 / PI).sqrt() * (x + 0.044715 * x * x * x);
+    let cdf = |x: f64| 0.5 * libm::erfc(-x * FRAC_1_SQRT_2);
+    match f {
+        Func::Exp => libm::exp(x),
+        Func::Tanh => libm::tanh(x),
+        Func::Erf => libm::erf(x),
+        Func::Sigmoid => sigmoid(x),
+        Func::Silu => x * sigmoid(x),
+        Func::GeluErf => x * cdf(x),
+        Func::GeluTanh => x * sigmoid(gelu_v(x)),
+        Func::GeluErfGrad => cdf(x) + x * libm::exp(-0.5 * x * x) / (2.0 * PI).sqrt(),
+        Func::GeluTanhGrad => {
+            // Beyond ±1e4 the derivative is 0 or 1 to far below f64
+            // precision; the clamp avoids 0·∞ in the formula below.
+            let x = x.clamp(-1e4, 1e4);
+            let v = gelu_v(x);
+            let dv = 2.0 * (2.0 / PI).sqrt() * (1.0 + 3.0 * 0.044715 * x * x);
+            sigmoid(v) + x * sigmoid(v) * sigmoid(-v) * dv
+        }
+    }
+}
+
+/// Test inputs, all finite: a dense grid on [−20, 20], a wide grid over the
+/// exp range, and ±m·10^k down to subnormals.
+fn inputs(dtype: DType) -> Vec<f64> {
+    let lin = |lo: f64, hi: f64, n: usize| {
+        (0..n).map(move |i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
+    };
+    let (wide, kmin, kmax) = match dtype {
+        DType::F32 => ((-110.0, 95.0), -45, 38),
+        _ => ((-750.0, 712.0), -323, 307),
+    };
+    let mut v: Vec<f64> = lin(-20.0, 20.0, 200_001)
+        .chain(lin(wide.0, wide.1, 40_001))
+        .collect();
+    for k in kmin..=kmax {
+        for m in [1.0, 1.7, 3.3, 6.1] {
+            let x = m * 10f64.powi(k);
+            v.extend([x, -x]);
+        }
+    }
+    if dtype == DType::F32 {
+        v.iter_mut().for_each(|x| *x = *x as f32 as f64);
+    }
+    v.retain(|x| x.is_finite());
+    v
+}
+
+fn run(isa: Isa, f: Func, dtype: DType, x: &[f64]) -> Vec<f64> {
+    match dtype {
+        DType::F32 => {
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let mut y = vec![0.0f32; x.len()];
+            apply_with(isa, f, &x32, &mut y).expect("equal lengths");
+            y.into_iter().map(f64::from).collect()
+        }
+        _ => {
+            let mut y = vec![0.0; x.len()];
+            apply_with(isa, f, x, &mut y).expect("equal lengths");
+            y
+        }
+    }
+}
+
+/// Worst case over `x`: (max err/|ref| where |ref| ≥ 1e-3, the abs term
+/// needed on top of `rel`, the input needing it), or an overflow mismatch.
+fn measure(isa: Isa, f: Func, dtype: DType, x: &[f64], rel: f64) -> (f64, f64, f64) {
+    let y = run(isa, f, dtype, x);
+    let (mut max_rel, mut abs, mut worst) = (0.0f64, 0.0f64, 0.0);
+    for (&xi, &yi) in x.iter().zip(&y) {
+        let r = reference(f, xi);
+        let rounded = if dtype == DType::F32 {
+            r as f32 as f64
+        } else {
+            r
+        };
+        if rounded.is_infinite() {
+            assert_eq!(yi, rounded, "{f:?} {dtype} {} at {xi:e}", isa.name());
+            continue;
+        }
+        let err = (yi - r).abs();
+        assert!(
+            err.is_finite(),
+            "{f:?} {dtype} {} at {xi:e}: {yi} vs {r}",
+            isa.name()
+        );
+        if r.abs() >= 1e-3 {
+            max_rel = max_rel.max(err / r.abs());
+        }
+        let need = err - rel * r.abs();
+        if need > abs {
+            (abs, worst) = (need, xi);
+        }
+    }
+    (max_rel, abs, worst)
+}
+
+#[test]
+fn every_isa_meets_the_documented_bounds() {
+    for dtype in [DType::F32, DType::F64] {
+        let x = inputs(dtype);
+        for f in Func::ALL {
+            let bound = max_error(f, dtype).expect("float dtype");
+            for isa in Isa::available() {
+                let (_, abs, worst) = measure(isa, f, dtype, &x, bound.rel);
+                assert!(
+                    abs <= bound.abs,
+                    "{f:?} {dtype} {}: needs abs {abs:e} > {:e} at x = {worst:e}",
+                    isa.name(),
+                    bound.abs
+                );
+            }
+        }
+    }
+}
+
+/// Prints the measured table the documentation quotes:
+/// `cargo test -p cranelora-kernels math::tests::error_table -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn error_table() {
+    for dtype in [DType::F32, DType::F64] {
+        let x = inputs(dtype);
+        for f in Func::ALL {
+            let bound = max_error(f, dtype).expect("float dtype");
+            for isa in Isa::available() {
+                let (rel, abs, worst) = measure(isa, f, dtype, &x, bound.rel);
+                println!(
+                    "{dtype} {f:<13?} {:<9} rel(|f|≥1e-3) {rel:.2e}  abs beyond rel {:.1e}: {abs:.2e} at {worst:.3e}",
+                    isa.name(),
+                    bound.rel
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn special_values_give_limits() {
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    // (f, f(−∞), f(∞)); every function maps NaN to NaN.
+    let limits = [
+        (Func::Exp, 0.0, inf),
+        (Func::Tanh, -1.0, 1.0),
+        (Func::Erf, -1.0, 1.0),
+        (Func::Sigmoid, 0.0, 1.0),
+        (Func::Silu, 0.0, inf),
+        (Func::GeluErf, 0.0, inf),
+        (Func::GeluTanh, 0.0, inf),
+        (Func::GeluErfGrad, 0.0, 1.0),
+        (Func::GeluTanhGrad, 0.0, 1.0),
+    ];
+    for dtype in [DType::F32, DType::F64] {
+        for isa in Isa::available() {
+            for (f, lo, hi) in limits {
+                let y = run(isa, f, dtype, &[-inf, inf, nan, 0.0, -0.0]);
+                let at = |i: usize| (y[i], isa.name(), dtype, f);
+                assert_eq!(y[0], lo, "{:?}", at(0));
+                assert_eq!(y[1], hi, "{:?}", at(1));
+                assert!(y[2].is_nan(), "{:?}", at(2));
+                let at_zero = reference(f, 0.0);
+                assert_eq!(y[3], at_zero, "{:?}", at(3));
+                assert_eq!(y[4], at_zero, "{:?}", at(4));
+                if at_zero == 0.0 {
+                    // Odd functions and x·g(x) keep the sign of −0.
+                    assert!(y[4].is_sign_negative(), "{:?}", at(4));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fma_instruction_sets_agree_bit_for_bit() {
+    let isas: Vec<Isa> = [Isa::avx512(), Isa::avx2()].into_iter().flatten().collect();
+    for dtype in [DType::F32, DType::F64] {
+        let x: Vec<f64> = inputs(dtype).into_iter().step_by(7).collect();
+        for f in Func::ALL {
+            let runs: Vec<Vec<f64>> = isas.iter().map(|&i| run(i, f, dtype, &x)).collect();
+            for w in runs.windows(2) {
+                let same = w[0]
+                    .iter()
+                    .zip(&w[1])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{f:?} {dtype}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tails_and_in_place_match_the_full_vector_path() {
+    let x: Vec<f32> = (0..64).map(|i| i as f32 * 0.37 - 11.0).collect();
+    let x64: Vec<f64> = x.iter().map(|&v| f64::from(v) * 1.01).collect();
+    for isa in Isa::available() {
+        for f in Func::ALL {
+            let mut full = vec![0.0f32; 64];
+            apply_with(isa, f, &x, &mut full).expect("equal lengths");
+            let mut full64 = vec![0.0f64; 64];
+            apply_with(isa, f, &x64, &mut full64).expect("equal lengths");
+            for n in 0..40 {
+                let mut part = vec![0.0f32; n];
+                apply_with(isa, f, &x[..n], &mut part).expect("equal lengths");
+                assert_eq!(part, full[..n], "{f:?} {} n={n}", isa.name());
+                let mut inplace = x64[..n].to_vec();
+                apply_inplace_with(isa, f, &mut inplace);
+                assert_eq!(inplace, full64[..n], "{f:?} {} n={n}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn eval_and_apply_agree_with_portable_and_reject_bad_lengths() {
+    let x = [0.3f64, -2.0, 7.5];
+    let mut y = [0.0; 3];
+    apply_with(Isa::portable(), Func::GeluErf, &x, &mut y).expect("equal lengths");
+    assert_eq!(
+        y.map(|v| v.to_bits()),
+        x.map(|v| eval(Func::GeluErf, v).to_bits())
+    );
+    let err = apply(Func::Exp, &x, &mut [0.0; 2]);
+    assert!(matches!(
+        err,
+        Err(KernelError::Length {
+            expected: 3,
+            actual: 2,
+            ..
+        })
+    ));
+}
+
+/// gelu_tanh over 64×1024 f32 per instruction set, against libm's tanhf:
+/// `cargo test -p cranelora-kernels --release math::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    use std::time::Instant;
+    let n = 64 * 1024;
+    let x: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32) * 16.0 - 8.0).collect();
+    let mut y = vec![0.0f32; n];
+    let per_ns = |reps: usize, t: Instant| (reps * n) as f64 / t.elapsed().as_nanos() as f64;
+    let reps = 200;
+    for f in [Func::GeluTanh, Func::GeluErf, Func::Exp] {
+        for isa in Isa::available() {
+            apply_with(isa, f, &x, &mut y).expect("equal lengths");
+            let t = Instant::now();
+            for _ in 0..reps {
+                apply_with(isa, f, std::hint::black_box(&x), &mut y).expect("equal lengths");
+            }
+            println!(
+                "{f:?} f32 {:<9} {:.3} elements/ns",
+                isa.name(),
+                per_ns(reps, t)
+            );
+        }
+    }
+    let t = Instant::now();
+    for _ in 0..reps {
+        for (o, &v) in y.iter_mut().zip(std::hint::black_box(&x)) {
+            let u = 0.797_884_6 * (v + 0.044715 * v * v * v);
+            *o = 0.5 * v * (1.0 + libm::tanhf(u));
+        }
+    }
+    println!(
+        "GeluTanh f32 libm::tanhf {:.3} elements/ns",
+        per_ns(reps, t)
+    );
+}
