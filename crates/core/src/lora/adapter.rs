@@ -44,8 +44,18 @@ pub struct LoraAdapter<T> {
     base: Box<dyn Layer<T>>,
     lora: LoraLayer<T>,
     training: bool,
-    /// The pre-activation z, the output y, and DoRA's quantities.
-    cache: Option<(Tensor<T>, Tensor<T>, Option<DoraCache<T>>)>,
+    cache: Option<ForwardCache<T>>,
+}
+
+/// What backward needs from the last training-mode forward.
+#[derive(Clone, Debug)]
+struct ForwardCache<T> {
+    /// The pre-activation z.
+    z: Tensor<T>,
+    /// The output y = act(z).
+    y: Tensor<T>,
+    /// DoRA's quantities, with DoRA.
+    dora: Option<DoraCache<T>>,
 }
 
 // Manual: a derive would not see that `Box<dyn Layer<T>>` is Clone for `T: Scalar`.
@@ -334,15 +344,20 @@ impl<T: Scalar> Layer<T> for LoraAdapter<T> {
     fn forward(&mut self, inputs: &[Input<'_, T>]) -> Result<Tensor<T>> {
         let (z, dora) = self.pre_activation(inputs)?;
         let y = self.activation().apply(&z);
-        self.cache = self.training.then(|| (z, y.clone(), dora));
+        self.cache = self.training.then(|| ForwardCache {
+            z,
+            y: y.clone(),
+            dora,
+        });
         Ok(y)
     }
 
     fn backward(&mut self, grad_output: &Tensor<T>) -> Result<Option<Tensor<T>>> {
-        let (z, y, dora) = self.cache.take().ok_or_else(|| Error::NoForwardCache {
-            path: String::new(),
-            kind: self.kind().into(),
-        })?;
+        let ForwardCache { z, y, dora } =
+            self.cache.take().ok_or_else(|| Error::NoForwardCache {
+                path: String::new(),
+                kind: self.kind().into(),
+            })?;
         if grad_output.shape() != y.shape() {
             return Err(Error::shape(
                 self.kind(),
@@ -356,7 +371,7 @@ impl<T: Scalar> Layer<T> for LoraAdapter<T> {
             Some(d) => self.backward_dora(&gz, d)?,
             None => gz,
         };
-        self.cache = Some((z, y, dora));
+        self.cache = Some(ForwardCache { z, y, dora });
         // Both paths read the same input: their input gradients add.
         let dx_base = self
             .base_mut()

@@ -3,11 +3,13 @@
 //! - [`LoraConfig`]: rank, α (default r), rsLoRA, DoRA, LoRA bias, init, freezing;
 //! - [`LoraLayer`]: the branch `s·(x·A)·B`;
 //! - [`LoraAdapter`]: the seed's LoRAAdapterBase — base + branch, merge, unmerge;
-//! - [`LoraTarget`]: what Dense, FullyConnected, Conv2d and Embedding expose.
+//! - [`LoraTarget`]: what Dense, FullyConnected, Conv2d and Embedding expose;
+//! - [`apply_lora`] / [`merge_all`]: PEFT's `get_peft_model` and `merge_and_unload` for a tree.
 //!
 //! The formulas are in `docs/lora.md`.
 
 mod adapter;
+mod apply;
 mod channels;
 mod config;
 mod layer;
@@ -15,6 +17,7 @@ mod target;
 mod targets;
 
 pub use adapter::LoraAdapter;
+pub use apply::{apply_lora, merge_all, ApplyConfig, BiasMode, LoraReport, TargetModules};
 pub use config::{LoraConfig, LoraInit};
 pub use layer::LoraLayer;
 pub use target::{LoraGeometry, LoraTarget};
