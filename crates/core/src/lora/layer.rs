@@ -97,6 +97,12 @@ impl<T: Scalar> LoraLayer<T> {
                 return Err(Error::config("LoraAdapter", format!("LoRA on a dilated convolution (dilation {dilation:?}) is not supported: PEFT does not dilate A")));
             }
         }
+        if config.lora_bias && matches!(geometry, LoraGeometry::Embedding { .. }) {
+            return Err(Error::config(
+                "LoraAdapter",
+                "a LoRA bias is not supported on an embedding (as in PEFT)",
+            ));
+        }
         let (a, b) = init_pair(&geometry, &config);
         let out = geometry.fan_out();
         Ok(Self {
