@@ -45,6 +45,8 @@ pub struct LoraAdapter<T> {
     lora: LoraLayer<T>,
     training: bool,
     cache: Option<ForwardCache<T>>,
+    /// A DoRA norm held fixed instead of recomputed (the gradient-check surrogate).
+    held_norm: Option<Tensor<T>>,
 }
 
 /// What backward needs from the last training-mode forward.
@@ -66,6 +68,7 @@ impl<T: Scalar> Clone for LoraAdapter<T> {
             lora: self.lora.clone(),
             training: self.training,
             cache: self.cache.clone(),
+            held_norm: self.held_norm.clone(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl<T: Scalar> LoraAdapter<T> {
             lora,
             training: true,
             cache: None,
+            held_norm: None,
         })
     }
 
@@ -166,6 +170,20 @@ impl<T: Scalar> LoraAdapter<T> {
     /// Whether no base weight is trainable.
     pub fn is_base_frozen(&self) -> bool {
         self.base.parameter_count() == 0
+    }
+
+    /// DoRA only: holds n at its current value (`true`) instead of
+    /// recomputing it from A and B on every forward, or releases it. With n
+    /// held, the forward is the surrogate whose exact derivative the backward
+    /// computes (PEFT's detached norm), which is what finite-difference
+    /// checks need. Not for training.
+    #[doc(hidden)]
+    pub fn hold_dora_norm(&mut self, hold: bool) -> Result<()> {
+        self.held_norm = match (hold, self.lora.magnitude()) {
+            (true, Some(_)) => Some(channels::column_norms(&self.adapted_weight()?)?),
+            _ => None,
+        };
+        Ok(())
     }
 
     fn geometry(&self) -> LoraGeometry {
@@ -221,7 +239,10 @@ impl<T: Scalar> LoraAdapter<T> {
         }
         let norm = match self.lora.magnitude() {
             None => return Ok((pre.add(&delta)?, None)),
-            Some(_) => channels::column_norms(&self.adapted_weight()?)?,
+            Some(_) => match &self.held_norm {
+                Some(n) => n.clone(),
+                None => channels::column_norms(&self.adapted_weight()?)?,
+            },
         };
         let axis = self.geometry().channel_axis(pre.ndim());
         let bias = self.bias_value();
@@ -332,6 +353,7 @@ impl<T: Scalar> LoraAdapter<T> {
             lora: self.lora.clone(),
             training: self.training,
             cache: None,
+            held_norm: None,
         })
     }
 }
