@@ -21,3 +21,4 @@ pub use cranelora_jit as jit;
 pub use cranelora_kernels as kernels;
 
 pub mod demo;
+pub mod workloads;

@@ -196,7 +196,15 @@ pub fn col2im<T: Scalar>(geom: &Conv2dGeometry, cols: &[T], image: &mut [T]) -> 
 mod tests {
     use super::*;
 
-    fn geom(c: usize, h: usize, w: usize, k: usize, s: usize, p: usize, d: usize) -> Conv2dGeometry {
+    fn geom(
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+        d: usize,
+    ) -> Conv2dGeometry {
         Conv2dGeometry {
             channels: c,
             height: h,
@@ -210,7 +218,15 @@ mod tests {
 
     /// Direct convolution by definition, for one output channel of all-ones... no:
     /// each kernel tap read straight from the definition of cross-correlation.
-    fn naive_tap(g: &Conv2dGeometry, image: &[f64], c: usize, i: usize, j: usize, oy: usize, ox: usize) -> f64 {
+    fn naive_tap(
+        g: &Conv2dGeometry,
+        image: &[f64],
+        c: usize,
+        i: usize,
+        j: usize,
+        oy: usize,
+        ox: usize,
+    ) -> f64 {
         let y = (oy * g.stride.0 + i * g.dilation.0) as isize - g.padding.0 as isize;
         let x = (ox * g.stride.1 + j * g.dilation.1) as isize - g.padding.1 as isize;
         if y < 0 || x < 0 || y >= g.height as isize || x >= g.width as isize {
@@ -222,7 +238,11 @@ mod tests {
 
     #[test]
     fn im2col_matches_definition_with_stride_padding_dilation() {
-        for g in [geom(2, 5, 6, 3, 1, 1, 1), geom(3, 7, 7, 3, 2, 2, 2), geom(1, 4, 4, 1, 1, 0, 1)] {
+        for g in [
+            geom(2, 5, 6, 3, 1, 1, 1),
+            geom(3, 7, 7, 3, 2, 2, 2),
+            geom(1, 4, 4, 1, 1, 0, 1),
+        ] {
             let image: Vec<f64> = (0..g.image_len()).map(|v| v as f64 + 1.0).collect();
             let mut cols = vec![f64::NAN; g.col_rows() * g.col_cols()];
             im2col(&g, &image, &mut cols).unwrap();
@@ -247,8 +267,12 @@ mod tests {
     fn col2im_is_the_adjoint_of_im2col() {
         // <im2col(x), y> == <x, col2im(y)> for any x, y.
         let g = geom(2, 6, 5, 3, 2, 1, 2);
-        let x: Vec<f64> = (0..g.image_len()).map(|v| ((v * 7) % 11) as f64 - 5.0).collect();
-        let y: Vec<f64> = (0..g.col_rows() * g.col_cols()).map(|v| ((v * 3) % 13) as f64 - 6.0).collect();
+        let x: Vec<f64> = (0..g.image_len())
+            .map(|v| ((v * 7) % 11) as f64 - 5.0)
+            .collect();
+        let y: Vec<f64> = (0..g.col_rows() * g.col_cols())
+            .map(|v| ((v * 3) % 13) as f64 - 6.0)
+            .collect();
         let mut cx = vec![0.0; y.len()];
         im2col(&g, &x, &mut cx).unwrap();
         let mut ty = vec![0.0; x.len()];
@@ -261,8 +285,14 @@ mod tests {
     #[test]
     fn im2col_rejects_bad_geometry_and_lengths() {
         let g = geom(1, 2, 2, 5, 1, 0, 1);
-        assert!(matches!(im2col(&g, &[0.0f32; 4], &mut []), Err(KernelError::Geometry { .. })));
+        assert!(matches!(
+            im2col(&g, &[0.0f32; 4], &mut []),
+            Err(KernelError::Geometry { .. })
+        ));
         let g = geom(1, 3, 3, 2, 1, 0, 1);
-        assert!(matches!(im2col(&g, &[0.0f32; 8], &mut [0.0; 16]), Err(KernelError::Length { .. })));
+        assert!(matches!(
+            im2col(&g, &[0.0f32; 8], &mut [0.0; 16]),
+            Err(KernelError::Length { .. })
+        ));
     }
 }

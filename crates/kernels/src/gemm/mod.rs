@@ -15,216 +15,70 @@
 //! NaN included (the BLAS convention).
 //!
 //! Shapes: `a` is m×k, `b` is k×n, `c` is m×n.
+//!
+//! Inside, a BLIS-style blocked product (driver.rs, pack.rs) runs
+//! register-blocked microkernels (kernel.rs) chosen at run time for the
+//! host: AVX-512F, AVX2+FMA, or portable Rust (select.rs). Products of at
+//! least [`PARALLEL_MIN_FLOPS`](crate::pool::PARALLEL_MIN_FLOPS) are split
+//! over the [`pool`](crate::pool), each thread packing into its own part of
+//! the workspace.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod driver;
+mod kernel;
+mod pack;
+mod portable;
+#[cfg(test)]
 mod reference;
+mod select;
+mod view;
 
-use crate::{KernelError, Result, Scalar};
+pub use view::{MatMut, MatRef};
 
-/// A read-only strided matrix view.
-#[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-/// Elements a strided view addresses: one past its last element.
-fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * row_stride + (cols - 1) * col_stride + 1
-    }
-}
-
-fn check_span(
-    what: &'static str,
-    len: usize,
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-) -> Result<()> {
-    let needed = span(rows, cols, row_stride, col_stride);
-    if needed > len {
-        return Err(KernelError::BufferTooSmall {
-            what,
-            rows,
-            cols,
-            row_stride,
-            col_stride,
-            needed,
-            len,
-        });
-    }
-    Ok(())
-}
-
-impl<'a, T: Copy> MatRef<'a, T> {
-    /// A contiguous row-major `rows × cols` view of `data`.
-    ///
-    /// # Errors
-    /// [`KernelError::BufferTooSmall`] if `data` is shorter than `rows·cols`.
-    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Result<Self> {
-        Self::with_strides(data, rows, cols, cols, 1)
-    }
-
-    /// A view whose element `(i, j)` is `data[i·row_stride + j·col_stride]`.
-    ///
-    /// # Errors
-    /// [`KernelError::BufferTooSmall`] if the view reaches past `data`.
-    pub fn with_strides(
-        data: &'a [T],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Result<Self> {
-        check_span("matrix view", data.len(), rows, cols, row_stride, col_stride)?;
-        Ok(Self {
-            data,
-            rows,
-            cols,
-            row_stride,
-            col_stride,
-        })
-    }
-
-    /// The transposed view (no copy).
-    pub fn t(self) -> Self {
-        Self {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Number of columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Distance between consecutive rows.
-    pub fn row_stride(&self) -> usize {
-        self.row_stride
-    }
-
-    /// Distance between consecutive columns.
-    pub fn col_stride(&self) -> usize {
-        self.col_stride
-    }
-
-    /// The underlying buffer.
-    pub fn data(&self) -> &'a [T] {
-        self.data
-    }
-
-    /// Element `(i, j)`; panics when out of the view (internal use: indices
-    /// come from the view's own bounds).
-    #[inline(always)]
-    pub fn at(&self, i: usize, j: usize) -> T {
-        self.data[i * self.row_stride + j * self.col_stride]
-    }
-}
-
-/// A mutable row-major matrix view with a leading dimension (`row_stride ≥ cols`).
-#[derive(Debug)]
-pub struct MatMut<'a, T> {
-    data: &'a mut [T],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-}
-
-impl<'a, T: Copy> MatMut<'a, T> {
-    /// A contiguous row-major `rows × cols` view of `data`.
-    ///
-    /// # Errors
-    /// [`KernelError::BufferTooSmall`] if `data` is shorter than `rows·cols`.
-    pub fn new(data: &'a mut [T], rows: usize, cols: usize) -> Result<Self> {
-        Self::with_row_stride(data, rows, cols, cols)
-    }
-
-    /// A row-major view whose rows start `row_stride` elements apart.
-    ///
-    /// # Errors
-    /// [`KernelError::BufferTooSmall`] if the view reaches past `data`, and
-    /// [`KernelError::Geometry`] if `row_stride < cols` (rows would overlap).
-    pub fn with_row_stride(
-        data: &'a mut [T],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-    ) -> Result<Self> {
-        if row_stride < cols && rows > 1 {
-            return Err(KernelError::Geometry {
-                what: "output matrix view",
-                message: format!("row stride {row_stride} < {cols} columns: rows would overlap"),
-            });
-        }
-        check_span("output matrix view", data.len(), rows, cols, row_stride, 1)?;
-        Ok(Self {
-            data,
-            rows,
-            cols,
-            row_stride,
-        })
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Number of columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Distance between consecutive rows.
-    pub fn row_stride(&self) -> usize {
-        self.row_stride
-    }
-
-    /// Row `i` as a slice of `cols` elements.
-    #[inline(always)]
-    pub fn row_mut(&mut self, i: usize) -> &mut [T] {
-        let start = i * self.row_stride;
-        &mut self.data[start..start + self.cols]
-    }
-}
+use crate::{DType, KernelError, Result, Scalar};
+use driver::{BSource, Problem};
+use select::{HasFamily, Isa};
 
 /// A right-hand matrix packed once into the kernel's panel layout.
 ///
 /// Pack constant weights once (at model load or JIT compile time) and pass
 /// [`Rhs::Packed`] on every call: the per-call packing of `B` is skipped.
+/// The layout is the one of the microkernel chosen for this host when
+/// packing (panels of [`PackedRhs::panel_width`] columns over the full depth
+/// `k`, zero-padded), and [`gemm`] uses that same microkernel with it.
 #[derive(Clone, Debug)]
 pub struct PackedRhs<T> {
     k: usize,
     n: usize,
+    isa: Isa,
+    nr: usize,
     data: Vec<T>,
 }
 
 impl<T: Scalar> PackedRhs<T> {
-    /// Packs a `k × n` matrix.
+    /// Packs a `k × n` matrix for the fastest microkernel of this host.
     pub fn pack(b: MatRef<'_, T>) -> Self {
+        Self::pack_for(b, Isa::detect())
+    }
+
+    /// Packs for the microkernels of `isa`, which must be available.
+    pub(crate) fn pack_for(b: MatRef<'_, T>, isa: Isa) -> Self {
         let (k, n) = (b.rows(), b.cols());
-        let mut data = Vec::with_capacity(k * n);
-        for p in 0..k {
-            for j in 0..n {
-                data.push(b.at(p, j));
-            }
+        let nr = select::blocking::<T>(isa).nr;
+        let mut data = vec![T::zero(); pack::packed_b_len(n, k, nr)];
+        if k > 0 && n > 0 {
+            pack::pack_b(b, 0..k, 0..n, nr, &mut data);
         }
-        Self { k, n, data }
+        Self {
+            k,
+            n,
+            isa,
+            nr,
+            data,
+        }
     }
 
     /// Rows of the packed matrix (the product's inner dimension).
@@ -237,9 +91,9 @@ impl<T: Scalar> PackedRhs<T> {
         self.n
     }
 
-    /// The row-major view of the packed data.
-    fn view(&self) -> MatRef<'_, T> {
-        MatRef::new(&self.data, self.k, self.n).expect("internal: packed data holds k·n elements")
+    /// Columns per panel of the packed layout (the microkernel's tile width).
+    pub fn panel_width(&self) -> usize {
+        self.nr
     }
 }
 
@@ -260,27 +114,49 @@ impl<T: Scalar> Rhs<'_, T> {
             Rhs::Packed(p) => (p.k(), p.n()),
         }
     }
+
+    /// The instruction set the product runs with.
+    fn isa(&self) -> Isa {
+        match self {
+            Rhs::Mat(_) => Isa::detect(),
+            Rhs::Packed(p) => p.isa,
+        }
+    }
 }
 
 /// Workspace elements [`gemm`] needs for an m×k by k×n product.
+///
+/// This covers one packing buffer per thread for as many threads as the
+/// product will use under the current [`pool::threads`](crate::pool::threads)
+/// (one for products below
+/// [`PARALLEL_MIN_FLOPS`](crate::pool::PARALLEL_MIN_FLOPS)). A shorter
+/// workspace is still accepted down to one thread's share: the product
+/// then runs on fewer threads. Prepacked `B` needs less.
 pub fn workspace_len<T: Scalar>(m: usize, n: usize, k: usize, rhs_packed: bool) -> usize {
-    let _ = (m, n, k, rhs_packed);
-    0
+    workspace_len_on::<T>(Isa::detect(), m, n, k, rhs_packed)
+}
+
+fn workspace_len_on<T: Scalar>(isa: Isa, m: usize, n: usize, k: usize, packed: bool) -> usize {
+    let bl = select::blocking::<T>(isa);
+    driver::per_thread_len::<T>(bl, m, n, k, packed) * driver::planned_threads(bl, m, n, k)
 }
 
 /// `C ← α·A·B + β·C`, using `workspace` for packing (no allocation).
 ///
-/// Shapes: `a` m×k, `b` k×n, `c` m×n.
+/// Shapes: `a` m×k, `b` k×n, `c` m×n. Runs on up to
+/// [`pool::threads`](crate::pool::threads) threads, as many as `workspace`
+/// has room for (see [`workspace_len`]).
 ///
 /// # Errors
 /// [`KernelError::GemmShape`] if the shapes do not chain, and
-/// [`KernelError::Workspace`] if `workspace` is shorter than [`workspace_len`].
+/// [`KernelError::Workspace`] if `workspace` is shorter than one thread's
+/// share of [`workspace_len`] (the whole of it for small products).
 pub fn gemm<T: Scalar>(
     alpha: T,
     a: MatRef<'_, T>,
     b: Rhs<'_, T>,
     beta: T,
-    mut c: MatMut<'_, T>,
+    c: MatMut<'_, T>,
     workspace: &mut [T],
 ) -> Result<()> {
     let (k2, n) = b.dims();
@@ -291,7 +167,22 @@ pub fn gemm<T: Scalar>(
             c: (c.rows(), c.cols()),
         });
     }
-    let needed = workspace_len::<T>(a.rows(), n, k2, matches!(b, Rhs::Packed(_)));
+    gemm_on(b.isa(), alpha, a, b, beta, c, workspace)
+}
+
+/// [`gemm`] with the microkernels of `isa` (tests force each one).
+fn gemm_on<T: Scalar>(
+    isa: Isa,
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: Rhs<'_, T>,
+    beta: T,
+    mut c: MatMut<'_, T>,
+    workspace: &mut [T],
+) -> Result<()> {
+    let (m, n, k) = (a.rows(), c.cols(), a.cols());
+    let bl = select::blocking::<T>(isa);
+    let needed = driver::per_thread_len::<T>(bl, m, n, k, matches!(b, Rhs::Packed(_)));
     if workspace.len() < needed {
         return Err(KernelError::Workspace {
             what: "gemm",
@@ -299,12 +190,81 @@ pub fn gemm<T: Scalar>(
             len: workspace.len(),
         });
     }
-    let b = match b {
-        Rhs::Mat(m) => m,
-        Rhs::Packed(p) => p.view(),
-    };
-    reference::gemm(alpha, a, b, beta, &mut c);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 || alpha == T::zero() {
+        scale_rows(&mut c, beta);
+        return Ok(());
+    }
+    match T::DTYPE {
+        DType::F64 => typed::<T, f64>(isa, alpha, a, b, beta, c, workspace, Casts::F64),
+        _ => typed::<T, f32>(isa, alpha, a, b, beta, c, workspace, Casts::F32),
+    }
     Ok(())
+}
+
+/// `C ← β·C`, with `β = 0` writing zeros over anything (NaN included).
+fn scale_rows<T: Scalar>(c: &mut MatMut<'_, T>, beta: T) {
+    for i in 0..c.rows() {
+        let row = c.row_mut(i);
+        if beta == T::zero() {
+            row.fill(T::zero());
+        } else {
+            row.iter_mut().for_each(|x| *x *= beta);
+        }
+    }
+}
+
+/// The reinterpretations of `T` as the concrete element type `E`.
+struct Casts<T: 'static, E: 'static> {
+    slice: fn(&[T]) -> Option<&[E]>,
+    slice_mut: fn(&mut [T]) -> Option<&mut [E]>,
+}
+
+impl<T: Scalar> Casts<T, f32> {
+    const F32: Self = Casts {
+        slice: T::as_f32_slice,
+        slice_mut: T::as_f32_slice_mut,
+    };
+}
+
+impl<T: Scalar> Casts<T, f64> {
+    const F64: Self = Casts {
+        slice: T::as_f64_slice,
+        slice_mut: T::as_f64_slice_mut,
+    };
+}
+
+const SAME_TYPE: &str = "internal: T::DTYPE names the type T is";
+
+/// Runs the product on `T`'s buffers seen as the concrete type `E` (= `T`).
+#[allow(clippy::too_many_arguments)]
+fn typed<T: Scalar, E: HasFamily>(
+    isa: Isa,
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: Rhs<'_, T>,
+    beta: T,
+    c: MatMut<'_, T>,
+    workspace: &mut [T],
+    cast: Casts<T, E>,
+) {
+    let view = |s| (cast.slice)(s).expect(SAME_TYPE);
+    let problem = Problem {
+        alpha: E::from_f64(alpha.to_f64_exact()),
+        a: a.retype(view(a.data)),
+        b: match b {
+            Rhs::Mat(m) => BSource::Mat(m.retype(view(m.data))),
+            Rhs::Packed(p) => BSource::Packed(view(&p.data)),
+        },
+        beta: E::from_f64(beta.to_f64_exact()),
+        k: a.cols(),
+    };
+    let dims = (c.rows, c.cols, c.row_stride);
+    let c_data = (cast.slice_mut)(c.data).expect(SAME_TYPE);
+    let ws = (cast.slice_mut)(workspace).expect(SAME_TYPE);
+    driver::run(E::family(isa), &problem, c_data, dims, ws);
 }
 
 /// [`gemm`] with a workspace it allocates itself.
@@ -321,4 +281,170 @@ pub fn gemm_alloc<T: Scalar>(
     let (k, n) = b.dims();
     let mut ws = vec![T::zero(); workspace_len::<T>(a.rows(), n, k, matches!(b, Rhs::Packed(_)))];
     gemm(alpha, a, b, beta, c, &mut ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{check_close, Nan};
+
+    /// A small deterministic generator (xorshift64*), so tests need no crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        }
+    }
+
+    /// Operand storage: 0 row-major, 1 column-major (a transposed view),
+    /// 2 row-major with a column stride of 2 and padded rows.
+    fn operand<T: Scalar>(rng: &mut Rng, rows: usize, cols: usize, layout: usize) -> Vec<T> {
+        let len = match layout {
+            0 | 1 => rows * cols,
+            _ => rows * (2 * cols + 3),
+        };
+        (0..len).map(|_| T::from_f64_lossy(rng.unit())).collect()
+    }
+
+    fn view<T: Scalar>(data: &[T], rows: usize, cols: usize, layout: usize) -> MatRef<'_, T> {
+        let v = match layout {
+            0 => MatRef::new(data, rows, cols),
+            1 => MatRef::new(data, cols, rows).map(MatRef::t),
+            _ => MatRef::with_strides(data, rows, cols, 2 * cols + 3, 2),
+        };
+        v.expect("test operand fits its buffer")
+    }
+
+    /// One product on `isa` against the reference loop.
+    fn check_case<T: Scalar>(isa: Isa, rng: &mut Rng, (m, n, k): (usize, usize, usize)) {
+        let (la, lb) = (rng.below(3), rng.below(3));
+        let (a_data, b_data) = (operand::<T>(rng, m, k, la), operand::<T>(rng, k, n, lb));
+        let (a, b) = (view(&a_data, m, k, la), view(&b_data, k, n, lb));
+        let alpha = T::from_f64_lossy([1.0, -0.5, 0.0][rng.below(3)]);
+        let beta = T::from_f64_lossy([0.0, 1.0, 0.5][rng.below(3)]);
+        let ldc = n + rng.below(3);
+        let mut c0: Vec<T> = (0..m * ldc)
+            .map(|_| T::from_f64_lossy(rng.unit()))
+            .collect();
+        if beta == T::zero() {
+            c0.iter_mut().step_by(3).for_each(|x| *x = T::nan());
+        }
+        let mut expected = c0.clone();
+        let mut ev = MatMut::with_row_stride(&mut expected, m, n, ldc).expect("fits");
+        reference::gemm(alpha, a, b, beta, &mut ev);
+        let packed = PackedRhs::pack_for(b, isa);
+        let rhs = if rng.below(2) == 0 {
+            Rhs::Mat(b)
+        } else {
+            Rhs::Packed(&packed)
+        };
+        let mut actual = c0.clone();
+        let cv = MatMut::with_row_stride(&mut actual, m, n, ldc).expect("fits");
+        let len = workspace_len_on::<T>(isa, m, n, k, matches!(rhs, Rhs::Packed(_)));
+        let mut ws = vec![T::nan(); len];
+        gemm_on(isa, alpha, a, rhs, beta, cv, &mut ws).expect("valid product");
+        // A dot product of k terms in [-1, 1]: error ≲ k·eps·k, plus rounding of β·C.
+        let tol = 4.0 * (k as f64 + 2.0) * T::EPSILON_F64 * (k as f64 + 1.0);
+        let case = format!("{isa:?} {m}×{n}×{k} layouts {la},{lb} α={alpha} β={beta} {rhs:?}");
+        let unused: Vec<T> = (0..m * ldc)
+            .filter(|i| i % ldc >= n)
+            .map(|i| c0[i])
+            .collect();
+        let kept: Vec<T> = (0..m * ldc)
+            .filter(|i| i % ldc >= n)
+            .map(|i| actual[i])
+            .collect();
+        assert!(
+            unused.iter().zip(&kept).all(|(x, y)| x == y || x.is_nan()),
+            "{case}: wrote past n"
+        );
+        let trim =
+            |v: &[T]| -> Vec<T> { (0..m * ldc).filter(|i| i % ldc < n).map(|i| v[i]).collect() };
+        check_close(&trim(&actual), &trim(&expected), tol, tol, Nan::Mismatch)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+    }
+
+    /// Random shapes in 0..70, the edge sizes, and shapes crossing every
+    /// cache block (k > kc, m > mc, n > nc) and the threading threshold.
+    fn shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
+        let mut s = vec![
+            (0, 5, 5),
+            (5, 0, 5),
+            (5, 5, 0),
+            (1, 1, 1),
+            (1, 64, 64),
+            (13, 33, 1),
+            (64, 16, 70),
+            (150, 40, 300),
+            (3, 1100, 5),
+            (400, 10, 300),
+            (64, 200, 100),
+        ];
+        s.extend((0..40).map(|_| (rng.below(70), rng.below(70), rng.below(70))));
+        s
+    }
+
+    fn check_all<T: Scalar>(seed: u64) {
+        let mut rng = Rng(seed);
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            for shape in shapes(&mut rng) {
+                check_case::<T>(isa, &mut rng, shape);
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_reference_f32() {
+        check_all::<f32>(0x9e37_79b9_7f4a_7c15);
+    }
+
+    #[test]
+    fn every_kernel_matches_reference_f64() {
+        check_all::<f64>(0xd1b5_4a32_d192_ed03);
+    }
+
+    #[test]
+    fn detection_prefers_the_widest_available_kernels() {
+        let best = Isa::ALL.into_iter().find(|isa| isa.available());
+        assert_eq!(Some(Isa::detect()), best);
+        assert!(Isa::Portable.available());
+    }
+
+    #[test]
+    fn gemm_rejects_short_workspace_and_bad_shapes() {
+        let (a, b) = (vec![1.0f32; 8 * 8], vec![1.0f32; 8 * 8]);
+        let a = MatRef::new(&a, 8, 8).expect("fits");
+        let b = MatRef::new(&b, 8, 8).expect("fits");
+        let mut c = vec![0.0f32; 8 * 8];
+        let len = workspace_len::<f32>(8, 8, 8, false);
+        let mut ws = vec![0.0f32; len - 1];
+        let cv = MatMut::new(&mut c, 8, 8).expect("fits");
+        let err = gemm(1.0, a, Rhs::Mat(b), 0.0, cv, &mut ws);
+        assert!(matches!(err, Err(KernelError::Workspace { .. })), "{err:?}");
+        let cv = MatMut::new(&mut c, 8, 8).expect("fits");
+        let err = gemm(1.0, a, Rhs::Mat(b.t()), 0.0, cv, &mut ws);
+        assert!(matches!(err, Err(KernelError::GemmShape { .. })) || err.is_err());
+        let cv = MatMut::new(&mut c[..16], 2, 8).expect("fits");
+        let err = gemm(1.0, a, Rhs::Mat(b), 0.0, cv, &mut ws);
+        assert!(matches!(err, Err(KernelError::GemmShape { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn packed_rhs_needs_less_workspace() {
+        assert!(
+            workspace_len::<f32>(64, 1024, 1024, true)
+                < workspace_len::<f32>(64, 1024, 1024, false)
+        );
+        assert_eq!(workspace_len::<f64>(0, 10, 10, false), 0);
+    }
 }

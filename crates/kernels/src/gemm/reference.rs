@@ -4,7 +4,13 @@ use super::{MatMut, MatRef};
 use crate::Scalar;
 
 /// `C ← α·A·B + β·C` by definition (i-p-j order so the inner loop streams rows).
-pub(crate) fn gemm<T: Scalar>(alpha: T, a: MatRef<'_, T>, b: MatRef<'_, T>, beta: T, c: &mut MatMut<'_, T>) {
+pub(crate) fn gemm<T: Scalar>(
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut MatMut<'_, T>,
+) {
     for i in 0..a.rows() {
         let row = c.row_mut(i);
         if beta == T::zero() {

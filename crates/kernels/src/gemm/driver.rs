@@ -1,0 +1,314 @@
+//! The blocked GEMM driver: splits the product over threads, walks the
+//! cache blocks, packs, and calls the microkernels.
+//!
+//! Loop order (BLIS): columns of `C` in blocks of `nc` → depth in blocks of
+//! `kc` (pack a `kc × nc` block of `B`, unless prepacked) → rows in blocks of
+//! `mc` (pack an `mc × kc` block of `A`) → `nr`-column micro-panels of `B`
+//! → `mr`-row micro-panels of `A` → one microkernel call per tile. The first
+//! depth block applies the caller's `β`; later ones accumulate.
+//!
+//! The product is cut into tasks, each a rectangle of `C` (a range of
+//! `nr`-column panels, or of `mr`-row panels when `N` is too narrow to
+//! split), two per thread; each thread packs into its own slice of the
+//! workspace.
+
+use super::kernel::{Elem, Tile};
+use super::pack::{pack_a, pack_b, packed_a_len, packed_b_len};
+use super::select::{Blocking, Family};
+use super::MatRef;
+use crate::pool;
+use std::ops::Range;
+
+/// The right-hand operand as the driver sees it.
+pub(super) enum BSource<'a, E> {
+    /// A strided matrix, packed block by block into the workspace.
+    Mat(MatRef<'a, E>),
+    /// Micro-panels of `nr` columns over the full depth `k` (see `PackedRhs`).
+    Packed(&'a [E]),
+}
+
+/// Slack per packing buffer so it can start on a 64-byte boundary.
+fn align_slack<E>() -> usize {
+    64 / std::mem::size_of::<E>()
+}
+
+/// Workspace elements one thread needs.
+pub(super) fn per_thread_len<E>(bl: Blocking, m: usize, n: usize, k: usize, packed: bool) -> usize {
+    if m == 0 || n == 0 || k == 0 {
+        return 0;
+    }
+    let kc = bl.kc.min(k);
+    let a = packed_a_len(bl.mc.min(m), bl.lda);
+    let b = if packed {
+        0
+    } else {
+        packed_b_len(bl.nc.min(n), kc, bl.nr)
+    };
+    a + b + 2 * align_slack::<E>()
+}
+
+/// Threads worth using for an m×n×k product: 1 below the flop threshold,
+/// else at most one per micro-panel along the split dimension.
+pub(super) fn planned_threads(bl: Blocking, m: usize, n: usize, k: usize) -> usize {
+    let flops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+    if flops < pool::PARALLEL_MIN_FLOPS {
+        return 1;
+    }
+    let panels = n.div_ceil(bl.nr).max(m.div_ceil(bl.mr));
+    pool::threads().min(panels).max(1)
+}
+
+/// How the product is cut into rectangles: `tasks` of them, run on at
+/// most `parts` threads (each with its own workspace chunk). Two tasks per
+/// thread let a thread that starts late (on a busy machine) take less.
+struct Split {
+    parts: usize,
+    tasks: usize,
+    by_columns: bool,
+    m: usize,
+    n: usize,
+    bl: Blocking,
+}
+
+impl Split {
+    fn new(bl: Blocking, m: usize, n: usize, parts: usize) -> Self {
+        let (col_panels, row_panels) = (n.div_ceil(bl.nr), m.div_ceil(bl.mr));
+        // Splitting columns keeps each thread's B packing disjoint; prefer it.
+        let by_columns = col_panels >= 2 * parts || col_panels >= row_panels;
+        let panels = if by_columns { col_panels } else { row_panels };
+        let parts = parts.min(panels);
+        Self {
+            parts,
+            tasks: if parts > 1 {
+                (2 * parts).min(panels)
+            } else {
+                1
+            },
+            by_columns,
+            m,
+            n,
+            bl,
+        }
+    }
+
+    /// Rows and columns of `C` owned by task `t`.
+    fn part(&self, t: usize) -> (Range<usize>, Range<usize>) {
+        let cut = |len: usize, unit: usize| {
+            let units = len.div_ceil(unit);
+            let bound = |t: usize| (units * t / self.tasks * unit).min(len);
+            bound(t)..bound(t + 1)
+        };
+        if self.by_columns {
+            (0..self.m, cut(self.n, self.bl.nr))
+        } else {
+            (cut(self.m, self.bl.mr), 0..self.n)
+        }
+    }
+}
+
+/// The output matrix as a raw pointer, so threads can write disjoint tiles.
+struct CView<E> {
+    ptr: *mut E,
+    len: usize,
+    rs: usize,
+}
+
+// SAFETY: `run` hands each thread a disjoint rectangle of `C`, and the
+// view does not outlive the `&mut` borrow it was made from.
+unsafe impl<E: Send> Sync for CView<E> {}
+
+impl<E> CView<E> {
+    /// Pointer to `C[i, j]` for a tile of `rows × cols`; panics if it would
+    /// reach outside the buffer (a broken internal invariant).
+    fn tile_ptr(&self, i: usize, j: usize, rows: usize, cols: usize) -> *mut E {
+        let last = (i + rows - 1) * self.rs + j + cols;
+        assert!(last <= self.len, "internal: tile outside C");
+        self.ptr.wrapping_add(i * self.rs + j)
+    }
+}
+
+/// The workspace cut into per-thread chunks.
+struct Chunks<E> {
+    ptr: *mut E,
+    per: usize,
+}
+
+// SAFETY: each chunk is handed to one task only (see `chunk`).
+unsafe impl<E: Send> Sync for Chunks<E> {}
+
+impl<E> Chunks<E> {
+    /// Chunk `t` of the workspace.
+    ///
+    /// # Safety
+    /// `(t + 1)·per` must not exceed the workspace, and no two live
+    /// references may be made to the same chunk (each task index once).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn chunk(&self, t: usize) -> &mut [E] {
+        // SAFETY: in bounds and exclusive by this function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(t * self.per), self.per) }
+    }
+}
+
+/// The operands and scalars of one product.
+pub(super) struct Problem<'a, E> {
+    pub alpha: E,
+    pub a: MatRef<'a, E>,
+    pub b: BSource<'a, E>,
+    pub beta: E,
+    pub k: usize,
+}
+
+/// `C ← α·A·B + β·C` with `fam`'s kernels; `c` is m×n at row stride `rs`.
+///
+/// The caller has checked shapes, that `c` holds the view, and that
+/// `workspace` has at least one thread's worth.
+pub(super) fn run<E: Elem>(
+    fam: &Family<E>,
+    p: &Problem<'_, E>,
+    c: &mut [E],
+    (m, n, rs): (usize, usize, usize),
+    workspace: &mut [E],
+) {
+    let bl = fam.blocking;
+    let per = per_thread_len::<E>(bl, m, n, p.k, matches!(p.b, BSource::Packed(_)));
+    let threads = planned_threads(bl, m, n, p.k).min(workspace.len() / per.max(1));
+    let split = Split::new(bl, m, n, threads.max(1));
+    let view = CView {
+        ptr: c.as_mut_ptr(),
+        len: c.len(),
+        rs,
+    };
+    if split.parts <= 1 {
+        block(fam, p, (0..m, 0..n), &view, &mut workspace[..per]);
+        return;
+    }
+    let chunks = Chunks {
+        ptr: workspace.as_mut_ptr(),
+        per,
+    };
+    pool::parallel_for_slots(split.tasks, split.parts, &|task, slot| {
+        // SAFETY: slot < parts ≤ workspace.len() / per, and parallel_for_slots
+        // never runs two tasks with the same slot at once, so chunk `slot` is
+        // in bounds and used by this thread only.
+        let ws = unsafe { chunks.chunk(slot) };
+        block(fam, p, split.part(task), &view, ws);
+    });
+}
+
+/// Splits off a 64-byte-aligned buffer of `len` elements from the front of `ws`.
+fn take_aligned<E>(ws: &mut [E], len: usize) -> (&mut [E], &mut [E]) {
+    let off = ws.as_ptr().align_offset(64).min(align_slack::<E>());
+    let (_, rest) = ws.split_at_mut(off);
+    rest.split_at_mut(len)
+}
+
+/// Computes the rectangle `rows × cols` of `C` single-threaded.
+fn block<E: Elem>(
+    fam: &Family<E>,
+    p: &Problem<'_, E>,
+    (rows, cols): (Range<usize>, Range<usize>),
+    c: &CView<E>,
+    ws: &mut [E],
+) {
+    let bl = fam.blocking;
+    let (a_buf, rest) = take_aligned(ws, packed_a_len(bl.mc.min(rows.len()), bl.lda));
+    let b_len = match p.b {
+        BSource::Mat(_) => packed_b_len(bl.nc.min(cols.len()), bl.kc.min(p.k), bl.nr),
+        BSource::Packed(_) => 0,
+    };
+    let (b_buf, _) = take_aligned(rest, b_len);
+    for jc in cols.clone().step_by(bl.nc) {
+        let nc = bl.nc.min(cols.end - jc);
+        for pc in (0..p.k).step_by(bl.kc) {
+            let kc = bl.kc.min(p.k - pc);
+            let panels = match p.b {
+                BSource::Mat(b) => {
+                    pack_b(b, pc..pc + kc, jc..jc + nc, bl.nr, b_buf);
+                    Panels {
+                        data: b_buf,
+                        stride: kc * bl.nr,
+                    }
+                }
+                BSource::Packed(d) => Panels {
+                    data: &d[jc / bl.nr * p.k * bl.nr + pc * bl.nr..],
+                    stride: p.k * bl.nr,
+                },
+            };
+            let beta = if pc == 0 { p.beta } else { E::ONE };
+            for ic in rows.clone().step_by(bl.mc) {
+                let mc = bl.mc.min(rows.end - ic);
+                pack_a(p.a, ic..ic + mc, pc..pc + kc, bl.lda, a_buf);
+                let at = Macro {
+                    kc,
+                    a: a_buf,
+                    b: &panels,
+                    origin: (ic, jc),
+                    size: (mc, nc),
+                };
+                at.run(fam, p.alpha, beta, c);
+            }
+        }
+    }
+}
+
+/// The `nr`-column micro-panels of `B` for one depth block.
+///
+/// Panel `q` starts at `q·stride`; its rows are `nr` apart.
+struct Panels<'a, E> {
+    data: &'a [E],
+    stride: usize,
+}
+
+impl<E> Panels<'_, E> {
+    /// Panel `q` over depth `kc`, and its row stride.
+    fn panel(&self, q: usize, kc: usize, nr: usize) -> (&[E], usize) {
+        let start = q * self.stride;
+        (&self.data[start..start + kc * nr], nr)
+    }
+}
+
+/// One `mc × nc` block of `C` over depth `kc`.
+struct Macro<'a, E> {
+    kc: usize,
+    a: &'a [E],
+    b: &'a Panels<'a, E>,
+    origin: (usize, usize),
+    size: (usize, usize),
+}
+
+impl<E: Elem> Macro<'_, E> {
+    fn run(&self, fam: &Family<E>, alpha: E, beta: E, c: &CView<E>) {
+        let Blocking { mr, nr, lda, .. } = fam.blocking;
+        let (kc, (i0, j0), (mc, nc)) = (self.kc, self.origin, self.size);
+        for (q, j) in (0..nc).step_by(nr).enumerate() {
+            let (b, rs_b) = self.b.panel(q, kc, nr);
+            let cols = nr.min(nc - j);
+            let table = if cols <= fam.narrow_width {
+                fam.narrow
+            } else {
+                fam.tiles
+            };
+            for i in (0..mc).step_by(mr) {
+                let rows = mr.min(mc - i);
+                let a = &self.a[i * lda..(i + rows - 1) * lda + kc];
+                let tile = Tile {
+                    kc,
+                    a: a.as_ptr(),
+                    b: b.as_ptr(),
+                    rs_b,
+                    c: c.tile_ptr(i0 + i, j0 + j, rows, cols),
+                    rs_c: c.rs,
+                    nr: cols,
+                    alpha,
+                    beta,
+                };
+                // SAFETY: `a` holds rows × kc at stride lda, `b` kc rows of nr
+                // at stride rs_b (`panel` sliced both), `tile_ptr` checked the
+                // rows × cols tile lies in C, this thread owns that rectangle
+                // of C, and `fam` is only handed out for an instruction set
+                // the host has (select.rs).
+                unsafe { (table[rows - 1])(&tile) };
+            }
+        }
+    }
+}
