@@ -13,13 +13,19 @@ fn eager(c: &mut Criterion) {
     merge_all(&mut merged).expect("W1 merges");
     let mut g = c.benchmark_group("W1");
     g.throughput(Throughput::Elements(w1_flops(false) as u64));
-    g.bench_function("eager", |b| b.iter(|| model.forward_float(&x).expect("forward")));
+    g.bench_function("eager", |b| {
+        b.iter(|| model.forward_float(&x).expect("forward"))
+    });
     g.throughput(Throughput::Elements(w1_flops(true) as u64));
-    g.bench_function("merged-eager", |b| b.iter(|| merged.forward_float(&x).expect("forward")));
+    g.bench_function("merged-eager", |b| {
+        b.iter(|| merged.forward_float(&x).expect("forward"))
+    });
     g.finish();
 
     let (mut tiny, x) = w2::<f32>().expect("W2 builds");
-    c.bench_function("W2/eager", |b| b.iter(|| tiny.forward_float(&x).expect("forward")));
+    c.bench_function("W2/eager", |b| {
+        b.iter(|| tiny.forward_float(&x).expect("forward"))
+    });
 }
 
 criterion_group!(benches, eager);

@@ -25,17 +25,35 @@ fn dense<T: Scalar>(i: usize, o: usize, act: Activation, rng: &mut Rng) -> Resul
 /// (N(0, 1/fan_in) for A, N(0, 1/r) for B).
 fn adapt<T: Scalar>(layer: Dense<T>, r: usize, rng: &mut Rng) -> Result<LoraAdapter<T>> {
     let (i, o) = (layer.in_features(), layer.out_features());
-    let cfg = LoraConfig::new(r).with_alpha(2.0 * r as f64).with_init(LoraInit::Random).with_seed(rng.next_u64());
+    let cfg = LoraConfig::new(r)
+        .with_alpha(2.0 * r as f64)
+        .with_init(LoraInit::Random)
+        .with_seed(rng.next_u64());
     let mut a = LoraAdapter::wrap(layer, cfg)?;
     let lora = a.lora_layer_mut();
-    lora.a_mut().set_value(Tensor::random_normal(&[i, r], 0.0, 1.0 / (i as f64).sqrt(), rng))?;
-    lora.b_mut().set_value(Tensor::random_normal(&[r, o], 0.0, 1.0 / (r as f64).sqrt(), rng))?;
+    lora.a_mut().set_value(Tensor::random_normal(
+        &[i, r],
+        0.0,
+        1.0 / (i as f64).sqrt(),
+        rng,
+    ))?;
+    lora.b_mut().set_value(Tensor::random_normal(
+        &[r, o],
+        0.0,
+        1.0 / (r as f64).sqrt(),
+        rng,
+    ))?;
     Ok(a)
 }
 
 /// A stack of dense layers `sizes[0] → sizes[1] → …`, `act` after every
 /// layer but the last, each wrapped in a rank-`r` adapter; children `fc0`, `fc1`, ….
-fn lora_mlp<T: Scalar>(sizes: &[usize], act: Activation, r: usize, seed: u64) -> Result<Sequential<T>> {
+fn lora_mlp<T: Scalar>(
+    sizes: &[usize],
+    act: Activation,
+    r: usize,
+    seed: u64,
+) -> Result<Sequential<T>> {
     let mut rng = Rng::new(seed);
     let mut model = Sequential::new();
     let n = sizes.len() - 1;
@@ -94,9 +112,18 @@ mod tests {
     fn workloads_have_the_documented_shapes() {
         let (mut m, x) = w2::<f32>().unwrap();
         assert_eq!(m.forward_float(&x).unwrap().shape(), &[1, 10]);
-        assert_eq!(m.layer_paths().iter().filter(|p| !p.contains('.')).count(), 3);
+        assert_eq!(
+            m.layer_paths().iter().filter(|p| !p.contains('.')).count(),
+            3
+        );
         let adapter = m.child("fc0").unwrap().as_lora_adapter().unwrap();
         assert_eq!((adapter.rank(), adapter.scaling()), (4, 2.0));
-        assert!(adapter.lora_layer().b().value().to_vec().iter().all(|&v| v != 0.0));
+        assert!(adapter
+            .lora_layer()
+            .b()
+            .value()
+            .to_vec()
+            .iter()
+            .all(|&v| v != 0.0));
     }
 }

@@ -4,7 +4,12 @@ use cranelora::demo::{run_demo, DemoConfig};
 
 #[test]
 fn demo_training_reduces_the_test_loss() {
-    let cfg = DemoConfig { epochs: 4, batch: 64, samples: 512, seed: 3 };
+    let cfg = DemoConfig {
+        epochs: 4,
+        batch: 64,
+        samples: 512,
+        seed: 3,
+    };
     let mut losses = Vec::new();
     run_demo(cfg, &mut |_, train, test| losses.push((train, test))).unwrap();
     assert_eq!(losses.len(), 4);
