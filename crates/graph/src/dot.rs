@@ -6,11 +6,13 @@
 //! adapter, labelled with the adapter path (the name before that segment),
 //! so the low-rank branch of each adapted layer is visible at a glance.
 //! Inputs are drawn as houses, Parameters in blue, Constants in grey, and
-//! outputs with a double border. Edges are labelled with the operand
+//! outputs with a double border. [`to_dot_with`] also draws the groups of
+//! a [`FusionPlan`] as clusters. Edges are labelled with the operand
 //! position where a node has more than one operand.
 
+use crate::passes::FusionPlan;
 use crate::{Graph, NodeId, Op};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
 /// The adapter path of a LoRA node name: the part before `.lora_…` or before
@@ -30,10 +32,22 @@ pub fn lora_adapter_path(name: &str) -> Option<&str> {
 
 /// The graph in Graphviz DOT syntax.
 pub fn to_dot(graph: &Graph) -> String {
+    to_dot_with(graph, &FusionPlan::default())
+}
+
+/// [`to_dot`] with each fusion group of `plan` (of at least two nodes,
+/// counting its anchor) drawn as a cluster labelled `fusion N`; a node in
+/// such a cluster is drawn there rather than in its LoRA cluster.
+pub fn to_dot_with(graph: &Graph, plan: &FusionPlan) -> String {
     let mut out = String::from("digraph cranelora {\n");
     out.push_str("  node [shape=box, fontname=\"monospace\", fontsize=10];\n");
+    let fused = fusion_clusters(graph, plan, &mut out);
     let mut clusters: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
-    for id in graph.node_ids() {
+    for id in graph
+        .node_ids()
+        .into_iter()
+        .filter(|id| !fused.contains(id))
+    {
         let name = graph.node(id).and_then(|n| n.name.as_deref());
         match name.and_then(lora_adapter_path) {
             Some(path) => clusters.entry(path).or_default().push(id),
@@ -63,6 +77,26 @@ pub fn to_dot(graph: &Graph) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+/// Writes one cluster per fusion group of two or more nodes; returns their nodes.
+fn fusion_clusters(graph: &Graph, plan: &FusionPlan, out: &mut String) -> HashSet<NodeId> {
+    let mut fused = HashSet::new();
+    for (i, group) in plan.groups.iter().enumerate() {
+        let ids: Vec<NodeId> = group.anchor.iter().chain(&group.nodes).copied().collect();
+        if ids.len() < 2 || ids.iter().any(|&id| graph.node(id).is_none()) {
+            continue;
+        }
+        let _ = writeln!(out, "  subgraph cluster_fusion_{i} {{");
+        let _ = writeln!(out, "    label=\"fusion {i}\";");
+        out.push_str("    style=filled; color=lightyellow;\n");
+        for &id in &ids {
+            out.push_str(&node_stmt(graph, id, "    "));
+        }
+        out.push_str("  }\n");
+        fused.extend(ids);
+    }
+    fused
 }
 
 /// `n3 [label="%3 matmul\nf32[4, 16]\nfc1"];`

@@ -10,6 +10,8 @@
 //! - [`interpret`]: the executable definition of every op, on ndarray and
 //!   the shared kernels; the JIT and every pass are tested against it.
 //! - [`dump`] (stable text, for golden tests) and [`to_dot`] (Graphviz).
+//! - [`passes`]: transforms in place (simplify, constant and LoRA folding,
+//!   CSE, DCE), fusion grouping, and the [`passes::PassManager`].
 //!
 //! ```
 //! use cranelora_graph::{interpret, Bindings, DType, Graph, TensorData};
@@ -46,12 +48,16 @@ mod op;
 mod shape;
 mod tensor_data;
 
+pub mod autodiff;
 pub mod display;
+pub mod passes;
+pub mod training;
 pub mod verify;
 
+pub use autodiff::grad;
 pub use cranelora_kernels::DType;
 pub use display::dump;
-pub use dot::{lora_adapter_path, to_dot};
+pub use dot::{lora_adapter_path, to_dot, to_dot_with};
 pub use error::{Error, NodeDesc, Result, Violation};
 pub use graph::{Graph, Node, NodeId};
 pub use interp::{interpret, Bindings};
