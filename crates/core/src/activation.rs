@@ -5,8 +5,10 @@
 //! (`cranelora_kernels::math`), so eager layers, the interpreter and the JIT
 //! evaluate the same approximations.
 
+use crate::export::{self, ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer};
 use crate::{Error, Result, Tensor};
+use cranelora_graph::{NodeId, Op};
 use cranelora_kernels::math::{self, Func};
 use cranelora_kernels::Scalar;
 
@@ -41,6 +43,31 @@ impl Activation {
             Activation::Tanh => "tanh",
             Activation::Sigmoid => "sigmoid",
             Activation::Silu => "silu",
+        }
+    }
+
+    /// The graph op computing `f`, or `None` for the identity.
+    pub fn graph_op(self) -> Option<Op> {
+        match self {
+            Activation::Identity => None,
+            Activation::Relu => Some(Op::Relu),
+            Activation::GeluErf => Some(Op::Gelu),
+            Activation::GeluTanh => Some(Op::GeluTanh),
+            Activation::Tanh => Some(Op::Tanh),
+            Activation::Sigmoid => Some(Op::Sigmoid),
+            Activation::Silu => Some(Op::Silu),
+        }
+    }
+
+    /// Appends `f(x)` to the graph as a node named `<path>.act` (the
+    /// identity adds no node and returns `x`).
+    ///
+    /// # Errors
+    /// A graph error if `x` is not a float node.
+    pub fn export(self, ctx: &mut ExportContext<'_>, x: NodeId) -> Result<NodeId> {
+        match self.graph_op() {
+            None => Ok(x),
+            Some(op) => Ok(ctx.named("act").push(op, &[x])?),
         }
     }
 
@@ -201,6 +228,15 @@ impl<T: Scalar> Layer<T> for ActivationLayer<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    fn supports_jit(&self) -> bool {
+        export::lowerable(self.activation.graph_op().as_slice())
+    }
+
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let x = NodeInputs::new(inputs, self.kind()).float(0)?;
+        self.activation.export(ctx, x)
     }
 
     fn diagnostics(&self) -> crate::layer::Diagnostics {

@@ -121,6 +121,34 @@ pub enum Error {
         /// The kernel's error.
         source: KernelError,
     },
+    /// A layer that cannot do what was asked (e.g. be exported as a graph).
+    #[error("{}{kind}: unsupported: {what}", at(path))]
+    Unsupported {
+        /// Layer path (empty at the root).
+        path: String,
+        /// Kind of layer.
+        kind: String,
+        /// What is not supported.
+        what: String,
+    },
+    /// A file that cannot be read, written or understood (weights, adapters,
+    /// configs); the message names the key, the expected and actual shape or
+    /// dtype, or the field.
+    #[error("file `{path}`: {message}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The graph crate refused a node or a graph while exporting.
+    #[error("{}graph: {source}", at(path))]
+    Graph {
+        /// Layer path (empty at the root).
+        path: String,
+        /// The graph crate's error (boxed: it is large and rare).
+        source: Box<cranelora_graph::Error>,
+    },
 }
 
 fn at(path: &str) -> String {
@@ -136,6 +164,15 @@ impl From<KernelError> for Error {
         Error::Kernel {
             path: String::new(),
             source,
+        }
+    }
+}
+
+impl From<cranelora_graph::Error> for Error {
+    fn from(source: cranelora_graph::Error) -> Self {
+        Error::Graph {
+            path: String::new(),
+            source: Box::new(source),
         }
     }
 }
@@ -164,8 +201,10 @@ impl Error {
             | Error::MissingInput { path, .. }
             | Error::NoForwardCache { path, .. }
             | Error::Config { path, .. }
-            | Error::Kernel { path, .. } => Some(path),
-            Error::NoSuchLayer { .. } | Error::Weight { .. } => None,
+            | Error::Kernel { path, .. }
+            | Error::Unsupported { path, .. }
+            | Error::Graph { path, .. } => Some(path),
+            Error::NoSuchLayer { .. } | Error::Weight { .. } | Error::Io { .. } => None,
         }
     }
 
@@ -178,8 +217,10 @@ impl Error {
             | Error::MissingInput { path, .. }
             | Error::NoForwardCache { path, .. }
             | Error::Config { path, .. }
-            | Error::Kernel { path, .. } => Some(path),
-            Error::NoSuchLayer { .. } | Error::Weight { .. } => None,
+            | Error::Kernel { path, .. }
+            | Error::Unsupported { path, .. }
+            | Error::Graph { path, .. } => Some(path),
+            Error::NoSuchLayer { .. } | Error::Weight { .. } | Error::Io { .. } => None,
         }
     }
 

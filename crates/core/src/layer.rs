@@ -32,7 +32,11 @@
 //!   [`Layer::replace_child`] address a descendant by dotted path, and
 //!   [`visit`] walks every layer with its path. This is how LoRA wraps
 //!   layers by path and how weights are loaded by name.
+//! - **Export.** [`Layer::export_graph`] appends the eval-mode forward to a
+//!   computation graph ([`crate::export`]); [`Layer::supports_jit`] says
+//!   whether that graph is one the JIT compiles.
 
+use crate::export::{ExportContext, NodeInput};
 use crate::lora::{LoraAdapter, LoraTarget};
 use crate::{Error, IdTensor, Result, Tensor};
 use cranelora_kernels::Scalar;
@@ -336,11 +340,31 @@ pub trait Layer<T: Scalar>: Send + Sync + std::fmt::Debug {
         true
     }
 
-    /// Whether the layer can be exported as a graph the JIT compiles. No
-    /// layer exports a graph yet, so this is `false` until the graph export
-    /// lands; the answer must always be the truth.
+    /// Whether the layer can be exported as a graph the JIT compiles: true
+    /// exactly when [`Layer::export_graph`] is implemented for this layer and
+    /// every layer below it, and every op it emits is
+    /// [`jit_lowerable`](cranelora_graph::jit_lowerable). The default (no
+    /// export) is `false`.
     fn supports_jit(&self) -> bool {
         false
+    }
+
+    /// Appends this layer's eval-mode forward to the graph of `ctx`, reading
+    /// the graph-side `inputs` as `forward` reads its [`Input`]s, and returns
+    /// the output node. Weights become Constants or Parameters as the
+    /// context's options decide; nodes are named after `ctx.path()`. See
+    /// [`crate::export`].
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default (a layer without an export); the
+    /// layer's shape errors, as `forward` would report them.
+    fn export_graph(
+        &self,
+        ctx: &mut ExportContext<'_>,
+        inputs: &[NodeInput],
+    ) -> Result<cranelora_graph::NodeId> {
+        let _ = (ctx, inputs);
+        Err(crate::export::unsupported(self.kind()))
     }
 
     /// Layer-specific diagnostics; the default reports parameter counts and

@@ -3,6 +3,7 @@
 
 pub mod activation;
 mod error;
+pub mod export;
 pub mod layer;
 pub mod layers;
 pub mod lora;

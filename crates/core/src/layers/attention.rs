@@ -24,11 +24,13 @@
 //! built as [`Dense`] layers (`d × d`, with bias, no activation); the layer
 //! uses them only through [`Layer::forward`] and [`Layer::backward`], so a
 //! LoRA adapter can replace any of them by path. The layer has no weights
-//! of its own.
+//! of its own. Its graph export lives in `attention_export.rs`.
 
 use super::Dense;
+use crate::export::{ExportContext, NodeInput};
 use crate::layer::{Input, Inputs, Layer};
 use crate::{Activation, Error, Mask, Result, Rng, Tensor};
+use cranelora_graph::NodeId;
 use cranelora_kernels::math::{self, Func};
 use cranelora_kernels::Scalar;
 
@@ -381,6 +383,16 @@ impl<T: Scalar> Layer<T> for MultiHeadAttention<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    fn supports_jit(&self) -> bool {
+        let children = [&self.query, &self.key, &self.value, &self.output];
+        super::attention_export::own_ops_lowerable() && children.iter().all(|c| c.supports_jit())
+    }
+
+    /// See `attention_export.rs`: masks are graph inputs, fully hidden rows zero.
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        super::attention_export::export(self, ctx, inputs)
     }
 }
 

@@ -10,8 +10,10 @@
 //! `y = W · cols + b`, with `W` viewed as the `O × (C·kh·kw)` matrix. The
 //! backward pass is `∂W += g · colsᵀ`, `∂b += Σ g`, `∂x = col2im(Wᵀ · g)`.
 
+use crate::export::{self, ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer, Weight};
 use crate::{Error, Result, Rng, Tensor};
+use cranelora_graph::{Conv2dParams, NodeId, Op, Shape};
 use cranelora_kernels::gemm::{gemm_alloc, MatMut, MatRef, Rhs};
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::Scalar;
@@ -36,6 +38,17 @@ impl Default for Conv2dOptions {
             stride: (1, 1),
             padding: (0, 0),
             dilation: (1, 1),
+        }
+    }
+}
+
+impl From<Conv2dOptions> for Conv2dParams {
+    /// The graph op's parameters: the same stride, padding and dilation.
+    fn from(o: Conv2dOptions) -> Self {
+        Conv2dParams {
+            stride: o.stride,
+            padding: o.padding,
+            dilation: o.dilation,
         }
     }
 }
@@ -190,9 +203,8 @@ impl<T: Scalar> Conv2d<T> {
     }
 
     /// The geometry of one image of `x`, checked.
-    fn geometry(&self, x: &Tensor<T>) -> Result<Conv2dGeometry> {
+    fn geometry(&self, s: &[usize]) -> Result<Conv2dGeometry> {
         let c = self.in_channels();
-        let s = x.shape();
         if s.len() != 4 || s[1] != c {
             return Err(Error::shape(KIND, "input", format!("[N, {c}, H, W]"), s));
         }
@@ -243,7 +255,7 @@ impl<T: Scalar> Layer<T> for Conv2d<T> {
 
     fn forward(&mut self, inputs: &[Input<'_, T>]) -> Result<Tensor<T>> {
         let x = Inputs::new(inputs, KIND).float(0)?;
-        let geom = self.geometry(x)?;
+        let geom = self.geometry(x.shape())?;
         let (batch, o) = (x.shape()[0], self.out_channels());
         let (k, l) = (geom.col_rows(), geom.col_cols());
         let (xs, ws) = (standard(x), standard(self.weight.value()));
@@ -359,6 +371,30 @@ impl<T: Scalar> Layer<T> for Conv2d<T> {
 
     fn as_lora_target_mut(&mut self) -> Option<&mut dyn crate::lora::LoraTarget<T>> {
         Some(self)
+    }
+
+    fn supports_jit(&self) -> bool {
+        let reshape = Op::Reshape {
+            shape: Shape::scalar(),
+        };
+        export::lowerable(&[Op::Conv2d(self.options.into()), reshape, Op::Add])
+    }
+
+    /// `conv2d(x, W)` (node `<path>.conv`), plus the bias as `[O, 1, 1]`
+    /// (`<path>.bias_add`).
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let x = NodeInputs::new(inputs, KIND).float(0)?;
+        self.geometry(&ctx.dims(x)?)?;
+        let w = ctx.weight(&self.weight, false)?;
+        let mut y = ctx.named("conv").conv2d(x, w, self.options.into())?;
+        if let Some(b) = &self.bias {
+            let b = ctx.weight(b, false)?;
+            let b = ctx
+                .named("bias_reshape")
+                .reshape(b, [self.out_channels(), 1, 1])?;
+            y = ctx.named("bias_add").add(y, b)?;
+        }
+        Ok(y)
     }
 }
 

@@ -11,8 +11,10 @@
 //! merged adapter exact.
 
 use crate::activation::Activation;
+use crate::export::{self, ExportContext, NodeInput, NodeInputs};
 use crate::layer::{weight_diagnostics, Diagnostics, Input, Inputs, Layer, Weight};
 use crate::{Error, Result, Rng, Tensor};
+use cranelora_graph::{NodeId, Op};
 use cranelora_kernels::Scalar;
 
 /// A dense (affine) layer with an optional activation.
@@ -191,6 +193,26 @@ impl<T: Scalar> Dense<T> {
         let dx = g2.matmul(&self.weight.value().t()?)?;
         dx.reshape(x.shape())
     }
+
+    /// Appends the pre-activation `x·W + b` to the graph (nodes
+    /// `<path>.matmul` and `<path>.bias_add`): [`Dense::forward_pre`] as a graph.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the last axis of `x` is not `in`.
+    pub fn export_pre(&self, ctx: &mut ExportContext<'_>, x: NodeId) -> Result<NodeId> {
+        let dims = ctx.dims(x)?;
+        if dims.last() != Some(&self.in_features()) {
+            let expected = format!("[.., {}]", self.in_features());
+            return Err(Error::shape("Dense", "input", expected, &dims));
+        }
+        let w = ctx.weight(&self.weight, false)?;
+        let mut y = ctx.named("matmul").matmul(x, w)?;
+        if let Some(b) = &self.bias {
+            let b = ctx.weight(b, false)?;
+            y = ctx.named("bias_add").add(y, b)?;
+        }
+        Ok(y)
+    }
 }
 
 impl<T: Scalar> Layer<T> for Dense<T> {
@@ -261,6 +283,17 @@ impl<T: Scalar> Layer<T> for Dense<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    fn supports_jit(&self) -> bool {
+        let act = self.activation.graph_op();
+        export::lowerable(&[Op::MatMul, Op::Add]) && export::lowerable(act.as_slice())
+    }
+
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let x = NodeInputs::new(inputs, self.kind()).float(0)?;
+        let pre = self.export_pre(ctx, x)?;
+        self.activation.export(ctx, pre)
     }
 
     fn diagnostics(&self) -> Diagnostics {
@@ -384,6 +417,14 @@ impl<T: Scalar> Layer<T> for FullyConnected<T> {
     }
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+    fn supports_jit(&self) -> bool {
+        self.0.supports_jit()
+    }
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        self.0
+            .export_graph(ctx, inputs)
+            .map_err(|e| rename(e, "FullyConnected"))
     }
     fn diagnostics(&self) -> Diagnostics {
         let mut d = self.0.diagnostics();

@@ -1,10 +1,13 @@
 //! Dropout: zeroes each element with probability `p` in training mode and
 //! scales the rest by `1/(1−p)` (inverted dropout, as PyTorch); the identity
 //! in eval mode. Masks come from the layer's own seeded generator, so a run
-//! is reproducible.
+//! is reproducible. Exported as the identity (eval mode); training-mode
+//! dropout is not exported.
 
+use crate::export::{ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Diagnostics, Input, Inputs, Layer};
 use crate::{Error, Result, Rng, Tensor};
+use cranelora_graph::NodeId;
 use cranelora_kernels::Scalar;
 
 /// Inverted dropout with a seeded mask.
@@ -100,6 +103,17 @@ impl<T: Scalar> Layer<T> for Dropout<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    /// Emits no op: the graph is its input.
+    fn supports_jit(&self) -> bool {
+        true
+    }
+
+    /// The identity: exported graphs are eval-mode forwards, so training-mode
+    /// dropout (a random mask per call) is not exported.
+    fn export_graph(&self, _ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        NodeInputs::new(inputs, self.kind()).float(0)
     }
 
     fn diagnostics(&self) -> Diagnostics {

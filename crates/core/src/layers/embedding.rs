@@ -9,8 +9,10 @@
 //! The ids are not differentiable: `backward` returns `Ok(None)`. The row of
 //! `padding_idx`, if set, never receives a gradient (PyTorch's behaviour).
 
+use crate::export::{self, ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer, Weight};
 use crate::{Error, IdTensor, Result, Rng, Tensor};
+use cranelora_graph::{NodeId, Op};
 use cranelora_kernels::Scalar;
 
 const KIND: &str = "Embedding";
@@ -216,6 +218,18 @@ impl<T: Scalar> Layer<T> for Embedding<T> {
 
     fn as_lora_target_mut(&mut self) -> Option<&mut dyn crate::lora::LoraTarget<T>> {
         Some(self)
+    }
+
+    fn supports_jit(&self) -> bool {
+        export::lowerable(&[Op::Gather])
+    }
+
+    /// `gather(table, ids)` (node `<path>.gather`); ids outside the table
+    /// are a run-time error of the graph, as of `forward`.
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let ids = NodeInputs::new(inputs, KIND).ids()?;
+        let table = ctx.weight(&self.weight, false)?;
+        Ok(ctx.named("gather").gather(table, ids)?)
     }
 }
 

@@ -11,8 +11,10 @@
 //! Backward, per row with `ĝ = γ ⊙ g` and `r = 1/√(σ² + ε)`:
 //! `∂x = r·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))`, `∂γ = Σ_rows g ⊙ x̂`, `∂β = Σ_rows g`.
 
+use crate::export::{self, ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer, Weight};
 use crate::{Error, Result, Tensor};
+use cranelora_graph::{NodeId, Op};
 use cranelora_kernels::Scalar;
 
 const KIND: &str = "LayerNorm";
@@ -226,6 +228,32 @@ impl<T: Scalar> Layer<T> for LayerNorm<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    fn supports_jit(&self) -> bool {
+        export::lowerable(&[Op::LayerNorm {
+            axis: 0,
+            eps: self.eps,
+            affine: self.affine.is_some(),
+        }])
+    }
+
+    /// One LayerNorm node over the last axis (`<path>.layer_norm`).
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let x = NodeInputs::new(inputs, KIND).float(0)?;
+        let dims = ctx.dims(x)?;
+        if dims.last() != Some(&self.dim) {
+            let expected = format!("[.., {}]", self.dim);
+            return Err(Error::shape(KIND, "input", expected, &dims));
+        }
+        let affine = match &self.affine {
+            Some((w, b)) => Some((ctx.weight(w, false)?, ctx.weight(b, false)?)),
+            None => None,
+        };
+        let axis = dims.len() - 1;
+        Ok(ctx
+            .named("layer_norm")
+            .layer_norm(x, affine, axis, self.eps)?)
     }
 }
 

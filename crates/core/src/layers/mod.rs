@@ -1,6 +1,7 @@
 //! The built-in layers, one per file.
 
 mod attention;
+mod attention_export;
 mod conv2d;
 mod dense;
 mod dropout;

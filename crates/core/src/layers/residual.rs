@@ -1,7 +1,9 @@
 //! Residual: `y = x + f(x)` around one child named `inner`.
 
+use crate::export::{self, ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer};
 use crate::{Error, Result, Tensor};
+use cranelora_graph::{NodeId, Op};
 use cranelora_kernels::Scalar;
 
 /// A residual connection `y = x + f(x)`; `f` must keep the input's shape.
@@ -87,5 +89,21 @@ impl<T: Scalar> Layer<T> for Residual<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    fn supports_jit(&self) -> bool {
+        export::lowerable(&[Op::Add]) && self.inner.supports_jit()
+    }
+
+    /// `x + inner(x)`, the add named `<path>.add`.
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let x = NodeInputs::new(inputs, self.kind()).float(0)?;
+        let fx = ctx.child("inner", |ctx| self.inner.export_graph(ctx, inputs))?;
+        let (xs, fs) = (ctx.dims(x)?, ctx.dims(fx)?);
+        if fs != xs {
+            let expected = format!("the input's shape {xs:?}");
+            return Err(Error::shape(self.kind(), "inner output", expected, &fs));
+        }
+        Ok(ctx.named("add").add(x, fx)?)
     }
 }

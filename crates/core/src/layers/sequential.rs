@@ -4,8 +4,10 @@
 //! receives the previous output as its float input plus every mask of the
 //! call, so an attention mask reaches each block of an encoder.
 
+use crate::export::{ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer};
 use crate::{Error, Result, Tensor};
+use cranelora_graph::NodeId;
 use cranelora_kernels::Scalar;
 
 /// Named layers applied one after another.
@@ -158,6 +160,29 @@ impl<T: Scalar> Layer<T> for Sequential<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    fn supports_jit(&self) -> bool {
+        self.layers.iter().all(|(_, l)| l.supports_jit())
+    }
+
+    /// The children's graphs chained as `forward` chains them.
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let masks = NodeInputs::new(inputs, "Sequential").masks();
+        let mut h: Option<NodeId> = None;
+        for (name, layer) in &self.layers {
+            let next = match h {
+                None => inputs.to_vec(),
+                Some(x) => std::iter::once(NodeInput::Float(x))
+                    .chain(masks.iter().copied())
+                    .collect(),
+            };
+            h = Some(ctx.child(name, |ctx| layer.export_graph(ctx, &next))?);
+        }
+        match h {
+            Some(y) => Ok(y),
+            None => NodeInputs::new(inputs, "Sequential").float(0),
+        }
     }
 }
 

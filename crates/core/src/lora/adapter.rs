@@ -25,8 +25,10 @@ use super::config::LoraConfig;
 use super::layer::LoraLayer;
 use super::target::{LoraGeometry, LoraTarget};
 use crate::activation::Activation;
+use crate::export::{ExportContext, NodeInput};
 use crate::layer::{weight_diagnostics, Diagnostics, Input, Layer, Weight};
 use crate::{Error, Result, Tensor};
+use cranelora_graph::NodeId;
 use cranelora_kernels::Scalar;
 
 /// DoRA's per-forward quantities.
@@ -449,6 +451,12 @@ impl<T: Scalar> Layer<T> for LoraAdapter<T> {
 
     fn supports_jit(&self) -> bool {
         self.base.supports_jit() && self.lora.supports_jit()
+    }
+
+    /// Base up to its pre-activation, the LoRA branch, one Add, the
+    /// activation (DoRA as PEFT, its norm behind a StopGradient): see `lora/export.rs`.
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        self.export_adapter(ctx, inputs)
     }
 
     fn as_lora_adapter(&self) -> Option<&LoraAdapter<T>> {

@@ -11,8 +11,10 @@
 use super::channels;
 use super::config::{LoraConfig, LoraInit};
 use super::target::LoraGeometry;
+use crate::export::{ExportContext, NodeInput};
 use crate::layer::{Diagnostics, Input, Inputs, Layer, Weight};
 use crate::{Error, Result, Rng, Tensor};
+use cranelora_graph::NodeId;
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::Scalar;
 
@@ -470,6 +472,15 @@ impl<T: Scalar> Layer<T> for LoraLayer<T> {
 
     fn clone_box(&self) -> Box<dyn Layer<T>> {
         Box::new(self.clone())
+    }
+
+    fn supports_jit(&self) -> bool {
+        self.export_lowerable()
+    }
+
+    /// `s·branch(x) + bias` as graph nodes named `<path>.lora_…` (see `lora/export.rs`).
+    fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        self.export_branch(ctx, inputs)
     }
 
     fn diagnostics(&self) -> Diagnostics {

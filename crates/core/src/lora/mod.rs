@@ -12,6 +12,7 @@ mod adapter;
 mod apply;
 mod channels;
 mod config;
+mod export;
 mod layer;
 mod target;
 mod targets;

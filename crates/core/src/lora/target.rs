@@ -12,8 +12,10 @@
 //! `vocab × dim` table), so the update is always `W̃ + s·A·B`.
 
 use crate::activation::Activation;
+use crate::export::{ExportContext, NodeInput};
 use crate::layer::{Input, Layer, Weight};
 use crate::{Error, Result, Tensor};
+use cranelora_graph::NodeId;
 use cranelora_kernels::Scalar;
 
 /// The shape of a LoRA target, which decides the shape of the LoRA branch.
@@ -178,6 +180,14 @@ pub trait LoraTarget<T: Scalar> {
     /// # Errors
     /// As the layer's `backward`.
     fn backward_pre(&mut self, grad_pre: &Tensor<T>) -> Result<Option<Tensor<T>>>;
+
+    /// Appends the pre-activation (bias included) to the graph of `ctx`:
+    /// [`LoraTarget::forward_pre`] as a graph, which the adapter's export
+    /// joins with the LoRA branch before the activation.
+    ///
+    /// # Errors
+    /// As the layer's `export_graph`.
+    fn export_pre(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId>;
 
     /// The activation applied after the pre-activation.
     fn activation(&self) -> Activation;

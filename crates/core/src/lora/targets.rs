@@ -2,9 +2,11 @@
 
 use super::target::{LoraGeometry, LoraTarget};
 use crate::activation::Activation;
+use crate::export::{ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer, Weight};
 use crate::layers::{Conv2d, Dense, Embedding, FullyConnected};
 use crate::{Error, Result, Tensor};
+use cranelora_graph::NodeId;
 use cranelora_kernels::Scalar;
 
 impl<T: Scalar> LoraTarget<T> for Dense<T> {
@@ -17,6 +19,10 @@ impl<T: Scalar> LoraTarget<T> for Dense<T> {
     fn forward_pre(&mut self, inputs: &[Input<'_, T>]) -> Result<Tensor<T>> {
         let x = Inputs::new(inputs, "Dense").float(0)?;
         Dense::forward_pre(self, x)
+    }
+    fn export_pre(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        let x = NodeInputs::new(inputs, "Dense").float(0)?;
+        Dense::export_pre(self, ctx, x)
     }
     fn backward_pre(&mut self, grad_pre: &Tensor<T>) -> Result<Option<Tensor<T>>> {
         Dense::backward_pre(self, grad_pre).map(Some)
@@ -52,6 +58,9 @@ impl<T: Scalar> LoraTarget<T> for FullyConnected<T> {
     }
     fn forward_pre(&mut self, inputs: &[Input<'_, T>]) -> Result<Tensor<T>> {
         LoraTarget::forward_pre(self.dense_mut(), inputs)
+    }
+    fn export_pre(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        LoraTarget::export_pre(self.dense(), ctx, inputs)
     }
     fn backward_pre(&mut self, grad_pre: &Tensor<T>) -> Result<Option<Tensor<T>>> {
         LoraTarget::backward_pre(self.dense_mut(), grad_pre)
@@ -93,6 +102,9 @@ impl<T: Scalar> LoraTarget<T> for Conv2d<T> {
     fn forward_pre(&mut self, inputs: &[Input<'_, T>]) -> Result<Tensor<T>> {
         self.forward(inputs)
     }
+    fn export_pre(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        self.export_graph(ctx, inputs)
+    }
     fn backward_pre(&mut self, grad_pre: &Tensor<T>) -> Result<Option<Tensor<T>>> {
         self.backward(grad_pre)
     }
@@ -131,6 +143,9 @@ impl<T: Scalar> LoraTarget<T> for Embedding<T> {
     /// A lookup has no activation: the pre-activation is the output.
     fn forward_pre(&mut self, inputs: &[Input<'_, T>]) -> Result<Tensor<T>> {
         self.forward(inputs)
+    }
+    fn export_pre(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
+        self.export_graph(ctx, inputs)
     }
     fn backward_pre(&mut self, grad_pre: &Tensor<T>) -> Result<Option<Tensor<T>>> {
         self.backward(grad_pre)
