@@ -219,11 +219,16 @@ impl<T: Scalar> LoraAdapter<T> {
             None => None,
         };
         let unbiased = match bias {
-            Some(b) => {
-                let neg = ctx.named("lora_dora_bias_neg").neg(b)?;
-                ctx.named("lora_dora_unbias").add(pre, neg)?
-            }
             None => pre,
+            Some(b) => match unbiased_operand(ctx, pre) {
+                // The base exported `pre = y + b`: take `y` itself, which is
+                // exact and leaves `(x·W + s·x·A·B)·(m/n)` for LoRA folding.
+                Some(y) => y,
+                None => {
+                    let neg = ctx.named("lora_dora_bias_neg").neg(b)?;
+                    ctx.named("lora_dora_unbias").add(pre, neg)?
+                }
+            },
         };
         let inner = ctx.named("add").add(unbiased, delta)?;
         let z = ctx.named("lora_dora_mul").mul(inner, scale)?;
@@ -232,4 +237,19 @@ impl<T: Scalar> LoraAdapter<T> {
             None => Ok(z),
         }
     }
+}
+
+/// If `pre` is the base's `bias_add` node (`y + b`, as Dense, FullyConnected
+/// and Conv2d export their bias), the operand `y` before the bias.
+fn unbiased_operand(ctx: &mut ExportContext<'_>, pre: NodeId) -> Option<NodeId> {
+    let g = ctx.graph();
+    let node = g.node(pre)?;
+    let is_bias_add = matches!(node.op, cranelora_graph::Op::Add)
+        && node
+            .name
+            .as_deref()
+            .is_some_and(|n| n.ends_with(".bias_add"));
+    is_bias_add
+        .then(|| g.operands(pre).first().copied())
+        .flatten()
 }
