@@ -4,11 +4,14 @@ use anyhow::{bail, Context, Result};
 use cranelora::demo::{run_demo, DemoConfig};
 use std::time::Instant;
 
+mod peft_cmd;
+
 const USAGE: &str = "\
 cranelora — LoRA fine-tuning and Cranelift-compiled inference for Rust
 
 USAGE:
     cranelora demo [--epochs N] [--seed S]   train the demo MLP, print the loss per epoch
+    cranelora peft <dir> [--name N]          inspect a PEFT adapter directory and report problems
     cranelora help                           print this help
 ";
 
@@ -16,6 +19,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
+        Some("peft") => peft_cmd::run(&args[1..], USAGE),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

@@ -4,6 +4,7 @@
 pub mod activation;
 mod error;
 pub mod export;
+pub mod io;
 pub mod layer;
 pub mod layers;
 pub mod lora;

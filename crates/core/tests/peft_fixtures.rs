@@ -1,19 +1,22 @@
 //! The three PEFT fixtures of ../shared/fixtures/peft reproduced through the
-//! LoRA API: forward, merged weights and output, loss, and the gradients of
-//! every A and B, against what PEFT 0.21 computed.
-//!
-//! PyTorch layouts are mapped by hand here (mapping PEFT's directory format
-//! onto a model is the IO module's job): Linear weights are `out × in`
-//! (ours `in × out`); PEFT's `lora_A` is `r × fan_in` and `lora_B` is
-//! `out × r` (ours `fan_in × r` and `r × out`).
+//! IO module: each case's model is built from its case.json description,
+//! `base.safetensors` loaded with PyTorch naming, the adapter directory with
+//! `load_peft_adapter`; then forward, loss and the gradients of every A and
+//! B, merge, merged weights and output are checked against what PEFT 0.21
+//! computed, within case.json's tolerances. No layout is mapped by hand.
 
+use cranelora_core::io::{
+    extract_peft_adapter, load_peft_adapter, load_safetensors, named_tensors, read_safetensors,
+    Naming,
+};
 use cranelora_core::layers::{Conv2d, Conv2dOptions, Dense, Embedding, Sequential};
-use cranelora_core::lora::{apply_lora, merge_all, ApplyConfig, LoraConfig};
+use cranelora_core::lora::merge_all;
 use cranelora_core::loss::mse;
 use cranelora_core::testing::assert_close;
-use cranelora_core::{Activation, ActivationLayer, IdTensor, Input, Layer, Tensor};
+use cranelora_core::{Activation, ActivationLayer, IdTensor, Input, Layer, Rng, Tensor};
 use safetensors::{Dtype, SafeTensors};
-use std::collections::HashMap;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 fn fixture_dir(case: &str) -> PathBuf {
@@ -22,254 +25,226 @@ fn fixture_dir(case: &str) -> PathBuf {
         .join(case)
 }
 
-/// Every tensor of a safetensors file: f32 tensors as floats, i64 as ids.
-fn load(case: &str, file: &str) -> (HashMap<String, Tensor<f32>>, HashMap<String, IdTensor>) {
-    let path = fixture_dir(case).join(file);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+fn case_json(case: &str) -> Value {
+    let path = fixture_dir(case).join("case.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("case.json parses")
+}
+
+fn floats(case: &str, file: &str) -> BTreeMap<String, Tensor<f32>> {
+    read_safetensors(&fixture_dir(case).join(file)).expect("fixture file reads")
+}
+
+/// The f32 and i64 tensors of an input file (the IO module reads floats only).
+fn inputs(case: &str) -> (HashMap<String, Tensor<f32>>, HashMap<String, IdTensor>) {
+    let bytes =
+        std::fs::read(fixture_dir(case).join("input.safetensors")).expect("fixture file reads");
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
     let (mut floats, mut ids) = (HashMap::new(), HashMap::new());
-    for (name, view) in st.tensors() {
-        let data = view.data();
-        match view.dtype() {
+    for (name, v) in st.tensors() {
+        match v.dtype() {
             Dtype::F32 => {
-                let v = data
+                let data = v
+                    .data()
                     .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                     .collect();
-                floats.insert(name, Tensor::from_vec(v, view.shape()).unwrap());
+                floats.insert(name, Tensor::from_vec(data, v.shape()).expect("shape fits"));
             }
             Dtype::I64 => {
-                let v = data
+                let data = v
+                    .data()
                     .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect();
-                ids.insert(name, IdTensor::from_vec(v, view.shape()).unwrap());
+                ids.insert(
+                    name,
+                    IdTensor::from_vec(data, v.shape()).expect("shape fits"),
+                );
             }
-            other => panic!("{file}: unexpected dtype {other:?} for {name}"),
+            other => panic!("{case}: unexpected dtype {other:?} for {name}"),
         }
     }
     (floats, ids)
 }
 
-/// A PyTorch tensor `[a, b, ...]` as the matrix `[a, b·...]` transposed.
-fn torch_t(t: &Tensor<f32>) -> Tensor<f32> {
-    let rows = t.shape()[0];
-    t.reshape(&[rows, t.len() / rows]).unwrap().t().unwrap()
-}
-
-/// Our LoRA weights from PEFT's adapter file: `<module>.lora_a` / `.lora_b`.
-fn lora_weights(case: &str, modules: &[&str]) -> HashMap<String, Tensor<f32>> {
-    let (adapter, _) = load(case, "adapter/adapter_model.safetensors");
-    let mut map = HashMap::new();
-    for m in modules {
-        let key = |suffix: &str| {
-            [
-                format!("base_model.model.{m}.lora_{suffix}.weight"),
-                format!("base_model.model.{m}.lora_embedding_{suffix}"),
-            ]
-            .into_iter()
-            .find(|k| adapter.contains_key(k))
-            .unwrap_or_else(|| panic!("no lora_{suffix} for {m}"))
-        };
-        map.insert(format!("{m}.lora_a"), torch_t(&adapter[&key("A")]));
-        map.insert(format!("{m}.lora_b"), torch_t(&adapter[&key("B")]));
-    }
-    map
-}
-
-/// Runs one case: apply LoRA (r, alpha) to `modules`, load PEFT's A and B,
-/// check y, loss and gradients, then merge and check weights and y_merged.
-fn check_case(
-    case: &str,
-    mut model: Sequential<f32>,
-    input: Input<'_, f32>,
-    modules: &[&str],
-    r: usize,
-    alpha: f64,
-    merged_native: &dyn Fn(&str, &Tensor<f32>) -> Tensor<f32>,
-) {
-    let (expected, _) = load(case, "expected.safetensors");
-    let (inputs, _) = load(case, "input.safetensors");
-    let close = |got: &Tensor<f32>, want: &Tensor<f32>, rtol: f64, atol: f64, what: &str| {
-        assert_eq!(got.shape(), want.shape(), "{case}: {what} shape");
-        let r =
-            std::panic::catch_unwind(|| assert_close(&got.to_vec(), &want.to_vec(), rtol, atol));
-        assert!(r.is_ok(), "{case}: {what} differs from PEFT");
-    };
-    model.set_training(true);
-    let y_base = model.forward(&[input]).unwrap();
-    close(&y_base, &expected["y_base"], 1e-4, 1e-5, "y_base");
-
-    let report = apply_lora(
-        &mut model,
-        &ApplyConfig::new(modules, LoraConfig::new(r).with_alpha(alpha)),
-    )
-    .unwrap();
-    assert_eq!(report.adapted.len(), modules.len());
-    model
-        .load_weights(&lora_weights(case, modules), false)
-        .unwrap();
-    let y = model.forward(&[input]).unwrap();
-    close(&y, &expected["y"], 1e-4, 1e-5, "y");
-    let loss = mse(&y, &inputs["target"]).unwrap();
-    close(
-        &Tensor::from_vec(vec![loss.value], &[1]).unwrap(),
-        &expected["loss"],
-        1e-4,
-        1e-6,
-        "loss",
-    );
-    model.zero_grad();
-    model.backward(&loss.grad).unwrap();
-    let grads: HashMap<String, Tensor<f32>> = {
-        let mut g = HashMap::new();
-        model.for_each_weight("", &mut |p, w| {
-            g.insert(p.to_string(), w.grad().clone());
-        });
-        g
-    };
-    for m in modules {
-        for (ours, theirs) in [("lora_a", "A"), ("lora_b", "B")] {
-            let key = [
-                format!("base_model.model.{m}.lora_{theirs}.weight.grad"),
-                format!("base_model.model.{m}.lora_embedding_{theirs}.grad"),
-            ]
-            .into_iter()
-            .find(|k| expected.contains_key(k))
-            .unwrap();
-            close(
-                &grads[&format!("{m}.{ours}")],
-                &torch_t(&expected[&key]),
-                1e-4,
-                1e-5,
-                &key,
-            );
+/// `Name(a,b,k=3,padding=1)` → (name, positional ints, keyword ints).
+fn parse_call(s: &str) -> (&str, Vec<usize>, HashMap<&str, usize>) {
+    let (name, args) = s.split_once('(').expect("a call");
+    let (mut pos, mut kw) = (Vec::new(), HashMap::new());
+    for a in args.trim_end_matches(')').split(',').map(str::trim) {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                kw.insert(k, v.parse().expect("an integer"));
+            }
+            None => pos.push(a.parse().expect("an integer")),
         }
     }
+    (name, pos, kw)
+}
 
-    assert_eq!(merge_all(&mut model).unwrap(), modules.len());
-    for (name, w) in model.named_weights() {
+/// The model of case.json's `model` description, e.g.
+/// `fc1 Linear(16,32) -> ReLU -> fc2 Linear(32,8)`, with random weights
+/// (the test loads base.safetensors into it).
+fn build_model(case: &Value) -> Sequential<f32> {
+    let state = case["base_state_dict"]
+        .as_object()
+        .expect("base_state_dict");
+    let mut rng = Rng::new(0);
+    let mut model = Sequential::new();
+    let desc = case["model"].as_str().expect("model description");
+    for (i, item) in desc.split("->").map(str::trim).enumerate() {
+        if item == "ReLU" {
+            model
+                .push(&format!("relu{i}"), ActivationLayer::new(Activation::Relu))
+                .expect("push");
+            continue;
+        }
+        let (name, call) = item.split_once(' ').expect("`name Layer(...)`");
+        let bias = state.contains_key(&format!("{name}.bias"));
+        let (kind, p, kw) = parse_call(call);
+        match kind {
+            "Linear" => model.push(
+                name,
+                Dense::new(p[0], p[1], bias, Activation::Identity, &mut rng).expect("dense"),
+            ),
+            "Conv2d" => {
+                let k = kw.get("k").copied().unwrap_or_else(|| p[2]);
+                let s = kw.get("stride").copied().unwrap_or(1);
+                let pad = kw.get("padding").copied().unwrap_or(0);
+                let opts = Conv2dOptions {
+                    stride: (s, s),
+                    padding: (pad, pad),
+                    dilation: (1, 1),
+                };
+                model.push(
+                    name,
+                    Conv2d::new(p[0], p[1], (k, k), opts, bias, &mut rng).expect("conv"),
+                )
+            }
+            "Embedding" => model.push(
+                name,
+                Embedding::new(p[0], p[1], None, &mut rng).expect("embedding"),
+            ),
+            other => panic!("unknown layer {other} in `{desc}`"),
+        }
+        .expect("push");
+    }
+    model
+}
+
+fn tol(case: &Value, what: &str) -> (f64, f64) {
+    let t = &case["tolerance"][what];
+    (
+        t["rtol"].as_f64().expect("rtol"),
+        t["atol"].as_f64().expect("atol"),
+    )
+}
+
+fn close(case: &str, got: &Tensor<f32>, want: &Tensor<f32>, (rtol, atol): (f64, f64), what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{case}: {what} shape");
+    let r = std::panic::catch_unwind(|| assert_close(&got.to_vec(), &want.to_vec(), rtol, atol));
+    assert!(r.is_ok(), "{case}: {what} differs from PEFT");
+}
+
+/// Runs one case end to end.
+fn check_case(case: &str) {
+    let desc = case_json(case);
+    let mut model = build_model(&desc);
+    let dir = fixture_dir(case);
+    load_safetensors(
+        &mut model,
+        &dir.join("base.safetensors"),
+        Naming::PyTorch,
+        true,
+    )
+    .expect("base loads");
+    let expected = floats(case, "expected.safetensors");
+    let (inputs, id_inputs) = inputs(case);
+    let input = match (inputs.get("x"), id_inputs.get("x")) {
+        (Some(x), _) => Input::Float(x),
+        (None, Some(x)) => Input::Ids(x),
+        _ => panic!("{case}: no input x"),
+    };
+    model.set_training(true);
+    close(
+        case,
+        &model.forward(&[input]).expect("forward"),
+        &expected["y_base"],
+        tol(&desc, "y"),
+        "y_base",
+    );
+
+    let report = load_peft_adapter(&mut model, &dir.join("adapter"), None).expect("adapter loads");
+    let targets = desc["peft_config"]["target_modules"]
+        .as_array()
+        .expect("targets");
+    assert_eq!(report.adapted.len(), targets.len());
+    let y = model.forward(&[input]).expect("forward");
+    close(case, &y, &expected["y"], tol(&desc, "y"), "y");
+    let loss = mse(&y, &inputs["target"]).expect("loss");
+    let loss_t = Tensor::from_vec(vec![loss.value], &[1]).expect("scalar");
+    close(case, &loss_t, &expected["loss"], (1e-4, 1e-6), "loss");
+    model.zero_grad();
+    model.backward(&loss.grad).expect("backward");
+
+    // The gradients in PEFT's names and layouts: a copy whose weights are the gradients.
+    let mut grads = HashMap::new();
+    model.for_each_weight("", &mut |p, w| {
+        grads.insert(p.to_string(), w.grad().clone());
+    });
+    let mut grad_model = model.clone_box();
+    grad_model.load_weights(&grads, true).expect("same names");
+    let grad_tensors = extract_peft_adapter(grad_model.as_ref())
+        .expect("adapters")
+        .tensors;
+    let keys = desc["grad_keys_equal_adapter_keys"]
+        .as_array()
+        .expect("grad keys");
+    assert_eq!(grad_tensors.len(), keys.len(), "{case}: adapter tensors");
+    for key in keys.iter().map(|k| k.as_str().expect("a key")) {
+        let want = &expected[&format!("{key}.grad")];
+        close(case, &grad_tensors[key], want, tol(&desc, "grad"), key);
+    }
+
+    assert_eq!(merge_all(&mut model).expect("merge"), targets.len());
+    for (name, w) in named_tensors(&model, Naming::PyTorch).expect("names") {
         close(
-            &merged_native(&name, &w),
+            case,
+            &w,
             &expected[&name],
-            1e-5,
-            1e-5,
+            tol(&desc, "merged_weights"),
             &name,
         );
     }
+    let y_merged = model.forward(&[input]).expect("forward");
     close(
-        &model.forward(&[input]).unwrap(),
+        case,
+        &y_merged,
         &expected["y_merged"],
-        1e-4,
-        1e-5,
+        tol(&desc, "y"),
         "y_merged",
     );
-}
-
-fn base(case: &str) -> HashMap<String, Tensor<f32>> {
-    load(case, "base.safetensors").0
-}
-
-/// Linear weights are stored transposed relative to PyTorch.
-fn linear_native(name: &str, w: &Tensor<f32>) -> Tensor<f32> {
-    if name.ends_with(".weight") && w.ndim() == 2 && !name.starts_with("emb") {
-        w.t().unwrap()
-    } else {
-        w.clone()
-    }
+    close(
+        case,
+        &y_merged,
+        &y,
+        tol(&desc, "y_merged_vs_y"),
+        "y_merged vs y",
+    );
 }
 
 #[test]
 fn peft_linear_basic_is_reproduced() {
-    let b = base("linear_basic");
-    let fc = |n: &str, act| {
-        Dense::from_weights(
-            b[&format!("{n}.weight")].t().unwrap(),
-            Some(b[&format!("{n}.bias")].clone()),
-            act,
-        )
-        .unwrap()
-    };
-    // ReLU is a separate module in the PyTorch model: built into fc1 here, the
-    // LoRA delta still goes before it, so the result must be the same.
-    let model = Sequential::new()
-        .with("fc1", fc("fc1", Activation::Relu))
-        .unwrap()
-        .with("fc2", fc("fc2", Activation::Identity))
-        .unwrap();
-    let (inputs, _) = load("linear_basic", "input.safetensors");
-    check_case(
-        "linear_basic",
-        model,
-        Input::Float(&inputs["x"]),
-        &["fc1", "fc2"],
-        4,
-        8.0,
-        &linear_native,
-    );
+    check_case("linear_basic");
 }
 
 #[test]
 fn peft_conv2d_is_reproduced() {
-    let b = base("conv2d");
-    let conv = |n: &str, stride, padding| {
-        Conv2d::from_weights(
-            b[&format!("{n}.weight")].clone(),
-            Some(b[&format!("{n}.bias")].clone()),
-            Conv2dOptions {
-                stride,
-                padding,
-                dilation: (1, 1),
-            },
-        )
-        .unwrap()
-    };
-    let model = Sequential::new()
-        .with("conv1", conv("conv1", (1, 1), (1, 1)))
-        .unwrap()
-        .with("relu", ActivationLayer::new(Activation::Relu))
-        .unwrap()
-        .with("conv2", conv("conv2", (2, 2), (0, 0)))
-        .unwrap();
-    let (inputs, _) = load("conv2d", "input.safetensors");
-    check_case(
-        "conv2d",
-        model,
-        Input::Float(&inputs["x"]),
-        &["conv1", "conv2"],
-        4,
-        8.0,
-        &|_, w| w.clone(),
-    );
+    check_case("conv2d");
 }
 
 #[test]
 fn peft_embedding_is_reproduced() {
-    let b = base("embedding");
-    let model = Sequential::new()
-        .with(
-            "emb",
-            Embedding::from_weights(b["emb.weight"].clone(), None).unwrap(),
-        )
-        .unwrap()
-        .with(
-            "proj",
-            Dense::from_weights(
-                b["proj.weight"].t().unwrap(),
-                Some(b["proj.bias"].clone()),
-                Activation::Identity,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    let (_, ids) = load("embedding", "input.safetensors");
-    check_case(
-        "embedding",
-        model,
-        Input::Ids(&ids["x"]),
-        &["emb", "proj"],
-        4,
-        4.0,
-        &linear_native,
-    );
+    check_case("embedding");
 }
