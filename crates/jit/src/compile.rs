@@ -1,0 +1,233 @@
+//! `compile`: passes → planning → lowering → code generation.
+
+use crate::compiled::{CompiledGraph, Parts, Spec};
+use crate::jit::Jit;
+use crate::lower::{entry_signature, Lowerer, Plans};
+use crate::memory::{self, MemoryPlan};
+use crate::{Error, Result};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::{Linkage, Module};
+use cranelora_graph::passes::{PassManager, PassOptions, PassReport};
+use cranelora_graph::{Graph, NodeDesc, NodeId, Op, TensorData};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How [`compile`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct JitOptions {
+    /// The graph passes run first (each can be switched off). `lora_fold`
+    /// on is "jit-folded", off is "jit" (adapters kept as their own products).
+    pub passes: PassOptions,
+    /// Run Cranelift's IR verifier (always on in debug builds and tests).
+    pub verify: bool,
+    /// Keep the CLIF text in the report and print it to stderr (also with
+    /// the environment variable `CRANELORA_DUMP_CLIF=1`).
+    pub dump_clif: bool,
+}
+
+impl Default for JitOptions {
+    /// Every pass (LoRA folding included), verifier in debug builds, no dump.
+    fn default() -> Self {
+        Self {
+            passes: PassOptions::default(),
+            verify: cfg!(debug_assertions),
+            dump_clif: false,
+        }
+    }
+}
+
+impl JitOptions {
+    /// These options with LoRA folding switched on or off.
+    pub fn with_lora_fold(mut self, on: bool) -> Self {
+        self.passes.lora_fold = on;
+        self
+    }
+}
+
+/// What [`compile`] did and how long each phase took.
+#[derive(Clone, Debug, Default)]
+pub struct CompileReport {
+    /// Graph passes (including fusion planning).
+    pub passes: Duration,
+    /// Checks and memory planning.
+    pub planning: Duration,
+    /// Building the CLIF function.
+    pub lowering: Duration,
+    /// Cranelift code generation and linking.
+    pub codegen: Duration,
+    /// Per-pass details.
+    pub pass_report: PassReport,
+    /// The memory plan.
+    pub memory: MemoryPlan,
+    /// The CLIF of the function, when dumping was asked for.
+    pub clif: Option<String>,
+    /// Nodes in the optimized graph.
+    pub nodes: usize,
+}
+
+impl CompileReport {
+    /// The sum of all phases.
+    pub fn total(&self) -> Duration {
+        self.passes + self.planning + self.lowering + self.codegen
+    }
+}
+
+/// Compiles `graph` to one native function, shapes fixed.
+///
+/// # Errors
+/// [`Error::Graph`] if the graph fails verification or a pass fails;
+/// [`Error::Unsupported`] naming the first node the JIT cannot lower;
+/// [`Error::UnsupportedHost`]; Cranelift errors (verifier included).
+pub fn compile(graph: &Graph, options: &JitOptions) -> Result<CompiledGraph> {
+    let mut report = CompileReport::default();
+    let t = Instant::now();
+    cranelora_graph::verify(graph)?;
+    let mut g = graph.clone();
+    let mut pass_options = options.passes;
+    pass_options.verify |= options.verify;
+    report.pass_report = PassManager::new(pass_options).run(&mut g)?;
+    report.passes = t.elapsed();
+
+    let t = Instant::now();
+    let order = g.topo_order()?;
+    if let Some(&id) = order
+        .iter()
+        .find(|&&id| !crate::lowerable(&node(&g, id).op))
+    {
+        return Err(Error::Unsupported {
+            op: node(&g, id).op.to_string(),
+            node: g.desc(id),
+        });
+    }
+    let specs = Specs::of(&g, &order);
+    let mut consts = Vec::new();
+    let mut const_index = HashMap::new();
+    for &id in &order {
+        if let Op::Constant(data) = &node(&g, id).op {
+            const_index.insert(id, consts.len());
+            consts.push(contiguous(data));
+        }
+    }
+    let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
+    report.memory = memory::plan(&g, &order, &param_names, &const_index);
+    report.nodes = g.len();
+    report.planning = t.elapsed();
+
+    let t = Instant::now();
+    let mut jit = Jit::new(options.verify || cfg!(debug_assertions))?;
+    let sig = entry_signature(&jit.module);
+    jit.ctx.func.signature = sig.clone();
+    let func = jit
+        .module
+        .declare_function("graph", Linkage::Export, &sig)?;
+    let addrs: Vec<usize> = consts
+        .iter()
+        .map(|c| crate::compiled::data_ptr(c).expect("internal: made contiguous") as usize)
+        .collect();
+    let mut plans = Plans::default();
+    let builder = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.builder_ctx);
+    let lowerer = Lowerer::new(
+        builder,
+        &mut jit.module,
+        &g,
+        &report.memory.locs,
+        &addrs,
+        &mut plans,
+    );
+    lowerer.lower_all(&order)?;
+    let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
+    if dump {
+        let text = jit.ctx.func.display().to_string();
+        eprintln!("{text}");
+        report.clif = Some(text);
+    }
+    report.lowering = t.elapsed();
+
+    let t = Instant::now();
+    jit.module.define_function(func, &mut jit.ctx)?;
+    jit.module.clear_context(&mut jit.ctx);
+    jit.module.finalize_definitions()?;
+    let entry = jit.module.get_finalized_function(func);
+    report.codegen = t.elapsed();
+
+    let descs: HashMap<usize, NodeDesc> =
+        order.iter().map(|&id| (id.index(), g.desc(id))).collect();
+    Ok(CompiledGraph::new(Parts {
+        module: jit.module,
+        entry,
+        inputs: specs.inputs,
+        params: specs.params,
+        outputs: specs.outputs,
+        consts,
+        plans,
+        descs,
+        report,
+    }))
+}
+
+fn node(g: &Graph, id: NodeId) -> &cranelora_graph::Node {
+    g.node(id).expect("internal: topo_order lists live nodes")
+}
+
+/// The constant's data in standard (contiguous row-major) layout.
+fn contiguous(data: &Arc<TensorData>) -> Arc<TensorData> {
+    if crate::compiled::data_ptr(data).is_some() {
+        return Arc::clone(data);
+    }
+    let (shape, v) = (data.shape(), data.to_f64_vec());
+    let copy = match &**data {
+        TensorData::F32(a) => TensorData::f32(shape, a.iter().copied().collect()),
+        TensorData::F64(_) => TensorData::f64(shape, v),
+        TensorData::I64(a) => TensorData::i64(shape, a.iter().copied().collect()),
+    };
+    Arc::new(copy.expect("internal: same element count"))
+}
+
+/// The declared inputs, Parameters (sorted, unique) and outputs.
+struct Specs {
+    inputs: Vec<Spec>,
+    params: Vec<Spec>,
+    outputs: Vec<Spec>,
+}
+
+impl Specs {
+    fn of(g: &Graph, order: &[NodeId]) -> Self {
+        let spec = |id: NodeId, name: String| {
+            let n = node(g, id);
+            Spec {
+                name,
+                shape: n.shape.clone(),
+                dtype: n.dtype,
+            }
+        };
+        let inputs = g
+            .inputs()
+            .iter()
+            .map(|&id| match &node(g, id).op {
+                Op::Input { name } => spec(id, name.clone()),
+                _ => spec(id, String::new()),
+            })
+            .collect();
+        let mut params: Vec<Spec> = order
+            .iter()
+            .filter_map(|&id| match &node(g, id).op {
+                Op::Parameter { name } => Some(spec(id, name.clone())),
+                _ => None,
+            })
+            .collect();
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        params.dedup_by(|a, b| a.name == b.name);
+        let outputs = g
+            .outputs()
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| spec(id, i.to_string()))
+            .collect();
+        Self {
+            inputs,
+            params,
+            outputs,
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! A compiled graph and the only place that enters generated code.
+//!
+//! # The ABI
+//!
+//! ```text
+//! extern "C" fn(inputs: *const *const u8,   // one pointer per graph input
+//!               params: *const *const u8,   // one per Parameter, sorted by name
+//!               outputs: *const *mut u8,    // one per graph output
+//!               arena: *mut u8,             // MemoryPlan::arena_bytes, 64-byte aligned
+//!               status: *mut i64)           // 4 words: node, id, bound, unused
+//!     -> i32                                // 0, INDEX_OUT_OF_RANGE or KERNEL_ERROR
+//! ```
+//!
+//! [`CompiledGraph::run_into`] checks every buffer's dtype, shape and
+//! contiguity before the call, so the generated code may assume them.
+
+use crate::compile::CompileReport;
+use crate::lower::Plans;
+use crate::runtime::{INDEX_OUT_OF_RANGE, KERNEL_ERROR, OK};
+use crate::{Bindings, Error, Result};
+use cranelift_jit::JITModule;
+use cranelora_graph::{DType, NodeDesc, Shape, TensorData};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The declared type of an input, Parameter or output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// The input's or Parameter's name (outputs: their index).
+    pub name: String,
+    /// Its shape.
+    pub shape: Shape,
+    /// Its dtype.
+    pub dtype: DType,
+}
+
+/// One cache line: the arena's unit, so the arena is 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// The per-call state: the arena, the pointer tables and the status words.
+struct CallState {
+    arena: Vec<Line>,
+    ptrs: Vec<usize>,
+    status: [i64; 4],
+}
+
+/// Calls that may hold a [`CallState`] at once without allocating.
+const POOL_CAPACITY: usize = 64;
+
+/// The entry point's type (see the module docs).
+type Entry =
+    unsafe extern "C" fn(*const usize, *const usize, *const usize, *mut u8, *mut i64) -> i32;
+
+/// A graph compiled to native code.
+///
+/// `Send + Sync`: concurrent calls each take their own arena from a pool.
+/// The code is freed when the value is dropped.
+pub struct CompiledGraph {
+    module: Mutex<Option<JITModule>>,
+    entry: usize,
+    pub(crate) inputs: Vec<Spec>,
+    pub(crate) params: Vec<Spec>,
+    pub(crate) outputs: Vec<Spec>,
+    /// Constants the code reads by address.
+    _consts: Vec<Arc<TensorData>>,
+    /// Plans the helpers read by address.
+    _plans: Plans,
+    arena_bytes: usize,
+    pool: Mutex<Vec<CallState>>,
+    descs: HashMap<usize, NodeDesc>,
+    report: CompileReport,
+}
+
+/// Everything [`CompiledGraph::new`] takes.
+pub(crate) struct Parts {
+    pub module: JITModule,
+    pub entry: *const u8,
+    pub inputs: Vec<Spec>,
+    pub params: Vec<Spec>,
+    pub outputs: Vec<Spec>,
+    pub consts: Vec<Arc<TensorData>>,
+    pub plans: Plans,
+    pub descs: HashMap<usize, NodeDesc>,
+    pub report: CompileReport,
+}
+
+// SAFETY: the JITModule is only touched again in `drop` (through the
+// mutex, with `&mut self`); after finalization the code and data it owns are
+// immutable, so sharing the compiled graph between threads shares read-only
+// code. Everything else in the struct is Send + Sync by itself.
+unsafe impl Send for CompiledGraph {}
+// SAFETY: as above; calls only read shared state, and each call's mutable
+// state (arena, pointer tables, status) is taken from the mutex-guarded pool.
+unsafe impl Sync for CompiledGraph {}
+
+impl CompiledGraph {
+    pub(crate) fn new(p: Parts) -> Self {
+        let arena_bytes = p.report.memory.arena_bytes;
+        Self {
+            module: Mutex::new(Some(p.module)),
+            entry: p.entry as usize,
+            inputs: p.inputs,
+            params: p.params,
+            outputs: p.outputs,
+            _consts: p.consts,
+            _plans: p.plans,
+            arena_bytes,
+            pool: Mutex::new(Vec::with_capacity(POOL_CAPACITY)),
+            descs: p.descs,
+            report: p.report,
+        }
+    }
+
+    /// The graph inputs, in call order.
+    pub fn inputs(&self) -> &[Spec] {
+        &self.inputs
+    }
+
+    /// The Parameters the bindings must provide, sorted by name.
+    pub fn parameters(&self) -> &[Spec] {
+        &self.params
+    }
+
+    /// The outputs, in order.
+    pub fn outputs(&self) -> &[Spec] {
+        &self.outputs
+    }
+
+    /// Compile times per phase, the pass report and the memory plan.
+    pub fn report(&self) -> &CompileReport {
+        &self.report
+    }
+
+    /// Bytes of the per-call arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+
+    /// Runs the graph and returns new output tensors.
+    ///
+    /// # Errors
+    /// As [`CompiledGraph::run_into`].
+    pub fn run(&self, inputs: &[TensorData], bindings: &Bindings) -> Result<Vec<TensorData>> {
+        let mut outputs: Vec<TensorData> = self
+            .outputs
+            .iter()
+            .map(|s| TensorData::full(&s.shape, 0.0, s.dtype))
+            .collect();
+        self.run_into(inputs, bindings, &mut outputs)?;
+        Ok(outputs)
+    }
+
+    /// Runs the graph writing into `outputs` (one per graph output, of its
+    /// dtype and shape); allocates nothing once the arena pool is warm.
+    ///
+    /// # Errors
+    /// [`Error::Count`], [`Error::Mismatch`], [`Error::NotContiguous`] and
+    /// [`Error::MissingBinding`] before running; [`Error::IndexOutOfRange`]
+    /// and [`Error::Kernel`] from the generated code.
+    pub fn run_into(
+        &self,
+        inputs: &[TensorData],
+        bindings: &Bindings,
+        outputs: &mut [TensorData],
+    ) -> Result<()> {
+        count("inputs", self.inputs.len(), inputs.len())?;
+        count("outputs", self.outputs.len(), outputs.len())?;
+        let mut state = self.take_state();
+        state.ptrs.clear();
+        let result = self.fill_ptrs(&mut state, inputs, bindings, outputs);
+        let result = result.and_then(|()| self.call(&mut state));
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(state);
+        result
+    }
+
+    /// Checks every buffer and lists its pointer: inputs, params, outputs.
+    fn fill_ptrs(
+        &self,
+        state: &mut CallState,
+        inputs: &[TensorData],
+        bindings: &Bindings,
+        outputs: &mut [TensorData],
+    ) -> Result<()> {
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            check("input", spec, t)?;
+            state
+                .ptrs
+                .push(data_ptr(t).ok_or_else(|| not_contiguous("input", spec))? as usize);
+        }
+        for spec in &self.params {
+            let t = bindings
+                .get(&spec.name)
+                .ok_or_else(|| Error::MissingBinding {
+                    name: spec.name.clone(),
+                })?;
+            check("parameter", spec, t)?;
+            state
+                .ptrs
+                .push(data_ptr(t).ok_or_else(|| not_contiguous("parameter", spec))? as usize);
+        }
+        for (spec, t) in self.outputs.iter().zip(outputs.iter_mut()) {
+            check("output", spec, t)?;
+            state
+                .ptrs
+                .push(data_ptr_mut(t).ok_or_else(|| not_contiguous("output", spec))? as usize);
+        }
+        Ok(())
+    }
+
+    /// Enters the generated code.
+    fn call(&self, state: &mut CallState) -> Result<()> {
+        let (ni, np) = (self.inputs.len(), self.params.len());
+        let ptrs = state.ptrs.as_ptr();
+        state.status = [0; 4];
+        // SAFETY: `entry` is the finalized function of this graph, with the
+        // ABI of the module docs, and its module is alive (freed only in
+        // drop). `fill_ptrs` checked every input, parameter and output
+        // buffer: dtype, shape (hence length) and contiguity, and listed
+        // their addresses in ABI order; output buffers are `&mut` (no
+        // aliasing). The arena has `arena_bytes` bytes, 64-byte aligned,
+        // and is used by this call only; constants and plans the code reads
+        // by address are owned by `self`.
+        let status = unsafe {
+            let f: Entry = std::mem::transmute::<usize, Entry>(self.entry);
+            f(
+                ptrs,
+                ptrs.add(ni),
+                ptrs.add(ni + np),
+                state.arena.as_mut_ptr().cast::<u8>(),
+                state.status.as_mut_ptr(),
+            )
+        };
+        let node = |w: i64| {
+            self.descs
+                .get(&(w as usize))
+                .cloned()
+                .unwrap_or_else(|| NodeDesc::new(None, None))
+        };
+        match status {
+            OK => Ok(()),
+            INDEX_OUT_OF_RANGE => Err(Error::IndexOutOfRange {
+                node: node(state.status[0]),
+                index: state.status[1],
+                bound: state.status[2] as usize,
+            }),
+            KERNEL_ERROR => Err(Error::Kernel {
+                node: node(state.status[0]),
+            }),
+            _ => Err(Error::Kernel {
+                node: node(state.status[0]),
+            }),
+        }
+    }
+
+    /// A call state from the pool, or a new one.
+    fn take_state(&self) -> CallState {
+        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        pooled.unwrap_or_else(|| CallState {
+            arena: vec![Line([0; 64]); self.arena_bytes.div_ceil(64).max(1)],
+            ptrs: Vec::with_capacity(self.inputs.len() + self.params.len() + self.outputs.len()),
+            status: [0; 4],
+        })
+    }
+}
+
+impl Drop for CompiledGraph {
+    fn drop(&mut self) {
+        let module = self
+            .module
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(module) = module {
+            // SAFETY: no call can be running (`&mut self`), and nothing else
+            // holds a pointer into the module's code or data: `entry` dies
+            // with `self`.
+            unsafe { module.free_memory() };
+        }
+    }
+}
+
+fn count(what: &'static str, expected: usize, actual: usize) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::Count {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Checks dtype and shape without allocating (`TensorData::shape` would).
+fn check(what: &'static str, spec: &Spec, t: &TensorData) -> Result<()> {
+    let dims = match t {
+        TensorData::F32(a) => a.shape(),
+        TensorData::F64(a) => a.shape(),
+        TensorData::I64(a) => a.shape(),
+    };
+    if t.dtype() != spec.dtype || dims != spec.shape.dims() {
+        return Err(Error::Mismatch {
+            what,
+            name: spec.name.clone(),
+            expected_shape: spec.shape.clone(),
+            expected_dtype: spec.dtype,
+            actual_shape: t.shape(),
+            actual_dtype: t.dtype(),
+        });
+    }
+    Ok(())
+}
+
+fn not_contiguous(what: &'static str, spec: &Spec) -> Error {
+    Error::NotContiguous {
+        what,
+        name: spec.name.clone(),
+    }
+}
+
+/// The first element's address, if the data is contiguous in row-major order.
+pub(crate) fn data_ptr(t: &TensorData) -> Option<*const u8> {
+    match t {
+        TensorData::F32(a) => a.as_slice().map(|s| s.as_ptr().cast::<u8>()),
+        TensorData::F64(a) => a.as_slice().map(|s| s.as_ptr().cast::<u8>()),
+        TensorData::I64(a) => a.as_slice().map(|s| s.as_ptr().cast::<u8>()),
+    }
+}
+
+/// [`data_ptr`] for writing.
+fn data_ptr_mut(t: &mut TensorData) -> Option<*mut u8> {
+    match t {
+        TensorData::F32(a) => a.as_slice_mut().map(|s| s.as_mut_ptr().cast::<u8>()),
+        TensorData::F64(a) => a.as_slice_mut().map(|s| s.as_mut_ptr().cast::<u8>()),
+        TensorData::I64(a) => a.as_slice_mut().map(|s| s.as_mut_ptr().cast::<u8>()),
+    }
+}

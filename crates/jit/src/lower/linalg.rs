@@ -1,0 +1,182 @@
+//! MatMul and the convolutions: one call each to a runtime helper running
+//! the kernels crate's GEMM (the same as eager and the interpreter), with
+//! its plan (dims, batch offsets, prepacked weights) built here at compile
+//! time and its workspace in the arena's scratch area.
+
+use super::Lowerer;
+use crate::runtime::{ConvKind, ConvPlan, MatMulPlan};
+use crate::Result;
+use cranelift_codegen::ir::{types, Value};
+use cranelora_graph::{DType, Graph, NodeId, Op};
+use cranelora_kernels::gemm::{MatRef, PackedRhs};
+use cranelora_kernels::Scalar;
+
+/// Whether operand `b` of a MatMul is a 2-D constant, packed at compile time.
+pub(crate) fn packable(g: &Graph, b: NodeId) -> bool {
+    g.node(b)
+        .is_some_and(|n| matches!(n.op, Op::Constant(_)) && n.shape.rank() == 2)
+}
+
+/// Element offsets of each batch entry's A and B, operands broadcast to the
+/// output's batch dims.
+fn batch_offsets(a: &[usize], b: &[usize], out: &[usize]) -> Vec<(usize, usize)> {
+    let r = out.len();
+    let batch = &out[..r - 2];
+    let mat = |d: &[usize]| d[d.len() - 2] * d[d.len() - 1];
+    let strides = |d: &[usize]| {
+        let bd = &d[..d.len() - 2];
+        let mut s = super::loops::broadcast_strides(bd, batch);
+        s.iter_mut().for_each(|x| *x *= mat(d) as i64);
+        s
+    };
+    let (sa, sb) = (strides(a), strides(b));
+    let count: usize = batch.iter().product();
+    (0..count)
+        .map(|mut i| {
+            let (mut oa, mut ob) = (0i64, 0i64);
+            for d in (0..batch.len()).rev() {
+                let idx = (i % batch[d]) as i64;
+                i /= batch[d];
+                oa += idx * sa[d];
+                ob += idx * sb[d];
+            }
+            (oa as usize, ob as usize)
+        })
+        .collect()
+}
+
+/// The plan of a MatMul of element type T.
+fn matmul_plan<T: Scalar>(g: &Graph, id: NodeId, workspace: usize) -> MatMulPlan<T> {
+    let ops = g.operands(id);
+    let node = |i: usize| g.node(ops[i]).expect("internal: live operand");
+    let (a, b) = (node(0).shape.dims(), node(1).shape.dims());
+    let out = g.node(id).expect("internal: live node").shape.dims();
+    let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
+    let packed = match &node(1).op {
+        Op::Constant(data) if packable(g, ops[1]) => {
+            let values: Vec<T> = data
+                .to_f64_vec()
+                .into_iter()
+                .map(T::from_f64_lossy)
+                .collect();
+            let mat = MatRef::new(&values, k, n).expect("internal: k×n constant");
+            Some(PackedRhs::pack(mat))
+        }
+        _ => None,
+    };
+    MatMulPlan {
+        m,
+        k,
+        n,
+        batch: batch_offsets(a, b, out),
+        packed,
+        lens: (node(0).shape.numel(), node(1).shape.numel()),
+        workspace,
+    }
+}
+
+/// Lowers a MatMul to one helper call.
+pub(crate) fn matmul(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
+    let d = l.node_of(id).dtype;
+    let ws = crate::memory::scratch_bytes(l.graph, id) / d.size_bytes();
+    let ops = l.graph.operands(id);
+    let (name, plan, packed) = match d {
+        DType::F64 => {
+            let p = Box::new(matmul_plan::<f64>(l.graph, id, ws));
+            let packed = p.packed.is_some();
+            let addr = &*p as *const MatMulPlan<f64> as usize;
+            l.plans.matmul_f64.push(p);
+            ("cranelora_matmul_f64", addr, packed)
+        }
+        _ => {
+            let p = Box::new(matmul_plan::<f32>(l.graph, id, ws));
+            let packed = p.packed.is_some();
+            let addr = &*p as *const MatMulPlan<f32> as usize;
+            l.plans.matmul_f32.push(p);
+            ("cranelora_matmul_f32", addr, packed)
+        }
+    };
+    let plan = l.iconst_ptr(plan);
+    let a = l.addr(ops[0]);
+    let b = if packed {
+        l.iconst_ptr(0)
+    } else {
+        l.addr(ops[1])
+    };
+    let c = l.addr(id);
+    let scratch = l.scratch();
+    call_checked(l, id, name, &[plan, a, b, c, scratch])
+}
+
+/// Calls a `(plan, p, p, p, scratch) -> i32` helper and checks its status.
+fn call_checked(l: &mut Lowerer<'_>, id: NodeId, name: &'static str, args: &[Value]) -> Result<()> {
+    let ptr = l.ptr;
+    let r = l.call(name, &[ptr; 5], &[types::I32], args)?;
+    l.check_status(id, r[0]);
+    Ok(())
+}
+
+/// The plan of a Conv2d, Conv2dInputGrad or Conv2dWeightGrad node.
+pub(crate) fn conv_dims(g: &Graph, id: NodeId) -> ConvPlan {
+    let node = g.node(id).expect("internal: live node");
+    let ops = g.operands(id);
+    let dims = |i: usize| {
+        g.node(ops[i])
+            .expect("internal: live operand")
+            .shape
+            .dims()
+            .to_vec()
+    };
+    let (x, y, out) = (dims(0), dims(1), node.shape.dims().to_vec());
+    // (kind, params, [N, C, H, W] of the conv input, O, (kh, kw))
+    let (kind, params, input, o, kernel) = match &node.op {
+        Op::Conv2d(p) => (ConvKind::Forward, *p, x.clone(), y[0], (y[2], y[3])),
+        Op::Conv2dInputGrad { params, .. } => (
+            ConvKind::InputGrad,
+            *params,
+            out.clone(),
+            y[0],
+            (y[2], y[3]),
+        ),
+        Op::Conv2dWeightGrad { params, kernel } => {
+            (ConvKind::WeightGrad, *params, x.clone(), y[1], *kernel)
+        }
+        _ => unreachable!("internal: called for convolutions"),
+    };
+    let geom = params.geometry(input[1], (input[2], input[3]), kernel);
+    let size = node.dtype.size_bytes();
+    let col = (geom.col_rows() * geom.col_cols()).next_multiple_of(crate::memory::ALIGN / size);
+    ConvPlan {
+        kind,
+        geom,
+        batch: input[0],
+        out_channels: o,
+        lens: (x.iter().product(), y.iter().product(), out.iter().product()),
+        col_elems: col,
+        workspace: 0,
+        rows: geom.col_rows(),
+        cols: geom.col_cols(),
+    }
+}
+
+/// Lowers a convolution (or gradient) to one helper call.
+pub(crate) fn conv(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
+    let d = l.node_of(id).dtype;
+    let mut plan = conv_dims(l.graph, id);
+    let total = crate::memory::scratch_bytes(l.graph, id) / d.size_bytes();
+    plan.workspace = total - plan.col_elems;
+    let plan = Box::new(plan);
+    let addr = &*plan as *const ConvPlan as usize;
+    l.plans.conv.push(plan);
+    let name = match d {
+        DType::F64 => "cranelora_conv_f64",
+        _ => "cranelora_conv_f32",
+    };
+    let ops = l.graph.operands(id);
+    let plan = l.iconst_ptr(addr);
+    let x = l.addr(ops[0]);
+    let y = l.addr(ops[1]);
+    let out = l.addr(id);
+    let scratch = l.scratch();
+    call_checked(l, id, name, &[plan, x, y, out, scratch])
+}

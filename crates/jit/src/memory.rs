@@ -1,0 +1,308 @@
+//! The memory plan: where every node's value lives during one call.
+//!
+//! - Inputs, Parameters and Constants are read where they are (the caller's
+//!   buffers, the bound buffers, the constants the [`CompiledGraph`] holds).
+//! - Reshape and StopGradient are views: they share their operand's buffer
+//!   (row-major data is the same), so they cost nothing.
+//! - A computed node that is a graph output is written straight into the
+//!   caller's output buffer (its first output slot; repeated slots and
+//!   outputs that are not computed are copied at the end).
+//! - Every other node gets an offset in one arena, by liveness: a buffer is
+//!   allocated (first fit) when its node runs and freed after its last user
+//!   (a view extends its operand's life) has run, so buffers of different
+//!   layers reuse the same bytes. A node's output never overlaps its
+//!   operands: it is allocated before they are freed.
+//! - The arena starts with a scratch area that runtime helpers use in turn
+//!   (GEMM packing workspace, im2col columns), sized for the neediest node.
+//!
+//! [`CompiledGraph`]: crate::CompiledGraph
+
+use cranelora_graph::{DType, Graph, NodeId, Op};
+use cranelora_kernels::gemm::workspace_len;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Alignment of every arena buffer, in bytes (a cache line).
+pub const ALIGN: usize = 64;
+
+/// Where a node's value lives during a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    /// The caller's input buffer number `i`.
+    Input(usize),
+    /// The bound buffer of Parameter number `i` (sorted names).
+    Param(usize),
+    /// The compiled graph's constant number `i`.
+    Const(usize),
+    /// The caller's output buffer number `i`.
+    Output(usize),
+    /// This byte offset in the arena.
+    Arena(usize),
+}
+
+/// One arena buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The node whose value it holds.
+    pub node: NodeId,
+    /// Byte offset in the arena.
+    pub offset: usize,
+    /// Size in bytes.
+    pub bytes: usize,
+    /// The steps (positions in the execution order) from its definition to its last use.
+    pub live: (usize, usize),
+}
+
+/// The memory plan of a compiled graph, exposed for docs and the CLI.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryPlan {
+    /// Total arena size in bytes (scratch included).
+    pub arena_bytes: usize,
+    /// The scratch area at the start of the arena, in bytes.
+    pub scratch_bytes: usize,
+    /// Sum of all arena buffers' sizes: what the arena would be without reuse.
+    pub unshared_bytes: usize,
+    /// Every arena buffer.
+    pub slots: Vec<Slot>,
+    /// Where each node lives.
+    pub locs: HashMap<NodeId, Loc>,
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "arena {} B (scratch {} B; {} B without reuse), {} buffers",
+            self.arena_bytes,
+            self.scratch_bytes,
+            self.unshared_bytes,
+            self.slots.len()
+        )?;
+        for s in &self.slots {
+            writeln!(
+                f,
+                "  {:>6} @ {:>10} {:>10} B  steps {}..={}",
+                s.node.to_string(),
+                s.offset,
+                s.bytes,
+                s.live.0,
+                s.live.1
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the node is a view of its first operand (shares its buffer).
+pub fn is_view(op: &Op) -> bool {
+    matches!(op, Op::Reshape { .. } | Op::StopGradient)
+}
+
+/// Plans the memory of `g`, executed in `order` (a topological order);
+/// `params` are the Parameter names in binding order, `consts` maps each
+/// Constant node to its index.
+pub fn plan(
+    g: &Graph,
+    order: &[NodeId],
+    params: &[String],
+    consts: &HashMap<NodeId, usize>,
+) -> MemoryPlan {
+    let mut locs: HashMap<NodeId, Loc> = HashMap::new();
+    let step: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    // The node whose buffer each node uses (itself unless it is a view).
+    let mut root: HashMap<NodeId, NodeId> = HashMap::new();
+    for &id in order {
+        let node = g.node(id).expect("internal: order lists live nodes");
+        let r = if is_view(&node.op) {
+            root[&g.operands(id)[0]]
+        } else {
+            id
+        };
+        root.insert(id, r);
+    }
+    // Last step at which each root's buffer is read; outputs live to the end.
+    let end = order.len();
+    let mut last: HashMap<NodeId, usize> = HashMap::new();
+    for &id in order {
+        for o in g.operands(id) {
+            let e = last.entry(root[&o]).or_insert(0);
+            *e = (*e).max(step[&id]);
+        }
+    }
+    for o in g.outputs() {
+        last.insert(root[o], end);
+    }
+    let scratch = order
+        .iter()
+        .map(|&id| scratch_bytes(g, id))
+        .max()
+        .unwrap_or(0);
+    let scratch = scratch.next_multiple_of(ALIGN);
+    let mut arena = Arena::new(scratch);
+    let mut plan = MemoryPlan {
+        scratch_bytes: scratch,
+        ..MemoryPlan::default()
+    };
+    let mut frees: Vec<(usize, usize, usize)> = Vec::new(); // (last step, offset, bytes)
+    for (s, &id) in order.iter().enumerate() {
+        let node = g.node(id).expect("internal: order lists live nodes");
+        let loc = match &node.op {
+            Op::Input { .. } => Loc::Input(index_of(g.inputs(), id)),
+            Op::Parameter { name } => Loc::Param(
+                params
+                    .iter()
+                    .position(|p| p == name)
+                    .expect("internal: every parameter is listed"),
+            ),
+            Op::Constant(_) => Loc::Const(consts[&id]),
+            op if is_view(op) => locs[&root[&id]],
+            _ => match g.outputs().iter().position(|&o| o == id) {
+                Some(i) => Loc::Output(i),
+                None => {
+                    let bytes = (node.shape.numel() * node.dtype.size_bytes()).max(1);
+                    let offset = arena.alloc(bytes);
+                    let live = (s, last.get(&id).copied().unwrap_or(s));
+                    frees.push((live.1, offset, bytes));
+                    plan.unshared_bytes += bytes.next_multiple_of(ALIGN);
+                    plan.slots.push(Slot {
+                        node: id,
+                        offset,
+                        bytes,
+                        live,
+                    });
+                    Loc::Arena(offset)
+                }
+            },
+        };
+        locs.insert(id, loc);
+        // Free what dies at this step, after this node's own buffer is taken.
+        frees.retain(|&(l, offset, bytes)| {
+            let dead = l <= s;
+            if dead {
+                arena.free(offset, bytes);
+            }
+            !dead
+        });
+    }
+    plan.arena_bytes = arena.high_water;
+    plan.locs = locs;
+    plan
+}
+
+fn index_of(list: &[NodeId], id: NodeId) -> usize {
+    list.iter()
+        .position(|&n| n == id)
+        .expect("internal: the node is listed")
+}
+
+/// Scratch bytes the runtime helper of node `id` needs (0 for inline code).
+pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
+    let node = g.node(id).expect("internal: live node");
+    let size = node.dtype.size_bytes();
+    let ops = g.operands(id);
+    let dims = |i: usize| {
+        g.node(ops[i])
+            .expect("internal: live operand")
+            .shape
+            .dims()
+            .to_vec()
+    };
+    let ws = |m, n, k, packed| match node.dtype {
+        DType::F64 => workspace_len::<f64>(m, n, k, packed),
+        _ => workspace_len::<f32>(m, n, k, packed),
+    };
+    match &node.op {
+        Op::MatMul => {
+            let (a, b) = (dims(0), dims(1));
+            let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
+            let packed = crate::lower::linalg::packable(g, ops[1]);
+            ws(m, n, k, packed) * size
+        }
+        Op::Conv2d(_) | Op::Conv2dInputGrad { .. } | Op::Conv2dWeightGrad { .. } => {
+            let plan = crate::lower::linalg::conv_dims(g, id);
+            let (rows, cols, o) = (plan.rows, plan.cols, plan.out_channels);
+            // im2col columns, then the largest of the three products' workspace.
+            let col = (rows * cols).next_multiple_of(ALIGN / size);
+            let w = ws(o, cols, rows, false)
+                .max(ws(rows, cols, o, false))
+                .max(ws(o, rows, cols, false));
+            (col + w) * size
+        }
+        _ => 0,
+    }
+}
+
+/// First-fit allocator over the arena's byte range, after the scratch area.
+struct Arena {
+    /// Free ranges (offset, bytes), sorted by offset, coalesced.
+    free: Vec<(usize, usize)>,
+    high_water: usize,
+}
+
+impl Arena {
+    fn new(start: usize) -> Self {
+        Self {
+            free: Vec::new(),
+            high_water: start,
+        }
+    }
+
+    fn alloc(&mut self, bytes: usize) -> usize {
+        let bytes = bytes.next_multiple_of(ALIGN);
+        if let Some(i) = self.free.iter().position(|&(_, len)| len >= bytes) {
+            let (offset, len) = self.free[i];
+            if len == bytes {
+                self.free.remove(i);
+            } else {
+                self.free[i] = (offset + bytes, len - bytes);
+            }
+            return offset;
+        }
+        // Grow: a free range at the end is extended rather than skipped.
+        match self.free.last() {
+            Some(&(offset, len)) if offset + len == self.high_water => {
+                self.free.pop();
+                self.high_water = offset + bytes;
+                offset
+            }
+            _ => {
+                let offset = self.high_water;
+                self.high_water += bytes;
+                offset
+            }
+        }
+    }
+
+    fn free(&mut self, offset: usize, bytes: usize) {
+        let bytes = bytes.next_multiple_of(ALIGN);
+        let i = self.free.partition_point(|&(o, _)| o < offset);
+        self.free.insert(i, (offset, bytes));
+        // Coalesce with the next, then with the previous range.
+        if i + 1 < self.free.len() && offset + bytes == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == offset {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_reuses_freed_ranges_and_coalesces() {
+        let mut a = Arena::new(0);
+        let x = a.alloc(100);
+        let y = a.alloc(64);
+        assert_eq!((x, y), (0, 128));
+        a.free(x, 100);
+        a.free(y, 64);
+        assert_eq!(a.free, vec![(0, 192)]);
+        assert_eq!(a.alloc(150), 0);
+        assert_eq!(a.high_water, 192);
+    }
+}

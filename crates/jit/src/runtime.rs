@@ -1,0 +1,379 @@
+//! The `extern "C"` helpers the generated code calls, and the plans they read.
+//!
+//! Each helper is registered with `JITBuilder::symbol` under the name in
+//! [`symbols`]. Matrix products and convolutions run the kernels crate's
+//! GEMM (and im2col / col2im) — the same code eager layers and the
+//! interpreter run — with workspace from the arena's scratch area, so a call
+//! allocates nothing. Transcendental functions call the kernels' vector
+//! math in place over a buffer; softmax and layer norm are row kernels
+//! written here (mirroring the interpreter) until they are emitted as CLIF.
+//!
+//! A helper that takes a plan reads a `Box`ed plan owned by the
+//! [`CompiledGraph`](crate::CompiledGraph) whose code calls it; its address is
+//! a constant in that code. Helpers never panic across the C ABI: kernel
+//! errors become a nonzero status.
+
+use cranelora_kernels::gemm::{gemm, MatMut, MatRef, PackedRhs, Rhs};
+use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
+use cranelora_kernels::math::{apply_inplace, Func};
+use cranelora_kernels::Scalar;
+
+/// Status returned by the generated function: success.
+pub const OK: i32 = 0;
+/// Status: a Gather / ScatterAdd id was out of range (details in the status words).
+pub const INDEX_OUT_OF_RANGE: i32 = 1;
+/// Status: a kernel failed (the failing node is in status word 0).
+pub const KERNEL_ERROR: i32 = 2;
+
+/// A (batched, broadcast) matrix product `c = a·b`.
+#[derive(Debug)]
+pub struct MatMulPlan<T> {
+    /// Rows of each product.
+    pub m: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Columns of each product.
+    pub n: usize,
+    /// Element offsets of each batch entry's A and B (C's are `i·m·n`).
+    pub batch: Vec<(usize, usize)>,
+    /// B packed at compile time (a constant 2-D weight).
+    pub packed: Option<PackedRhs<T>>,
+    /// Elements of A and B.
+    pub lens: (usize, usize),
+    /// Workspace elements available in the scratch area.
+    pub workspace: usize,
+}
+
+/// What a [`ConvPlan`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKind {
+    /// out = conv2d(x, w).
+    Forward,
+    /// out = the input gradient from (dy, w).
+    InputGrad,
+    /// out = the weight gradient from (x, dy).
+    WeightGrad,
+}
+
+/// A convolution or one of its gradients over a batch of images.
+#[derive(Debug)]
+pub struct ConvPlan {
+    /// Which product.
+    pub kind: ConvKind,
+    /// One image's geometry.
+    pub geom: Conv2dGeometry,
+    /// Images.
+    pub batch: usize,
+    /// Output channels O.
+    pub out_channels: usize,
+    /// Elements of the two operands and of the output.
+    pub lens: (usize, usize, usize),
+    /// Elements of the im2col matrix (its scratch space is rounded up to this).
+    pub col_elems: usize,
+    /// Workspace elements after the columns.
+    pub workspace: usize,
+    /// Rows of the im2col matrix (C·kh·kw).
+    pub rows: usize,
+    /// Columns of the im2col matrix (oh·ow).
+    pub cols: usize,
+}
+
+/// A row-wise kernel over `[outer, len, inner]` (softmax along the middle
+/// axis; layer norm with `inner = 1` over rows of `len`).
+#[derive(Debug)]
+pub struct RowPlan {
+    /// Product of the dims before the axis.
+    pub outer: usize,
+    /// The normalized extent.
+    pub len: usize,
+    /// Product of the dims after the axis.
+    pub inner: usize,
+    /// Layer norm's epsilon (unused by softmax).
+    pub eps: f64,
+}
+
+/// Every helper: its symbol name and address, registered with the JIT builder.
+pub fn symbols() -> Vec<(&'static str, *const u8)> {
+    vec![
+        ("cranelora_matmul_f32", matmul::<f32> as *const u8),
+        ("cranelora_matmul_f64", matmul::<f64> as *const u8),
+        ("cranelora_conv_f32", conv::<f32> as *const u8),
+        ("cranelora_conv_f64", conv::<f64> as *const u8),
+        ("cranelora_math_f32", math::<f32> as *const u8),
+        ("cranelora_math_f64", math::<f64> as *const u8),
+        ("cranelora_ln_f32", ln_f32 as *const u8),
+        ("cranelora_ln_f64", ln_f64 as *const u8),
+        ("cranelora_pow_f32", pow_f32 as *const u8),
+        ("cranelora_pow_f64", pow_f64 as *const u8),
+        ("cranelora_softmax_f32", softmax::<f32> as *const u8),
+        ("cranelora_softmax_f64", softmax::<f64> as *const u8),
+        ("cranelora_layer_norm_f32", layer_norm::<f32> as *const u8),
+        ("cranelora_layer_norm_f64", layer_norm::<f64> as *const u8),
+    ]
+}
+
+/// The code of a kernel function for [`math`] (`Func::ALL` order).
+pub fn func_code(f: Func) -> i64 {
+    Func::ALL
+        .iter()
+        .position(|&g| g == f)
+        .expect("internal: ALL lists every Func") as i64
+}
+
+/// `c = a·b` for every batch entry of the plan.
+///
+/// # Safety
+/// `plan` points to a live [`MatMulPlan<T>`]; `a`, `b` and `c` point to
+/// `lens.0`, `lens.1` and `batch.len()·m·n` valid elements (b may be null
+/// when the plan holds a packed B), c not overlapping a or b; `scratch`
+/// points to `workspace` writable elements used by nothing else during the call.
+unsafe extern "C" fn matmul<T: Scalar>(
+    plan: *const MatMulPlan<T>,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+    scratch: *mut T,
+) -> i32 {
+    // SAFETY: the caller's contract above (the compiled code passes the
+    // buffers the memory plan sized for this node).
+    let (p, a, c, ws) = unsafe {
+        let p = &*plan;
+        let a = std::slice::from_raw_parts(a, p.lens.0);
+        let c = std::slice::from_raw_parts_mut(c, p.batch.len() * p.m * p.n);
+        (
+            p,
+            a,
+            c,
+            std::slice::from_raw_parts_mut(scratch, p.workspace),
+        )
+    };
+    let b: &[T] = match p.packed {
+        Some(_) => &[],
+        // SAFETY: as above; without a packed B, b points to lens.1 elements.
+        None => unsafe { std::slice::from_raw_parts(b, p.lens.1) },
+    };
+    let (m, k, n) = (p.m, p.k, p.n);
+    for (i, &(ao, bo)) in p.batch.iter().enumerate() {
+        let result = (|| {
+            let ai = MatRef::new(&a[ao..ao + m * k], m, k)?;
+            let rhs = match &p.packed {
+                Some(packed) => Rhs::Packed(packed),
+                None => Rhs::Mat(MatRef::new(&b[bo..bo + k * n], k, n)?),
+            };
+            let ci = MatMut::new(&mut c[i * m * n..(i + 1) * m * n], m, n)?;
+            gemm(T::one(), ai, rhs, T::zero(), ci, ws)
+        })();
+        if result.is_err() {
+            return KERNEL_ERROR;
+        }
+    }
+    OK
+}
+
+/// The convolution product of the plan, image by image.
+///
+/// # Safety
+/// `plan` points to a live [`ConvPlan`]; `x`, `y` and `out` point to
+/// `lens.0`, `lens.1` and `lens.2` valid elements of `T`, out not overlapping
+/// the others; `scratch` points to `col_elems + workspace` writable elements
+/// used by nothing else during the call.
+unsafe extern "C" fn conv<T: Scalar>(
+    plan: *const ConvPlan,
+    x: *const T,
+    y: *const T,
+    out: *mut T,
+    scratch: *mut T,
+) -> i32 {
+    // SAFETY: the caller's contract above.
+    let (p, x, y, out, scratch) = unsafe {
+        let p = &*plan;
+        (
+            p,
+            std::slice::from_raw_parts(x, p.lens.0),
+            std::slice::from_raw_parts(y, p.lens.1),
+            std::slice::from_raw_parts_mut(out, p.lens.2),
+            std::slice::from_raw_parts_mut(scratch, p.col_elems + p.workspace),
+        )
+    };
+    match conv_images(p, x, y, out, scratch) {
+        Ok(()) => OK,
+        Err(_) => KERNEL_ERROR,
+    }
+}
+
+/// [`conv`] on slices: the interpreter's algorithm (crates/graph interp/linalg.rs).
+fn conv_images<T: Scalar>(
+    p: &ConvPlan,
+    x: &[T],
+    y: &[T],
+    out: &mut [T],
+    scratch: &mut [T],
+) -> cranelora_kernels::Result<()> {
+    let g = &p.geom;
+    let (rows, cols, img, o) = (g.col_rows(), g.col_cols(), g.image_len(), p.out_channels);
+    let (col, ws) = scratch.split_at_mut(p.col_elems);
+    let col = &mut col[..rows * cols];
+    if p.kind != ConvKind::Forward {
+        out.fill(T::zero());
+    }
+    for i in 0..p.batch {
+        match p.kind {
+            ConvKind::Forward => {
+                // out_i (O × oh·ow) = w (O × rows) · im2col(x_i)
+                im2col(g, &x[i * img..(i + 1) * img], col)?;
+                let c = MatMut::new(&mut out[i * o * cols..(i + 1) * o * cols], o, cols)?;
+                let w = MatRef::new(y, o, rows)?;
+                gemm(
+                    T::one(),
+                    w,
+                    Rhs::Mat(MatRef::new(col, rows, cols)?),
+                    T::zero(),
+                    c,
+                    ws,
+                )?;
+            }
+            ConvKind::InputGrad => {
+                // dx_i = col2im(wᵀ (rows × O) · dy_i (O × cols))
+                let wt = MatRef::new(y, o, rows)?.t();
+                let dy = MatRef::new(&x[i * o * cols..(i + 1) * o * cols], o, cols)?;
+                let c = MatMut::new(col, rows, cols)?;
+                gemm(T::one(), wt, Rhs::Mat(dy), T::zero(), c, ws)?;
+                col2im(g, col, &mut out[i * img..(i + 1) * img])?;
+            }
+            ConvKind::WeightGrad => {
+                // dw += dy_i (O × cols) · im2col(x_i)ᵀ
+                im2col(g, &x[i * img..(i + 1) * img], col)?;
+                let dy = MatRef::new(&y[i * o * cols..(i + 1) * o * cols], o, cols)?;
+                let colt = MatRef::new(col, rows, cols)?.t();
+                let c = MatMut::new(out, o, rows)?;
+                gemm(T::one(), dy, Rhs::Mat(colt), T::one(), c, ws)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `x[i] = f(x[i])` for `n` elements, `f` given by [`func_code`].
+///
+/// # Safety
+/// `x` points to `n` writable elements; `code` comes from [`func_code`].
+unsafe extern "C" fn math<T: Scalar>(code: i64, x: *mut T, n: usize) {
+    // SAFETY: the caller's contract above.
+    let x = unsafe { std::slice::from_raw_parts_mut(x, n) };
+    if let Some(&f) = Func::ALL.get(code as usize) {
+        apply_inplace(f, x);
+    }
+}
+
+extern "C" fn ln_f32(x: f32) -> f32 {
+    x.ln()
+}
+
+extern "C" fn ln_f64(x: f64) -> f64 {
+    x.ln()
+}
+
+extern "C" fn pow_f32(a: f32, b: f32) -> f32 {
+    a.powf(b)
+}
+
+extern "C" fn pow_f64(a: f64, b: f64) -> f64 {
+    a.powf(b)
+}
+
+/// Softmax along the middle axis of `[outer, len, inner]`, as the interpreter:
+/// max (NaN-propagating), exp(x − max) by the kernels, divided by the sum.
+///
+/// # Safety
+/// `plan` points to a live [`RowPlan`]; `x` and `out` point to
+/// `outer·len·inner` elements, `out` writable and not overlapping `x`.
+unsafe extern "C" fn softmax<T: Scalar>(plan: *const RowPlan, x: *const T, out: *mut T) {
+    // SAFETY: the caller's contract above.
+    let (p, x, out) = unsafe {
+        let p = &*plan;
+        let n = p.outer * p.len * p.inner;
+        (
+            p,
+            std::slice::from_raw_parts(x, n),
+            std::slice::from_raw_parts_mut(out, n),
+        )
+    };
+    let (len, inner) = (p.len, p.inner);
+    for o in 0..p.outer {
+        let base = o * len * inner;
+        for j in 0..inner {
+            let mut max = T::neg_infinity();
+            for i in 0..len {
+                let v = x[base + i * inner + j];
+                if max.is_nan() {
+                    break;
+                }
+                if v.is_nan() || v > max {
+                    max = v;
+                }
+            }
+            for i in 0..len {
+                out[base + i * inner + j] = x[base + i * inner + j] - max;
+            }
+        }
+    }
+    apply_inplace(Func::Exp, out);
+    for o in 0..p.outer {
+        let base = o * len * inner;
+        for j in 0..inner {
+            let sum = (0..len).fold(T::zero(), |s, i| s + out[base + i * inner + j]);
+            for i in 0..len {
+                out[base + i * inner + j] /= sum;
+            }
+        }
+    }
+}
+
+/// (x − mean)/√(var + eps)·γ + β over rows of `len` (biased variance), as
+/// the interpreter; γ and β are null when not affine.
+///
+/// # Safety
+/// `plan` points to a live [`RowPlan`]; `x` and `out` point to `outer·len`
+/// elements, `out` writable and not overlapping `x`; `gamma` and `beta` are
+/// both null or both point to `len` elements.
+unsafe extern "C" fn layer_norm<T: Scalar>(
+    plan: *const RowPlan,
+    x: *const T,
+    gamma: *const T,
+    beta: *const T,
+    out: *mut T,
+) {
+    // SAFETY: the caller's contract above.
+    let (p, x, out, affine) = unsafe {
+        let p = &*plan;
+        let n = p.outer * p.len;
+        let affine = (!gamma.is_null()).then(|| {
+            (
+                std::slice::from_raw_parts(gamma, p.len),
+                std::slice::from_raw_parts(beta, p.len),
+            )
+        });
+        (
+            p,
+            std::slice::from_raw_parts(x, n),
+            std::slice::from_raw_parts_mut(out, n),
+            affine,
+        )
+    };
+    if p.len == 0 {
+        return;
+    }
+    let n = T::from_f64_lossy(p.len as f64);
+    let eps = T::from_f64_lossy(p.eps);
+    for (row, dst) in x.chunks(p.len).zip(out.chunks_mut(p.len)) {
+        let mean = row.iter().copied().sum::<T>() / n;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+        let rstd = (var + eps).sqrt().recip();
+        for (j, (d, &v)) in dst.iter_mut().zip(row).enumerate() {
+            *d = (v - mean) * rstd;
+            if let Some((g, b)) = affine {
+                *d = *d * g[j] + b[j];
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Proves that `CompiledGraph::run_into` allocates nothing once warm: a
+//! counting global allocator around the calls (its own test binary, no
+//! harness, so no other test allocates concurrently).
+
+use cranelora_graph::{DType, Graph, TensorData};
+use cranelora_jit::{compile, Bindings, JitOptions};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn main() {
+    // A graph with a GEMM (workspace from the arena), a kernel call, a
+    // reduction, a gather and data movement.
+    let mut g = Graph::new();
+    let x = g.input("x", [16, 40], DType::F32);
+    let w = g.parameter("w", [40, 24], DType::F32);
+    let wc = g
+        .constant(TensorData::f32([24, 8], vec![0.5; 192]).expect("192"))
+        .expect("c");
+    let table = g.input("table", [10, 8], DType::F32);
+    let ids = g.input("ids", [16], DType::I64);
+    let y = g.matmul(x, w).expect("mm");
+    let y = g.gelu_tanh(y).expect("gelu");
+    let y = g.matmul(y, wc).expect("mm");
+    let e = g
+        .push(cranelora_graph::Op::Gather, &[table, ids])
+        .expect("gather");
+    let y = g.add(y, e).expect("add");
+    let y = g.softmax(y, 1).expect("softmax");
+    let t = g.transpose(y, &[1, 0]).expect("t");
+    let s = g
+        .reduce(t, cranelora_graph::ReduceKind::Sum, &[1], false)
+        .expect("sum");
+    g.set_outputs(&[y, s]).expect("outputs");
+
+    let c = compile(&g, &JitOptions::default()).expect("compile");
+    let mut b = Bindings::new();
+    b.insert(
+        "w",
+        TensorData::f32([40, 24], vec![0.01; 960]).expect("960"),
+    )
+    .expect("w");
+    let inputs = [
+        TensorData::f32([16, 40], (0..640).map(|i| i as f32 / 640.0).collect()).expect("x"),
+        TensorData::f32([10, 8], vec![0.1; 80]).expect("table"),
+        TensorData::i64([16], (0..16).map(|i| i % 10).collect()).expect("ids"),
+    ];
+    let mut outs = c.run(&inputs, &b).expect("warm-up");
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        c.run_into(&inputs, &b, &mut outs).expect("run");
+    }
+    let allocated = ALLOCS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        allocated, 0,
+        "run_into allocated {allocated} times in 100 calls"
+    );
+    println!("alloc: run_into made 0 allocations in 100 calls");
+}
