@@ -12,6 +12,8 @@
 //! | adapter `lora_b` `[r, out]` | `lora_B.weight` (`lora_embedding_B`) | `[out, r]`, `[out, r, 1, 1]`, `[D, r]` |
 //! | adapter `lora_bias` `[out]` | `lora_B.bias` | `[out]` |
 //! | adapter `lora_magnitude` `[out]` | `lora_magnitude_vector` | `[out]`, conv `[1, out, 1, 1]` |
+//! | fused attention `P.in_proj.weight` `[d, 3d]` | `P.in_proj_weight` | `[3d, d]` |
+//! | … with LoRA: `P.in_proj.lora_a`, `P.out_proj.*` | `P.lora_A.weight`, `P.base_layer.out_proj.*` | as above |
 
 use crate::layer::{join, visit, Layer};
 use crate::lora::{LoraAdapter, LoraGeometry};
@@ -89,6 +91,45 @@ impl Entry {
 
 /// The entries of every weight of `model`, layers parents first.
 pub(crate) fn entries<T: Scalar>(model: &dyn Layer<T>, naming: Naming) -> Vec<Entry> {
+    let mut out = layer_entries(model, naming);
+    if naming == Naming::PyTorch {
+        rename_fused_attention(model, &mut out);
+    }
+    out
+}
+
+/// PyTorch's `nn.MultiheadAttention` names for a fused attention at `P`:
+/// `P.in_proj.weight` is `P.in_proj_weight` (and `_bias`); with LoRA on the
+/// in-projection PEFT wraps the attention module itself, so the adapter is
+/// `P.lora_A.weight` / `P.lora_B.weight`, the base `P.base_layer.in_proj_weight`,
+/// and the output projection lives under `P.base_layer.out_proj`.
+fn rename_fused_attention<T: Scalar>(model: &dyn Layer<T>, entries: &mut [Entry]) {
+    let mut fused = Vec::new();
+    visit(model, &mut |path, layer| {
+        if layer.kind() == "MultiHeadAttention" {
+            if let Ok(in_proj) = layer.child("in_proj") {
+                fused.push((path.to_string(), in_proj.as_lora_adapter().is_some()));
+            }
+        }
+    });
+    for (p, adapted) in fused {
+        let (in_prefix, out_prefix) = (join(&p, "in_proj."), join(&p, "out_proj."));
+        for e in entries.iter_mut() {
+            if let Some(rest) = e.theirs.strip_prefix(&in_prefix) {
+                e.theirs = match (adapted, rest.strip_prefix("base_layer.")) {
+                    (true, Some(w)) => join(&p, &format!("base_layer.in_proj_{w}")),
+                    (true, None) => join(&p, rest),
+                    (false, _) => join(&p, &format!("in_proj_{rest}")),
+                };
+            } else if let Some(rest) = e.theirs.strip_prefix(&out_prefix).filter(|_| adapted) {
+                e.theirs = join(&p, &format!("base_layer.out_proj.{rest}"));
+            }
+        }
+    }
+}
+
+/// The entries of every weight of `model` before renames, layers parents first.
+fn layer_entries<T: Scalar>(model: &dyn Layer<T>, naming: Naming) -> Vec<Entry> {
     let mut out = Vec::new();
     visit(model, &mut |path, layer| {
         let adapter = layer.as_lora_adapter();

@@ -124,8 +124,7 @@ pub fn load_peft_adapter<T: Scalar>(
 /// `"lora_only"`) replace the model's. `origin` names the file in errors.
 ///
 /// # Errors
-/// [`Error::Unsupported`] for a targeted `MultiHeadAttention` (PyTorch's
-/// fused in-projection); [`Error::Io`] if the config cannot be applied, a
+/// [`Error::Io`] if the config cannot be applied, a
 /// key maps to no weight (listing the nearest layer paths), a tensor has the
 /// wrong shape (expected and actual), or a tensor the config implies is
 /// missing. The model is unchanged on error.
@@ -134,7 +133,6 @@ pub fn apply_peft_adapter<T: Scalar>(
     adapter: &PeftAdapter<T>,
     origin: &Path,
 ) -> Result<LoraReport> {
-    refuse_fused_attention(model, &adapter.config)?;
     let apply = adapter.config.apply_config();
     let mut trial = model.clone_box();
     apply_lora(trial.as_mut(), &apply)
@@ -150,27 +148,6 @@ pub fn apply_peft_adapter<T: Scalar>(
         .load_weights(&weights, false)
         .map_err(|e| io_error(origin, e.to_string()))?;
     Ok(report)
-}
-
-/// PyTorch's `nn.MultiheadAttention` adapters need a fused-QKV attention (not here yet).
-fn refuse_fused_attention<T: Scalar>(model: &dyn Layer<T>, cfg: &PeftConfig) -> Result<()> {
-    let mut found = None;
-    visit(model, &mut |path, layer| {
-        if found.is_none()
-            && layer.kind() == "MultiHeadAttention"
-            && cfg.targets(path).unwrap_or(false)
-        {
-            found = Some(path.to_string());
-        }
-    });
-    match found {
-        Some(path) => Err(Error::Unsupported {
-            path,
-            kind: "PEFT adapter".into(),
-            what: "LoRA on a MultiHeadAttention module itself (PyTorch nn.MultiheadAttention with its fused in-projection); target its projections instead".into(),
-        }),
-        None => Ok(()),
-    }
 }
 
 /// Whether an entry of the adapted model can come from an adapter file:
@@ -302,8 +279,10 @@ pub fn extract_peft_adapter<T: Scalar>(model: &dyn Layer<T>) -> Result<PeftAdapt
     let alpha = f64::from_bits(most_common(
         adapters.iter().map(|(_, a)| a.alpha().to_bits()),
     ));
-    let mut config = PeftConfig::new(r, alpha, choose_targets(model, &paths));
-    for (path, a) in &adapters {
+    let modules = peft_modules(model, &adapters);
+    let module_paths: Vec<&str> = modules.iter().map(|(p, _)| p.as_str()).collect();
+    let mut config = PeftConfig::new(r, alpha, choose_targets(model, &module_paths));
+    for (path, a) in &modules {
         let key = regex::escape(path);
         if a.rank() != r {
             config.rank_pattern.push((key.clone(), a.rank()));
@@ -321,6 +300,31 @@ pub fn extract_peft_adapter<T: Scalar>(model: &dyn Layer<T>) -> Result<PeftAdapt
     config.bias = infer_bias(model, &paths);
     let tensors = adapter_tensors(model, &paths, config.bias)?;
     Ok(PeftAdapter { config, tensors })
+}
+
+/// The modules PEFT would have adapted: a fused attention's `P.in_proj`
+/// adapter is PEFT's adapter on the attention module `P` itself (which also
+/// covers `P.out_proj`); every other adapter is its own module.
+fn peft_modules<T: Scalar>(
+    model: &dyn Layer<T>,
+    adapters: &[(String, LoraAdapter<T>)],
+) -> Vec<(String, LoraAdapter<T>)> {
+    let fused_parent = |path: &str, child: &str| {
+        let parent = path.strip_suffix(child)?;
+        let layer = model.child(parent).ok()?;
+        let adapted_in = layer.child("in_proj").ok()?.as_lora_adapter().is_some();
+        (layer.kind() == "MultiHeadAttention" && adapted_in).then(|| parent.to_string())
+    };
+    adapters
+        .iter()
+        .filter(|(p, _)| fused_parent(p, ".out_proj").is_none())
+        .map(|(p, a)| {
+            (
+                fused_parent(p, ".in_proj").unwrap_or_else(|| p.clone()),
+                a.clone(),
+            )
+        })
+        .collect()
 }
 
 /// Saves the adapters of `model` as adapter `name` of the PEFT directory

@@ -25,6 +25,13 @@
 //! uses them only through [`Layer::forward`] and [`Layer::backward`], so a
 //! LoRA adapter can replace any of them by path. The layer has no weights
 //! of its own. Its graph export lives in `attention_export.rs`.
+//!
+//! [`MultiHeadAttention::fused`] builds PyTorch's `nn.MultiheadAttention`
+//! layout instead: one child `in_proj` (`d × 3d`, PyTorch's
+//! `in_proj_weight`/`in_proj_bias`) whose output splits into Q, K and V, and
+//! `out_proj`. One LoRA adapter on `in_proj` then has the single A shared by
+//! Q, K and V that PEFT trains for `nn.MultiheadAttention` (its gradient
+//! sums over the three). The fused form is self-attention only.
 
 use super::Dense;
 use crate::export::{ExportContext, NodeInput};
@@ -51,15 +58,22 @@ struct Cache<T> {
     cross: bool,
 }
 
+/// How the queries, keys and values are projected.
+#[derive(Debug)]
+enum Proj<T> {
+    /// Children `query`, `key`, `value`, each `d × d`.
+    Separate([Box<dyn Layer<T>>; 3]),
+    /// One child `in_proj`, `d × 3d`, split into Q, K, V (PyTorch's layout).
+    Fused(Box<dyn Layer<T>>),
+}
+
 /// Multi-head scaled dot-product attention (self- or cross-attention).
 #[derive(Debug)]
 pub struct MultiHeadAttention<T> {
     embed_dim: usize,
     num_heads: usize,
     causal: bool,
-    query: Box<dyn Layer<T>>,
-    key: Box<dyn Layer<T>>,
-    value: Box<dyn Layer<T>>,
+    proj: Proj<T>,
     output: Box<dyn Layer<T>>,
     training: bool,
     cache: Option<Cache<T>>,
@@ -70,10 +84,12 @@ pub struct MultiHeadAttention<T> {
 // By hand: the derive would ask for `T: Clone`, but cloning the boxed children needs `T: Scalar`.
 impl<T: Scalar> Clone for MultiHeadAttention<T> {
     fn clone(&self) -> Self {
+        let proj = match &self.proj {
+            Proj::Separate(p) => Proj::Separate(p.clone()),
+            Proj::Fused(p) => Proj::Fused(p.clone()),
+        };
         Self {
-            query: self.query.clone(),
-            key: self.key.clone(),
-            value: self.value.clone(),
+            proj,
             output: self.output.clone(),
             cache: self.cache.clone(),
             source_grad: self.source_grad.clone(),
@@ -104,14 +120,45 @@ impl<T: Scalar> MultiHeadAttention<T> {
             embed_dim,
             num_heads,
             causal: false,
-            query: proj()?,
-            key: proj()?,
-            value: proj()?,
+            proj: Proj::Separate([proj()?, proj()?, proj()?]),
             output: proj()?,
             training: true,
             cache: None,
             source_grad: None,
         })
+    }
+
+    /// PyTorch's `nn.MultiheadAttention` layout: children `in_proj`
+    /// (`d × 3d`, whose output columns are Q, K, V in that order) and
+    /// `out_proj` (`d × d`), initialized as `nn.Linear`. Self-attention only.
+    ///
+    /// # Errors
+    /// As [`MultiHeadAttention::new`].
+    pub fn fused(embed_dim: usize, num_heads: usize, rng: &mut Rng) -> Result<Self> {
+        let mut mha = Self::new(embed_dim, num_heads, rng)?;
+        let d = embed_dim;
+        mha.proj = Proj::Fused(Box::new(Dense::new(
+            d,
+            3 * d,
+            true,
+            Activation::Identity,
+            rng,
+        )?));
+        Ok(mha)
+    }
+
+    /// Whether the projections are the fused `in_proj` / `out_proj` pair.
+    pub fn is_fused(&self) -> bool {
+        matches!(self.proj, Proj::Fused(_))
+    }
+
+    /// The name of the output projection child: `output`, or `out_proj` when fused.
+    pub fn output_name(&self) -> &'static str {
+        if self.is_fused() {
+            "out_proj"
+        } else {
+            "output"
+        }
     }
 
     /// Switches causal masking on or off.
@@ -178,9 +225,23 @@ impl<T: Scalar> MultiHeadAttention<T> {
         mask: Option<&Mask>,
     ) -> Result<Cache<T>> {
         let (h, cross, src) = (self.num_heads, src.is_some(), src.unwrap_or(x));
-        let q = split_heads(&project(&mut self.query, "query", x)?, h)?;
-        let k = split_heads(&project(&mut self.key, "key", src)?, h)?;
-        let v = split_heads(&project(&mut self.value, "value", src)?, h)?;
+        let [q, k, v] = match &mut self.proj {
+            Proj::Separate([query, key, value]) => [
+                project(query, "query", x)?,
+                project(key, "key", src)?,
+                project(value, "value", src)?,
+            ],
+            Proj::Fused(_) if cross => {
+                let msg = "the fused (in_proj) form is self-attention only: one float input";
+                return Err(Error::config(KIND, msg));
+            }
+            Proj::Fused(in_proj) => split_qkv(&project_fused(in_proj, x)?)?,
+        };
+        let (q, k, v) = (
+            split_heads(&q, h)?,
+            split_heads(&k, h)?,
+            split_heads(&v, h)?,
+        );
         let mut probs = q.matmul(&k.t()?)?.scale(self.scale()).into_contiguous();
         masked_softmax(&mut probs, h, x.shape()[1], self.keep(mask));
         Ok(Cache {
@@ -206,6 +267,31 @@ fn project<T: Scalar>(
         return Err(Error::shape(KIND, &what, e, y.shape()));
     }
     Ok(y)
+}
+
+/// `in_proj(x)` for a `[b, s, d]` input, checked to be `[b, s, 3d]`.
+fn project_fused<T: Scalar>(in_proj: &mut Box<dyn Layer<T>>, x: &Tensor<T>) -> Result<Tensor<T>> {
+    let y = in_proj
+        .forward(&[Input::Float(x)])
+        .map_err(|e| e.at("in_proj"))?;
+    let s = x.shape();
+    if y.shape() != [s[0], s[1], 3 * s[2]] {
+        let expected = format!("[{}, {}, {}]", s[0], s[1], 3 * s[2]);
+        return Err(Error::shape(KIND, "in_proj output", expected, y.shape()));
+    }
+    Ok(y)
+}
+
+/// `[b, s, 3d]` → Q, K, V, each `[b, s, d]` (consecutive column blocks).
+fn split_qkv<T: Scalar>(qkv: &Tensor<T>) -> Result<[Tensor<T>; 3]> {
+    let d = qkv.shape()[2] / 3;
+    let part = |i: usize| {
+        let block = qkv
+            .array()
+            .slice_axis(ndarray::Axis(2), (i * d..(i + 1) * d).into());
+        Tensor::from_array(block.as_standard_layout().into_owned())
+    };
+    Ok([part(0), part(1), part(2)])
 }
 
 /// `child.backward(g)`, which must return an input gradient.
@@ -319,7 +405,8 @@ impl<T: Scalar> Layer<T> for MultiHeadAttention<T> {
         }
         let cache = self.attend(x, source, mask)?;
         let ctx = merge_heads(&cache.probs.matmul(&cache.v)?)?;
-        let y = project(&mut self.output, "output", &ctx)?;
+        let name = self.output_name();
+        let y = project(&mut self.output, name, &ctx)?;
         self.cache = self.training.then_some(cache);
         Ok(y)
     }
@@ -335,12 +422,24 @@ impl<T: Scalar> Layer<T> for MultiHeadAttention<T> {
             let (what, e) = ("output gradient", format!("{expected:?}"));
             return Err(Error::shape(KIND, what, e, grad_output.shape()));
         }
-        let dctx = project_back(&mut self.output, "output", grad_output)?;
+        let name = self.output_name();
+        let dctx = project_back(&mut self.output, name, grad_output)?;
         let dctx = split_heads(&dctx, self.num_heads)?;
         let [dq, dk, dv] = attention_backward(cache, &dctx, self.scale())?;
-        let dx = project_back(&mut self.query, "query", &merge_heads(&dq)?)?;
-        let dk = project_back(&mut self.key, "key", &merge_heads(&dk)?)?;
-        let dsrc = dk.add(&project_back(&mut self.value, "value", &merge_heads(&dv)?)?)?;
+        let [dq, dk, dv] = [merge_heads(&dq)?, merge_heads(&dk)?, merge_heads(&dv)?];
+        let [query, key, value] = match &mut self.proj {
+            Proj::Separate(p) => p,
+            Proj::Fused(in_proj) => {
+                // [Q | K | V] = x·W_in: the column blocks' gradients side by side.
+                let views = [dq.array().view(), dk.array().view(), dv.array().view()];
+                let dqkv = ndarray::concatenate(ndarray::Axis(2), &views)
+                    .map_err(|e| Error::config(KIND, format!("internal: {e}")))?;
+                return project_back(in_proj, "in_proj", &Tensor::from_array(dqkv)).map(Some);
+            }
+        };
+        let dx = project_back(query, "query", &dq)?;
+        let dk = project_back(key, "key", &dk)?;
+        let dsrc = dk.add(&project_back(value, "value", &dv)?)?;
         if cache.cross {
             self.source_grad = Some(dsrc);
             Ok(Some(dx))
@@ -351,18 +450,26 @@ impl<T: Scalar> Layer<T> for MultiHeadAttention<T> {
     }
 
     fn children(&self) -> Vec<(&str, &dyn Layer<T>)> {
-        let p = [&self.query, &self.key, &self.value, &self.output];
-        CHILDREN.into_iter().zip(p.map(|c| c.as_ref())).collect()
+        match &self.proj {
+            Proj::Separate([q, k, v]) => {
+                let p = [q, k, v, &self.output];
+                CHILDREN.into_iter().zip(p.map(|c| c.as_ref())).collect()
+            }
+            Proj::Fused(in_proj) => vec![
+                ("in_proj", in_proj.as_ref()),
+                ("out_proj", self.output.as_ref()),
+            ],
+        }
     }
 
     fn children_mut(&mut self) -> Vec<(&str, &mut Box<dyn Layer<T>>)> {
-        let p = [
-            &mut self.query,
-            &mut self.key,
-            &mut self.value,
-            &mut self.output,
-        ];
-        CHILDREN.into_iter().zip(p).collect()
+        match &mut self.proj {
+            Proj::Separate([q, k, v]) => CHILDREN
+                .into_iter()
+                .zip([q, k, v, &mut self.output])
+                .collect(),
+            Proj::Fused(in_proj) => vec![("in_proj", in_proj), ("out_proj", &mut self.output)],
+        }
     }
 
     fn is_training(&self) -> bool {
@@ -386,8 +493,8 @@ impl<T: Scalar> Layer<T> for MultiHeadAttention<T> {
     }
 
     fn supports_jit(&self) -> bool {
-        let children = [&self.query, &self.key, &self.value, &self.output];
-        super::attention_export::own_ops_lowerable() && children.iter().all(|c| c.supports_jit())
+        let own = super::attention_export::own_ops_lowerable();
+        own && self.children().iter().all(|(_, c)| c.supports_jit())
     }
 
     /// See `attention_export.rs`: masks are graph inputs, fully hidden rows zero.

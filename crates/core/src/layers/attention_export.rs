@@ -36,6 +36,7 @@ pub(super) fn own_ops_lowerable() -> bool {
         Op::Mul,
         Op::Ne,
         Op::Cast(DType::F32),
+        Op::Slice { ranges: vec![] },
         reduce,
     ])
 }
@@ -176,11 +177,21 @@ pub(super) fn export<T: Scalar>(
         }
     }
     let h = mha.num_heads();
-    let q = project(mha, ctx, "query", x)?;
+    let [q, k, v] = if mha.is_fused() {
+        if src != x {
+            let msg = "the fused (in_proj) form is self-attention only: one float input";
+            return Err(Error::config(KIND, msg));
+        }
+        project_fused(mha, ctx, x)?
+    } else {
+        [
+            project(mha, ctx, "query", x)?,
+            project(mha, ctx, "key", src)?,
+            project(mha, ctx, "value", src)?,
+        ]
+    };
     let q = split_heads(ctx, "query", q, h)?;
-    let k = project(mha, ctx, "key", src)?;
     let k = split_heads(ctx, "key", k, h)?;
-    let v = project(mha, ctx, "value", src)?;
     let v = split_heads(ctx, "value", v, h)?;
     // scores = Q·Kᵀ/√dh  [b, h, sq, sk]
     let kt = ctx.named("key_t").transpose(k, &[0, 1, 3, 2])?;
@@ -196,5 +207,32 @@ pub(super) fn export<T: Scalar>(
         .transpose(context, &[0, 2, 1, 3])?;
     let merged = ctx.named("context_merge");
     let merged = merged.reshape(context, [batch, sq, mha.embed_dim()])?;
-    project(mha, ctx, "output", merged)
+    project(mha, ctx, mha.output_name(), merged)
+}
+
+/// `in_proj(x)` (`[b, s, 3d]`) sliced into Q, K, V (`<path>.q_slice`, …).
+fn project_fused<T: Scalar>(
+    mha: &MultiHeadAttention<T>,
+    ctx: &mut ExportContext<'_>,
+    x: NodeId,
+) -> Result<[NodeId; 3]> {
+    let child = mha.child("in_proj")?;
+    let qkv = ctx.child("in_proj", |ctx| {
+        child.export_graph(ctx, &[NodeInput::Float(x)])
+    })?;
+    let (xd, yd) = (ctx.dims(x)?, ctx.dims(qkv)?);
+    let d = mha.embed_dim();
+    if yd.len() != 3 || yd[..2] != xd[..2] || yd[2] != 3 * d {
+        let expected = format!("[{}, {}, {}]", xd[0], xd[1], 3 * d);
+        return Err(Error::shape(KIND, "in_proj output", expected, &yd));
+    }
+    let mut part = |i: usize, name: &str| -> Result<NodeId> {
+        let ranges = [0..yd[0], 0..yd[1], i * d..(i + 1) * d];
+        Ok(ctx.named(name).slice(qkv, &ranges)?)
+    };
+    Ok([
+        part(0, "q_slice")?,
+        part(1, "k_slice")?,
+        part(2, "v_slice")?,
+    ])
 }

@@ -115,6 +115,19 @@ fn is_target(targets: &TargetModules, path: &str) -> Result<bool> {
     })
 }
 
+/// The layers to adapt for a matched `path`: the layer itself, or — for a
+/// fused (PyTorch-layout) MultiHeadAttention, as PEFT does for
+/// `nn.MultiheadAttention` — its `in_proj` (one A shared by Q, K, V) and its
+/// `out_proj`.
+fn expand_fused_attention<T: Scalar>(layer: &dyn Layer<T>, path: &str) -> Vec<String> {
+    let fused = layer.kind() == "MultiHeadAttention" && layer.child("in_proj").is_ok();
+    if fused {
+        vec![format!("{path}.in_proj"), format!("{path}.out_proj")]
+    } else {
+        vec![path.to_string()]
+    }
+}
+
 /// Wraps every matching layer of `model` in a [`LoraAdapter`] and freezes
 /// every other weight (see the module docs); like PEFT's `get_peft_model`.
 ///
@@ -127,15 +140,19 @@ pub fn apply_lora<T: Scalar>(model: &mut dyn Layer<T>, cfg: &ApplyConfig) -> Res
     let mut plan: Vec<(String, LoraConfig)> = Vec::new();
     for path in model.layer_paths() {
         if !is_target(&cfg.target_modules, &path)?
-            || plan.iter().any(|(p, _)| path.starts_with(&format!("{p}.")))
+            || plan
+                .iter()
+                .any(|(p, _)| *p == path || path.starts_with(&format!("{p}.")))
         {
             continue;
         }
         let mut lc = cfg.lora;
         lc.rank = suffix_lookup(&cfg.rank_pattern, &path)?.unwrap_or(lc.rank);
         lc.alpha = suffix_lookup(&cfg.alpha_pattern, &path)?.or(lc.alpha);
-        LoraAdapter::check(model.child(&path)?, &lc).map_err(|e| e.at(&path))?;
-        plan.push((path, lc));
+        for target in expand_fused_attention(model.child(&path)?, &path) {
+            LoraAdapter::check(model.child(&target)?, &lc).map_err(|e| e.at(&target))?;
+            plan.push((target, lc));
+        }
     }
     if plan.is_empty() {
         return Err(Error::config(
