@@ -249,6 +249,12 @@ fn validation_errors_say_what_is_wrong() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("DoRA"), "{err}");
+    let err = LoraAdapter::wrap(
+        dense::<f32>(8, 8, Activation::Relu, 1),
+        LoraConfig::new(2).with_alpha(f64::NAN),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("alpha"), "{err}");
     let err = LoraAdapter::wrap(Sequential::<f32>::new(), LoraConfig::new(1)).unwrap_err();
     assert!(
         matches!(&err, Error::Config { .. }) && err.to_string().contains("Sequential"),
