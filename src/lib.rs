@@ -20,5 +20,6 @@ pub use cranelora_graph as graph;
 pub use cranelora_jit as jit;
 pub use cranelora_kernels as kernels;
 
+pub mod bench;
 pub mod demo;
 pub mod workloads;

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use cranelora::demo::{run_demo, DemoConfig};
 use std::time::Instant;
 
+mod bench_cmd;
 mod peft_cmd;
 
 const USAGE: &str = "\
@@ -12,6 +13,9 @@ cranelora — LoRA fine-tuning and Cranelift-compiled inference for Rust
 USAGE:
     cranelora demo [--epochs N] [--seed S]   train the demo MLP, print the loss per epoch
     cranelora peft <dir> [--name N]          inspect a PEFT adapter directory and report problems
+    cranelora bench [--workload W1|W2|W3|W4|W5|all] [--quick] [--json FILE]
+                                             time the workloads of WORKLOADS.md in every mode
+                                             (~1 s per measurement, ~0.2 s with --quick)
     cranelora help                           print this help
 ";
 
@@ -20,6 +24,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("peft") => peft_cmd::run(&args[1..], USAGE),
+        Some("bench") => bench_cmd::run(&args[1..], USAGE),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

@@ -5,7 +5,7 @@
 //! (`in × r`) and B (`r × out`) are random and non-zero; α = 2r, so the
 //! scaling is 2.
 
-use cranelora_core::layers::{Dense, Sequential};
+use cranelora_core::layers::{Dense, LayerNorm, MultiHeadAttention, Residual, Sequential};
 use cranelora_core::lora::{LoraAdapter, LoraConfig, LoraInit};
 use cranelora_core::{Activation, Layer, Result, Rng, Tensor};
 use cranelora_kernels::Scalar;
@@ -88,6 +88,59 @@ pub fn w2<T: Scalar>() -> Result<(Sequential<T>, Tensor<T>)> {
     Ok((model, x))
 }
 
+/// W3 encoder-block: one post-LayerNorm transformer encoder layer shaped
+/// like MiniLM (hidden 384, 12 heads, FFN 1536 with GELU (erf), LayerNorm
+/// ε 1e-12), LoRA rank 8 on the query and value projections; and its input,
+/// batch 8 × seq 128 × 384.
+///
+/// Children: `attn` (a [`Residual`] around [`MultiHeadAttention`], so the
+/// adapters are `attn.inner.query` and `attn.inner.value`), `attn_norm`,
+/// `ffn` (a [`Residual`] around `fc1` 384→1536 GELU, `fc2` 1536→384) and
+/// `ffn_norm`.
+///
+/// # Errors
+/// Never for these sizes.
+pub fn w3<T: Scalar>() -> Result<(Sequential<T>, Tensor<T>)> {
+    let (d, heads, ffn, r) = (384, 12, 1536, 8);
+    let mut rng = Rng::new(SEED + 4);
+    let mut mha = MultiHeadAttention::new(d, heads, &mut rng)?;
+    for name in ["query", "key", "value", "output"] {
+        let layer = dense(d, d, Activation::Identity, &mut rng)?;
+        let boxed: Box<dyn Layer<T>> = if name == "query" || name == "value" {
+            Box::new(adapt(layer, r, &mut rng)?)
+        } else {
+            Box::new(layer)
+        };
+        mha.replace_child(name, boxed)?;
+    }
+    let feed_forward = Sequential::new()
+        .with("fc1", dense(d, ffn, Activation::GeluErf, &mut rng)?)?
+        .with("fc2", dense(ffn, d, Activation::Identity, &mut rng)?)?;
+    let mut model = Sequential::new()
+        .with("attn", Residual::new(mha))?
+        .with("attn_norm", LayerNorm::new(d, 1e-12, true)?)?
+        .with("ffn", Residual::new(feed_forward))?
+        .with("ffn_norm", LayerNorm::new(d, 1e-12, true)?)?;
+    model.set_training(false);
+    let x = Tensor::random_normal(&[8, 128, d], 0.0, 1.0, &mut Rng::new(SEED + 5));
+    Ok((model, x))
+}
+
+/// W4 train-step: W1 (base frozen, every LoRA A and B trainable), its
+/// input, and the fixed MSE target `[64, 1024]`. One step is SGD with
+/// [`W4_LR`].
+///
+/// # Errors
+/// Never for these sizes.
+pub fn w4<T: Scalar>() -> Result<(Sequential<T>, Tensor<T>, Tensor<T>)> {
+    let (model, x) = w1()?;
+    let target = Tensor::random_normal(&[64, 1024], 0.0, 1.0, &mut Rng::new(SEED + 6));
+    Ok((model, x, target))
+}
+
+/// W4's SGD learning rate.
+pub const W4_LR: f64 = 1e-3;
+
 /// FLOPs of one W1 forward: 2·M·N·K per product, LoRA products included
 /// (`merged` counts the base products only).
 pub fn w1_flops(merged: bool) -> f64 {
@@ -125,5 +178,24 @@ mod tests {
             .to_vec()
             .iter()
             .all(|&v| v != 0.0));
+    }
+
+    #[test]
+    fn w3_has_adapters_on_query_and_value_only() {
+        let (m, x) = w3::<f32>().unwrap();
+        assert_eq!(x.shape(), &[8, 128, 384]);
+        for (path, lora) in [
+            ("query", true),
+            ("key", false),
+            ("value", true),
+            ("output", false),
+        ] {
+            let child = m.child(&format!("attn.inner.{path}")).unwrap();
+            assert_eq!(
+                child.as_lora_adapter().map(|a| a.rank()),
+                lora.then_some(8),
+                "{path}"
+            );
+        }
     }
 }
