@@ -5,6 +5,7 @@ use cranelora::demo::{run_demo, DemoConfig};
 use std::time::Instant;
 
 mod bench_cmd;
+mod graph_cmd;
 mod peft_cmd;
 
 const USAGE: &str = "\
@@ -16,6 +17,13 @@ USAGE:
     cranelora bench [--workload W1|W2|W3|W4|W5|all] [--quick] [--json FILE]
                                              time the workloads of WORKLOADS.md in every mode
                                              (~1 s per measurement, ~0.2 s with --quick)
+    cranelora graph --model mlp|attention|w1|w3 [--passes] [--mode inference|serving|training]
+                    --dot FILE
+                                             export a built-in model as a graph and write it as
+                                             Graphviz DOT (LoRA branches and, with --passes, fusion
+                                             groups as clusters); --passes runs the pass pipeline
+                                             and prints node counts per pass. Render the picture
+                                             with `dot -Tsvg FILE -o FILE.svg` (--svg is refused)
     cranelora help                           print this help
 ";
 
@@ -25,6 +33,7 @@ fn main() -> Result<()> {
         Some("demo") => demo(&args[1..]),
         Some("peft") => peft_cmd::run(&args[1..], USAGE),
         Some("bench") => bench_cmd::run(&args[1..], USAGE),
+        Some("graph") => graph_cmd::run(&args[1..], USAGE),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,125 @@
+//! `cranelora graph`: builds a built-in model, exports it as a graph,
+//! optionally runs the default pass pipeline (printing the node counts per
+//! pass), and writes a Graphviz DOT picture of the result.
+//!
+//! `--svg` is refused with a message to render the DOT with Graphviz
+//! (`dot -Tsvg FILE.dot -o FILE.svg`): the pure-Rust renderer `layout-rs`
+//! 0.1.3 parses our DOT and writes an SVG, but drops the `subgraph
+//! cluster_*` groups — the LoRA and fusion clusters that are the point of
+//! the picture — so it is not worth a dependency.
+
+use anyhow::{bail, Context, Result};
+use cranelora::core::export::{export_model, input_specs, ExportMode, ExportOptions};
+use cranelora::core::layers::MultiHeadAttention;
+use cranelora::core::lora::{apply_lora, ApplyConfig, LoraConfig, LoraInit};
+use cranelora::core::{Input, Layer, Rng, Tensor};
+use cranelora::demo::demo_mlp;
+use cranelora::graph::passes::{FusionPlan, PassManager, PassOptions};
+use cranelora::graph::{to_dot_with, Graph};
+use cranelora::workloads;
+
+/// Runs `cranelora graph --model M [--passes] [--mode MODE] (--dot FILE | --svg FILE)`.
+pub fn run(args: &[String], usage: &str) -> Result<()> {
+    let mut model = None;
+    let mut passes = false;
+    let mut mode = ExportMode::Inference;
+    let mut mode_name = "inference".to_string();
+    let mut dot = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--model" => model = Some(it.next().context("--model needs a value")?.clone()),
+            "--passes" => passes = true,
+            "--mode" => {
+                let v = it.next().context("--mode needs a value")?;
+                mode = match v.as_str() {
+                    "inference" => ExportMode::Inference,
+                    "serving" => ExportMode::Serving,
+                    "training" => ExportMode::Training,
+                    _ => bail!("--mode: `{v}` is not inference, serving or training"),
+                };
+                mode_name.clone_from(v);
+            }
+            "--dot" => dot = Some(it.next().context("--dot needs a file")?.clone()),
+            "--svg" => {
+                let f = it.next().context("--svg needs a file")?;
+                bail!(
+                    "--svg is not supported: cranelora does not render graphs itself; \
+                     write DOT with `--dot {f}.dot` and render it with Graphviz: \
+                     `dot -Tsvg {f}.dot -o {f}`"
+                );
+            }
+            other => bail!("graph: unknown option `{other}`\n\n{usage}"),
+        }
+    }
+    let model = model.with_context(|| format!("graph: --model is required\n\n{usage}"))?;
+    let path = dot.with_context(|| format!("graph: --dot FILE is required\n\n{usage}"))?;
+    let mut graph = build(&model, mode)?;
+    println!(
+        "cranelora graph: {model} exported ({mode_name} mode): {} nodes",
+        graph.len()
+    );
+    let plan = if passes {
+        let report = PassManager::new(PassOptions::default())
+            .run(&mut graph)
+            .context("running the pass pipeline")?;
+        println!(
+            "{:>2} {:<10} {:<14} {:>6} → {:<6} time",
+            "#", "pass", "changes", "before", "after"
+        );
+        print!("{report}");
+        println!("after passes: {} nodes", graph.len());
+        report.fusion.unwrap_or_default()
+    } else {
+        FusionPlan::default()
+    };
+    write_atomic(&path, &to_dot_with(&graph, &plan))?;
+    println!("wrote {path}");
+    Ok(())
+}
+
+/// Exports the built-in model `name` in `mode`.
+fn build(name: &str, mode: ExportMode) -> Result<Graph> {
+    let (model, x): (Box<dyn Layer<f32>>, Tensor<f32>) = match name {
+        "mlp" => {
+            let mut rng = Rng::new(7);
+            let mut m = demo_mlp(&mut rng)?;
+            let lora = LoraConfig::new(4).with_init(LoraInit::Random).with_seed(1);
+            let mut cfg = ApplyConfig::new(&["fc1", "fc2", "head"], lora);
+            // `head` has one output, so its rank is at most 1.
+            cfg.rank_pattern.push(("head".to_string(), 1));
+            apply_lora(&mut m, &cfg)?;
+            m.set_training(false);
+            let x = Tensor::random_normal(&[4, 8], 0.0, 1.0, &mut rng);
+            (Box::new(m), x)
+        }
+        "attention" => {
+            let mut rng = Rng::new(11);
+            let mut m = MultiHeadAttention::<f32>::new(16, 2, &mut rng)?;
+            let lora = LoraConfig::new(4).with_init(LoraInit::Random).with_seed(2);
+            apply_lora(&mut m, &ApplyConfig::new(&["query", "value"], lora))?;
+            m.set_training(false);
+            let x = Tensor::random_normal(&[1, 4, 16], 0.0, 1.0, &mut rng);
+            (Box::new(m), x)
+        }
+        "w1" => {
+            let (m, x) = workloads::w1::<f32>()?;
+            (Box::new(m), x)
+        }
+        "w3" => {
+            let (m, x) = workloads::w3::<f32>()?;
+            (Box::new(m), x)
+        }
+        _ => bail!("--model: `{name}` is not mlp, attention, w1 or w3"),
+    };
+    let specs = input_specs(&[Input::Float(&x)]);
+    export_model(model.as_ref(), &specs, &ExportOptions::new(mode))
+        .with_context(|| format!("exporting {name}"))
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory.
+fn write_atomic(path: &str, text: &str) -> Result<()> {
+    let tmp = format!("{path}.tmp{}", std::process::id());
+    std::fs::write(&tmp, text).with_context(|| format!("writing {tmp}"))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))
+}
