@@ -305,33 +305,54 @@ fn forward_modes(
     target: Duration,
     report: &mut Report,
 ) {
-    let mut eager_model = model.clone();
-    eager_model.set_training(false);
-    let expected: Vec<f64> = match eager_model.forward_float(x) {
-        Ok(y) => y.to_vec().iter().map(|&v| f64::from(v)).collect(),
+    let expected = match eager_expected(model, x) {
+        Ok(e) => e,
         Err(e) => {
             report.failures.push(Failure {
                 workload: w,
                 mode: Some(Mode::Eager),
-                error: format!("{e}"),
+                error: format!("{e:#}"),
             });
             return;
         }
     };
     for &mode in w.modes() {
-        let r = forward_mode(w, mode, model, x, &expected, target);
+        let r =
+            forward_runner(w, mode, model, x, &expected).and_then(|mut f| measure(target, &mut *f));
         report.add(w, mode, r);
     }
 }
 
-fn forward_mode(
+/// One call of a workload in one mode, built and checked: the closure
+/// [`measure`] (or a criterion benchmark) times.
+pub type Runner<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+
+/// The eager forward's output (eval mode) as `f64`: what every forward mode is checked against.
+///
+/// # Errors
+/// If the eager forward fails.
+pub fn eager_expected(model: &Sequential<f32>, x: &Tensor<f32>) -> Result<Vec<f64>> {
+    let mut m = model.clone();
+    m.set_training(false);
+    Ok(m.forward_float(x)?
+        .to_vec()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect())
+}
+
+/// Builds W1/W2/W3 (`model`, input `x`) in `mode`, checks its output against
+/// `expected` ([`eager_expected`]) and returns one forward call.
+///
+/// # Errors
+/// If the mode does not apply, fails to build, or its output differs from eager's.
+pub fn forward_runner<'a>(
     w: Workload,
     mode: Mode,
     model: &Sequential<f32>,
-    x: &Tensor<f32>,
+    x: &'a Tensor<f32>,
     expected: &[f64],
-    target: Duration,
-) -> Result<Stats> {
+) -> Result<Runner<'a>> {
     let inputs = [Input::Float(x)];
     let values = input_values(&inputs);
     let to_f64 = |t: &Tensor<f32>| t.to_vec().iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
@@ -343,19 +364,19 @@ fn forward_mode(
             }
             m.set_training(false);
             check_close(&to_f64(&m.forward_float(x)?), expected, 1e-3)?;
-            measure(target, &mut || {
+            Ok(Box::new(move || {
                 m.forward_float(x)?;
                 Ok(())
-            })
+            }))
         }
         Mode::Interp => {
             let g = export(model, x, ExportMode::Serving)?;
             let b = bindings_for(model, &g)?;
             check_close(&interpret(&g, &values, &b)?[0].to_f64_vec(), expected, 1e-3)?;
-            measure(target, &mut || {
+            Ok(Box::new(move || {
                 interpret(&g, &values, &b)?;
                 Ok(())
-            })
+            }))
         }
         Mode::Jit | Mode::JitFolded => {
             let (export_mode, fold) = if mode == Mode::Jit {
@@ -368,10 +389,10 @@ fn forward_mode(
             let c = compile(&g, &JitOptions::default().with_lora_fold(fold))?;
             let mut out = c.run(&values, &b)?;
             check_close(&out[0].to_f64_vec(), expected, 1e-3)?;
-            measure(target, &mut || {
+            Ok(Box::new(move || {
                 c.run_into(&values, &b, &mut out)?;
                 Ok(())
-            })
+            }))
         }
         Mode::RustcBaseline => {
             ensure!(w == Workload::W2, "rustc-baseline exists for W2 only");
@@ -383,7 +404,7 @@ fn forward_mode(
             let mut y = [0.0f32; baseline::OUT];
             baseline::forward(&weights, &xs, &mut y);
             check_close(&y.map(f64::from), expected, 1e-3)?;
-            measure(target, &mut || {
+            Ok(Box::new(move || {
                 baseline::forward(
                     std::hint::black_box(&weights),
                     std::hint::black_box(&xs),
@@ -391,7 +412,7 @@ fn forward_mode(
                 );
                 std::hint::black_box(&y);
                 Ok(())
-            })
+            }))
         }
     }
 }
@@ -404,18 +425,23 @@ fn train_modes(
     report: &mut Report,
 ) {
     for &mode in Workload::W4.modes() {
-        let r = train_mode(mode, model, x, y, target);
+        let r = train_runner(mode, model, x, y).and_then(|mut f| measure(target, &mut *f));
         report.add(Workload::W4, mode, r);
     }
 }
 
-fn train_mode(
+/// Builds W4's training step (`model`, input `x`, target `y`) in `mode`,
+/// checks the first step's loss against eager's and returns one step (each
+/// call updates the adapters, as training does).
+///
+/// # Errors
+/// If the mode does not apply, fails to build, or its loss differs from eager's.
+pub fn train_runner<'a>(
     mode: Mode,
     model: &Sequential<f32>,
-    x: &Tensor<f32>,
-    y: &Tensor<f32>,
-    target: Duration,
-) -> Result<Stats> {
+    x: &'a Tensor<f32>,
+    y: &'a Tensor<f32>,
+) -> Result<Runner<'a>> {
     let lr = W4_LR as f32;
     // The loss before the first step, from the eager forward.
     let mut reference = model.clone();
@@ -425,7 +451,7 @@ fn train_mode(
         Mode::Eager => {
             let mut m = model.clone();
             m.set_training(true);
-            let mut step = || -> Result<f32> {
+            let mut step = move || -> Result<f32> {
                 m.zero_grad();
                 let pred = m.forward_float(x)?;
                 let loss = mse(&pred, y)?;
@@ -434,7 +460,7 @@ fn train_mode(
                 Ok(loss.value)
             };
             check_close(&[f64::from(step()?)], &[expected], 1e-3)?;
-            measure(target, &mut || step().map(|_| ()))
+            Ok(Box::new(move || step().map(|_| ())))
         }
         Mode::Interp | Mode::Jit => {
             let g = export(model, x, ExportMode::Training)?;
@@ -450,23 +476,23 @@ fn train_mode(
             if mode == Mode::Interp {
                 let out = interpret(&step.graph, &values, &b)?;
                 check_close(&out[0].to_f64_vec(), &[expected], 1e-3)?;
-                measure(target, &mut || {
+                Ok(Box::new(move || {
                     let out = interpret(&step.graph, &values, &b)?;
                     step.apply(&out, &mut b);
                     Ok(())
-                })
+                }))
             } else {
                 let c = compile(&step.graph, &JitOptions::default().with_lora_fold(false))?;
                 let mut jb = Bindings::from_map(&b)?;
                 let mut out = c.run(&values, &jb)?;
                 check_close(&out[0].to_f64_vec(), &[expected], 1e-3)?;
-                measure(target, &mut || {
+                Ok(Box::new(move || {
                     c.run_into(&values, &jb, &mut out)?;
                     for (u, v) in step.updates.iter().zip(&out[1..]) {
                         jb.insert(u.parameter.clone(), v.clone())?;
                     }
                     Ok(())
-                })
+                }))
             }
         }
         other => bail!("{} does not apply to W4", other.name()),
@@ -487,10 +513,8 @@ fn compile_times(model: &Sequential<f32>, x: &Tensor<f32>, target: Duration, rep
         let mut times = Vec::with_capacity(reps);
         let r = (0..reps).try_for_each(|_| -> Result<()> {
             let t = Instant::now();
-            let g = export(model, x, export_mode)?;
-            let c = compile(&g, &JitOptions::default().with_lora_fold(fold))?;
+            compile_once(model, x, export_mode, fold)?;
             times.push(t.elapsed());
-            drop(c);
             Ok(())
         });
         match r {
@@ -513,6 +537,24 @@ fn compile_times(model: &Sequential<f32>, x: &Tensor<f32>, target: Duration, rep
             }),
         }
     }
+}
+
+/// W5's unit of work: exports `model` (input `x`) in `export_mode`, runs the
+/// passes and JIT-compiles it (LoRA folding `fold`), then drops the code.
+/// `jit` is (Serving, false), `jit-folded` (Inference, true).
+///
+/// # Errors
+/// If export or compile fails.
+pub fn compile_once(
+    model: &Sequential<f32>,
+    x: &Tensor<f32>,
+    export_mode: ExportMode,
+    fold: bool,
+) -> Result<()> {
+    let g = export(model, x, export_mode)?;
+    let c = compile(&g, &JitOptions::default().with_lora_fold(fold))?;
+    drop(c);
+    Ok(())
 }
 
 /// The machine: CPU model name (from `/proc/cpuinfo`) and available cores.

@@ -1,15 +1,18 @@
 //! `cranelora bench`: parses the options, runs `cranelora::bench` and prints
-//! the table (and writes the JSON with `--json`).
+//! the table (and writes the JSON with `--json`, the SVG chart of
+//! `cranelora::plot` with `--plot`).
 
 use anyhow::{bail, Context, Result};
 use cranelora::bench::{self, Mode, Report, Workload};
+use cranelora::plot;
 use std::time::Duration;
 
-/// Runs `cranelora bench [--workload W1|…|W5|all] [--quick] [--json FILE]`.
+/// Runs `cranelora bench [--workload W1|…|W5|all] [--quick] [--json FILE] [--plot FILE.svg]`.
 pub fn run(args: &[String], usage: &str) -> Result<()> {
     let mut workloads = Workload::ALL.to_vec();
     let mut quick = false;
     let mut json = None;
+    let mut plot = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -24,6 +27,7 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
             }
             "--quick" => quick = true,
             "--json" => json = Some(it.next().context("--json needs a file")?.clone()),
+            "--plot" => plot = Some(it.next().context("--plot needs a file")?.clone()),
             other => bail!("bench: unknown option `{other}`\n\n{usage}"),
         }
     }
@@ -36,9 +40,15 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     print_table(&report);
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&bench::to_json(&report, &cpu, cores))?;
-        let tmp = format!("{path}.tmp{}", std::process::id());
-        std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {tmp}"))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {tmp} to {path}"))?;
+        write_atomically(&path, &(text + "\n"))?;
+        println!("wrote {path}");
+    }
+    if let Some(path) = plot {
+        let subtitle = format!(
+            "{cpu}, {cores} cores; ~{target:?} per measurement{}",
+            if quick { " (--quick)" } else { "" }
+        );
+        write_atomically(&path, &plot::bench_svg(&report, &subtitle))?;
         println!("wrote {path}");
     }
     if !report.failures.is_empty() {
@@ -48,6 +58,16 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes `text` to a temporary name beside `path`, then renames it over `path`.
+fn write_atomically(path: &str, text: &str) -> Result<()> {
+    let tmp = format!("{path}.tmp{}", std::process::id());
+    std::fs::write(&tmp, text).with_context(|| format!("writing {path} (via {tmp})"))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("renaming {tmp} to {path}")
+    })
 }
 
 fn fmt_us(d: Duration) -> String {

@@ -118,7 +118,7 @@ fn build(name: &str, mode: ExportMode) -> Result<Graph> {
 }
 
 /// Writes `text` to `path` through a temporary file in the same directory.
-fn write_atomic(path: &str, text: &str) -> Result<()> {
+pub(crate) fn write_atomic(path: &str, text: &str) -> Result<()> {
     let tmp = format!("{path}.tmp{}", std::process::id());
     std::fs::write(&tmp, text).with_context(|| format!("writing {tmp}"))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))

@@ -1,5 +1,5 @@
-//! `cranelora bench --workload W2 --quick --json FILE`: the JSON has the
-//! documented schema and every W2 mode. (W1/W3 are too slow for the dev
+//! `cranelora bench --workload W2 --quick --json FILE --plot FILE.svg`: the
+//! JSON has the documented schema and every W2 mode; the SVG chart names them. (W1/W3 are too slow for the dev
 //! profile; they are run by hand in release.)
 
 use std::process::Command;
@@ -9,9 +9,12 @@ fn bench_w2_quick_writes_the_json_schema() {
     let dir = std::env::temp_dir().join(format!("cranelora-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bench.json");
+    let svg_path = dir.join("bench.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_cranelora"))
         .args(["bench", "--workload", "W2", "--quick", "--json"])
         .arg(&path)
+        .arg("--plot")
+        .arg(&svg_path)
         .output()
         .expect("run cranelora");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -54,5 +57,20 @@ fn bench_w2_quick_writes_the_json_schema() {
         assert!(min > 0.0 && min <= median, "{r}");
         assert!(r["gflops"].is_null(), "{r}");
     }
+    let svg = std::fs::read_to_string(&svg_path).expect("the --plot SVG exists");
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    for mode in &modes {
+        assert!(
+            svg.contains(&format!(">{mode}</text>")),
+            "{mode} not in the SVG"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
