@@ -353,6 +353,27 @@ pub fn forward_runner<'a>(
     x: &'a Tensor<f32>,
     expected: &[f64],
 ) -> Result<Runner<'a>> {
+    ensure!(
+        mode != Mode::RustcBaseline || w == Workload::W2,
+        "rustc-baseline exists for W2 only"
+    );
+    let (output, call) = build_forward(mode, model, x)?;
+    check_close(&output, expected, 1e-3)?;
+    Ok(call)
+}
+
+/// Builds `model` (input `x`, one float tensor) in `mode`: its output on `x`
+/// as `f64`, and one forward call. Shared by `bench` and the demo.
+/// "jit" is a Serving export with LoRA folding off, "jit-folded" an
+/// Inference export with folding on; rustc-baseline needs W2's shapes.
+///
+/// # Errors
+/// If the mode fails to build or run.
+pub fn build_forward<'a>(
+    mode: Mode,
+    model: &Sequential<f32>,
+    x: &'a Tensor<f32>,
+) -> Result<(Vec<f64>, Runner<'a>)> {
     let inputs = [Input::Float(x)];
     let values = input_values(&inputs);
     let to_f64 = |t: &Tensor<f32>| t.to_vec().iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
@@ -363,20 +384,26 @@ pub fn forward_runner<'a>(
                 merge_all(&mut m).context("merging")?;
             }
             m.set_training(false);
-            check_close(&to_f64(&m.forward_float(x)?), expected, 1e-3)?;
-            Ok(Box::new(move || {
-                m.forward_float(x)?;
-                Ok(())
-            }))
+            let output = to_f64(&m.forward_float(x)?);
+            Ok((
+                output,
+                Box::new(move || {
+                    m.forward_float(x)?;
+                    Ok(())
+                }),
+            ))
         }
         Mode::Interp => {
             let g = export(model, x, ExportMode::Serving)?;
             let b = bindings_for(model, &g)?;
-            check_close(&interpret(&g, &values, &b)?[0].to_f64_vec(), expected, 1e-3)?;
-            Ok(Box::new(move || {
-                interpret(&g, &values, &b)?;
-                Ok(())
-            }))
+            let output = interpret(&g, &values, &b)?[0].to_f64_vec();
+            Ok((
+                output,
+                Box::new(move || {
+                    interpret(&g, &values, &b)?;
+                    Ok(())
+                }),
+            ))
         }
         Mode::Jit | Mode::JitFolded => {
             let (export_mode, fold) = if mode == Mode::Jit {
@@ -388,14 +415,16 @@ pub fn forward_runner<'a>(
             let b = Bindings::from_map(&bindings_for(model, &g)?)?;
             let c = compile(&g, &JitOptions::default().with_lora_fold(fold))?;
             let mut out = c.run(&values, &b)?;
-            check_close(&out[0].to_f64_vec(), expected, 1e-3)?;
-            Ok(Box::new(move || {
-                c.run_into(&values, &b, &mut out)?;
-                Ok(())
-            }))
+            let output = out[0].to_f64_vec();
+            Ok((
+                output,
+                Box::new(move || {
+                    c.run_into(&values, &b, &mut out)?;
+                    Ok(())
+                }),
+            ))
         }
         Mode::RustcBaseline => {
-            ensure!(w == Workload::W2, "rustc-baseline exists for W2 only");
             let weights = baseline::W2Weights::from_model(model)?;
             let xs: [f32; baseline::IN] = x
                 .to_vec()
@@ -403,16 +432,19 @@ pub fn forward_runner<'a>(
                 .map_err(|_| anyhow::anyhow!("W2 input is not [1, 64]"))?;
             let mut y = [0.0f32; baseline::OUT];
             baseline::forward(&weights, &xs, &mut y);
-            check_close(&y.map(f64::from), expected, 1e-3)?;
-            Ok(Box::new(move || {
-                baseline::forward(
-                    std::hint::black_box(&weights),
-                    std::hint::black_box(&xs),
-                    &mut y,
-                );
-                std::hint::black_box(&y);
-                Ok(())
-            }))
+            let output = y.map(f64::from).to_vec();
+            Ok((
+                output,
+                Box::new(move || {
+                    baseline::forward(
+                        std::hint::black_box(&weights),
+                        std::hint::black_box(&xs),
+                        &mut y,
+                    );
+                    std::hint::black_box(&y);
+                    Ok(())
+                }),
+            ))
         }
     }
 }

@@ -10,15 +10,13 @@
 
 use crate::graph_cmd::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
-use cranelora::bench::{self, Stats};
-use cranelora::core::export::{bindings_for, export_model, input_specs, input_values};
+use cranelora::bench::{self, build_forward, Mode, Stats};
+use cranelora::core::export::{export_model, input_specs};
 use cranelora::core::export::{ExportMode, ExportOptions};
 use cranelora::core::layers::Sequential;
-use cranelora::core::lora::merge_all;
-use cranelora::core::{Input, Layer, Tensor};
+use cranelora::core::{Input, Tensor};
 use cranelora::demo::{run_demo, DemoConfig, Progress, FEATURES, HEADS, OUTPUTS, WIDTH};
-use cranelora::graph::{interpret, to_dot, Graph};
-use cranelora::jit::{compile, Bindings, JitOptions};
+use cranelora::graph::{to_dot, Graph};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -92,7 +90,7 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     println!("render it with Graphviz: dot -Tsvg {dot_name} -o demo.svg");
 
     println!("\n== agreement (max |err| against eager, tolerance {TOLERANCE:e})");
-    let modes = build_modes(&model, x, &serving)?;
+    let modes = build_modes(&model, x)?;
     let expected = modes[0].output.clone();
     let mut bad = Vec::new();
     for m in &modes[1..] {
@@ -190,78 +188,29 @@ struct ModeRun<'a> {
     call: Box<dyn FnMut() -> Result<()> + 'a>,
 }
 
-fn to_f64(t: &Tensor<f32>) -> Vec<f64> {
-    t.to_vec().iter().map(|&v| f64::from(v)).collect()
-}
-
 fn export(model: &Sequential<f32>, x: &Tensor<f32>, mode: ExportMode) -> Result<Graph> {
     let specs = input_specs(&[Input::Float(x)]);
     export_model(model, &specs, &ExportOptions::new(mode)).context("exporting the demo model")
 }
 
-/// eager, interp, jit, merged, jit-folded — in that order.
-fn build_modes<'a>(
-    model: &Sequential<f32>,
-    x: &'a Tensor<f32>,
-    serving: &Graph,
-) -> Result<Vec<ModeRun<'a>>> {
-    let values = input_values(&[Input::Float(x)]);
-    let mut modes = Vec::new();
-
-    let mut eager = model.clone();
-    eager.set_training(false);
-    let output = to_f64(&eager.forward_float(x)?);
-    modes.push(ModeRun {
-        name: "eager",
-        output,
-        call: Box::new(move || eager.forward_float(x).map(drop).map_err(Into::into)),
-    });
-
-    let g = serving.clone();
-    let b = bindings_for(model, &g)?;
-    let output = interpret(&g, &values, &b)?[0].to_f64_vec();
-    let v = values.clone();
-    modes.push(ModeRun {
-        name: "interp",
-        output,
-        call: Box::new(move || interpret(&g, &v, &b).map(drop).map_err(Into::into)),
-    });
-
-    let t = Instant::now();
-    let c = compile(serving, &JitOptions::default().with_lora_fold(false))?;
-    println!("  (JIT compile: {:.1?})", t.elapsed());
-    let b = Bindings::from_map(&bindings_for(model, serving)?)?;
-    let mut out = c.run(&values, &b)?;
-    let output = out[0].to_f64_vec();
-    let v = values.clone();
-    modes.push(ModeRun {
-        name: "jit",
-        output,
-        call: Box::new(move || c.run_into(&v, &b, &mut out).map_err(Into::into)),
-    });
-
-    let mut merged = model.clone();
-    let n = merge_all(&mut merged).context("merging the adapters")?;
-    println!("  (merged {n} adapters into their base layers)");
-    merged.set_training(false);
-    let output = to_f64(&merged.forward_float(x)?);
-    modes.push(ModeRun {
-        name: "merged",
-        output,
-        call: Box::new(move || merged.forward_float(x).map(drop).map_err(Into::into)),
-    });
-
-    let g = export(model, x, ExportMode::Inference)?;
-    let c = compile(&g, &JitOptions::default().with_lora_fold(true))?;
-    let b = Bindings::from_map(&bindings_for(model, &g)?)?;
-    let mut out = c.run(&values, &b)?;
-    let output = out[0].to_f64_vec();
-    modes.push(ModeRun {
-        name: "jit-folded",
-        output,
-        call: Box::new(move || c.run_into(&values, &b, &mut out).map_err(Into::into)),
-    });
-    Ok(modes)
+/// eager, interp, jit, merged, jit-folded — in that order, built by the
+/// same code `cranelora bench` uses.
+fn build_modes<'a>(model: &Sequential<f32>, x: &'a Tensor<f32>) -> Result<Vec<ModeRun<'a>>> {
+    let modes = [
+        ("eager", Mode::Eager),
+        ("interp", Mode::Interp),
+        ("jit", Mode::Jit),
+        ("merged", Mode::MergedEager),
+        ("jit-folded", Mode::JitFolded),
+    ];
+    modes
+        .into_iter()
+        .map(|(name, mode)| {
+            let (output, call) =
+                build_forward(mode, model, x).with_context(|| format!("building mode {name}"))?;
+            Ok(ModeRun { name, output, call })
+        })
+        .collect()
 }
 
 /// The largest absolute difference (NaN counts as infinite).
