@@ -8,9 +8,11 @@ use std::sync::{Arc, RwLock};
 /// Parameter name → value, each a contiguous row-major buffer (naturally
 /// aligned for its dtype, which is all the generated code assumes).
 ///
-/// A training step or a new adapter replaces the whole set: build a new
+/// For inference a new adapter replaces the whole set: build a new
 /// `Bindings` and swap it in a [`SharedBindings`] while other threads keep
-/// running on the old one.
+/// running on the old one. A [`crate::Trainer`] owns its `Bindings` and
+/// writes each step's new values into them in place; publish a copy
+/// (`SharedBindings::store(trainer.bindings().clone())`) for inference.
 #[derive(Clone, Debug, Default)]
 pub struct Bindings {
     map: HashMap<String, TensorData>,
@@ -38,9 +40,44 @@ impl Bindings {
         Ok(())
     }
 
+    /// Removes the binding of `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.map.remove(name);
+    }
+
     /// The value bound to `name`.
     pub fn get(&self, name: &str) -> Option<&TensorData> {
         self.map.get(name)
+    }
+
+    /// The value bound to `name`, for writing in place (training steps).
+    pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut TensorData> {
+        self.map.get_mut(name)
+    }
+
+    /// Whether `name` is bound.
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// The number of bound names.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is bound.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every (name, value), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &TensorData)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The interpreter's map of the same values (a copy).
+    pub fn to_map(&self) -> cranelora_graph::Bindings {
+        self.map.clone()
     }
 
     /// The bindings of the interpreter's map.

@@ -80,6 +80,20 @@ impl CompileReport {
 /// [`Error::Unsupported`] naming the first node the JIT cannot lower;
 /// [`Error::UnsupportedHost`]; Cranelift errors (verifier included).
 pub fn compile(graph: &Graph, options: &JitOptions) -> Result<CompiledGraph> {
+    compile_updating(graph, options, &[])
+}
+
+/// [`compile`] with in-place updates: output `k` of each `(k, name)`
+/// replaces the buffer bound to Parameter `name` when the graph runs through
+/// [`crate::Trainer`] (placement in `inplace.rs`).
+///
+/// # Errors
+/// As [`compile`], and [`Error::Update`] for an update that cannot be placed.
+pub(crate) fn compile_updating(
+    graph: &Graph,
+    options: &JitOptions,
+    updates: &[(usize, String)],
+) -> Result<CompiledGraph> {
     let mut report = CompileReport::default();
     let t = Instant::now();
     cranelora_graph::verify(graph)?;
@@ -111,6 +125,8 @@ pub fn compile(graph: &Graph, options: &JitOptions) -> Result<CompiledGraph> {
     }
     let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
     report.memory = memory::plan(&g, &order, &param_names, &const_index);
+    let updates =
+        crate::inplace::place_updates(&g, &order, &mut report.memory, &specs.params, updates)?;
     report.nodes = g.len();
     report.planning = t.elapsed();
 
@@ -163,6 +179,7 @@ pub fn compile(graph: &Graph, options: &JitOptions) -> Result<CompiledGraph> {
         plans,
         descs,
         report,
+        updates,
     }))
 }
 

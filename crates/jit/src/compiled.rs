@@ -13,8 +13,13 @@
 //!
 //! [`CompiledGraph::run_into`] checks every buffer's dtype, shape and
 //! contiguity before the call, so the generated code may assume them.
+//!
+//! A graph compiled with in-place updates (`inplace.rs`) also runs through
+//! [`CompiledGraph::run_updating`]: the output slot of each update is then
+//! the buffer bound to its Parameter, in a `&mut Bindings`.
 
 use crate::compile::CompileReport;
+use crate::inplace::Update;
 use crate::lower::Plans;
 use crate::runtime::{INDEX_OUT_OF_RANGE, KERNEL_ERROR, OK};
 use crate::{Bindings, Error, Result};
@@ -71,6 +76,10 @@ pub struct CompiledGraph {
     pool: Mutex<Vec<CallState>>,
     descs: HashMap<usize, NodeDesc>,
     report: CompileReport,
+    /// In-place updates (none for a plain [`crate::compile`]).
+    updates: Vec<Update>,
+    /// For each output, the index in `updates` of the update it is.
+    update_of: Vec<Option<usize>>,
 }
 
 /// Everything [`CompiledGraph::new`] takes.
@@ -84,6 +93,7 @@ pub(crate) struct Parts {
     pub plans: Plans,
     pub descs: HashMap<usize, NodeDesc>,
     pub report: CompileReport,
+    pub updates: Vec<Update>,
 }
 
 // SAFETY: the JITModule is only touched again in `drop` (through the
@@ -98,6 +108,10 @@ unsafe impl Sync for CompiledGraph {}
 impl CompiledGraph {
     pub(crate) fn new(p: Parts) -> Self {
         let arena_bytes = p.report.memory.arena_bytes;
+        let mut update_of = vec![None; p.outputs.len()];
+        for (i, u) in p.updates.iter().enumerate() {
+            update_of[u.output] = Some(i);
+        }
         Self {
             module: Mutex::new(Some(p.module)),
             entry: p.entry as usize,
@@ -110,7 +124,14 @@ impl CompiledGraph {
             pool: Mutex::new(Vec::with_capacity(POOL_CAPACITY)),
             descs: p.descs,
             report: p.report,
+            updates: p.updates,
+            update_of,
         }
+    }
+
+    /// The in-place updates this graph was compiled with, in the order given.
+    pub fn updates(&self) -> &[Update] {
+        &self.updates
     }
 
     /// The graph inputs, in call order.
@@ -178,6 +199,100 @@ impl CompiledGraph {
         result
     }
 
+    /// Runs the graph updating Parameters in place: the new value of each
+    /// update is written into the buffer `storage` binds to its Parameter;
+    /// `outputs` receives the other outputs, in order. Allocates nothing
+    /// once the arena pool is warm.
+    ///
+    /// # Errors
+    /// As [`CompiledGraph::run_into`] (`outputs` counts only the outputs
+    /// that are not updates); an update's binding is checked against its
+    /// output's dtype and shape.
+    pub(crate) fn run_updating(
+        &self,
+        inputs: &[TensorData],
+        storage: &mut Bindings,
+        outputs: &mut [TensorData],
+    ) -> Result<()> {
+        count("inputs", self.inputs.len(), inputs.len())?;
+        let plain = self.outputs.len() - self.updates.len();
+        count("outputs", plain, outputs.len())?;
+        let mut state = self.take_state();
+        state.ptrs.clear();
+        let result = self.fill_ptrs_updating(&mut state, inputs, storage, outputs);
+        let result = result.and_then(|()| self.call(&mut state));
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(state);
+        result
+    }
+
+    /// Checks every buffer of `storage` the graph reads or updates, without running.
+    ///
+    /// # Errors
+    /// [`Error::MissingBinding`], [`Error::Mismatch`], [`Error::NotContiguous`].
+    pub(crate) fn check_storage(&self, storage: &Bindings) -> Result<()> {
+        for spec in &self.params {
+            check_bound("parameter", spec, storage.get(&spec.name), &spec.name)?;
+        }
+        for u in &self.updates {
+            let spec = &self.outputs[u.output];
+            check_bound("parameter", spec, storage.get(&u.parameter), &u.parameter)?;
+        }
+        Ok(())
+    }
+
+    /// [`CompiledGraph::fill_ptrs`] for [`CompiledGraph::run_updating`]:
+    /// each buffer of `storage` is borrowed mutably once and its pointer
+    /// listed both as a parameter and as its update's output slot.
+    fn fill_ptrs_updating(
+        &self,
+        state: &mut CallState,
+        inputs: &[TensorData],
+        storage: &mut Bindings,
+        outputs: &mut [TensorData],
+    ) -> Result<()> {
+        self.fill_inputs(state, inputs)?;
+        let np = self.params.len();
+        for spec in &self.params {
+            let t = storage.get_mut(&spec.name);
+            state
+                .ptrs
+                .push(bound_ptr("parameter", spec, t, &spec.name)?);
+        }
+        let first_param = self.inputs.len();
+        let mut plain = outputs.iter_mut();
+        for (k, spec) in self.outputs.iter().enumerate() {
+            let ptr = match self.update_of[k].map(|i| &self.updates[i]) {
+                Some(Update { param: Some(p), .. }) => state.ptrs[first_param + *p],
+                Some(u) => {
+                    let t = storage.get_mut(&u.parameter);
+                    bound_ptr("parameter", spec, t, &u.parameter)?
+                }
+                None => {
+                    let t = plain.next().expect("internal: counted");
+                    check("output", spec, t)?;
+                    data_ptr_mut(t).ok_or_else(|| not_contiguous("output", spec))? as usize
+                }
+            };
+            state.ptrs.push(ptr);
+        }
+        debug_assert_eq!(state.ptrs.len(), first_param + np + self.outputs.len());
+        Ok(())
+    }
+
+    /// Checks the inputs and lists their pointers.
+    fn fill_inputs(&self, state: &mut CallState, inputs: &[TensorData]) -> Result<()> {
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            check("input", spec, t)?;
+            state
+                .ptrs
+                .push(data_ptr(t).ok_or_else(|| not_contiguous("input", spec))? as usize);
+        }
+        Ok(())
+    }
+
     /// Checks every buffer and lists its pointer: inputs, params, outputs.
     fn fill_ptrs(
         &self,
@@ -186,12 +301,7 @@ impl CompiledGraph {
         bindings: &Bindings,
         outputs: &mut [TensorData],
     ) -> Result<()> {
-        for (spec, t) in self.inputs.iter().zip(inputs) {
-            check("input", spec, t)?;
-            state
-                .ptrs
-                .push(data_ptr(t).ok_or_else(|| not_contiguous("input", spec))? as usize);
-        }
+        self.fill_inputs(state, inputs)?;
         for spec in &self.params {
             let t = bindings
                 .get(&spec.name)
@@ -222,7 +332,11 @@ impl CompiledGraph {
         // drop). `fill_ptrs` checked every input, parameter and output
         // buffer: dtype, shape (hence length) and contiguity, and listed
         // their addresses in ABI order; output buffers are `&mut` (no
-        // aliasing). The arena has `arena_bytes` bytes, 64-byte aligned,
+        // aliasing), except that `fill_ptrs_updating` lists the buffer of an
+        // updated Parameter twice (parameter and output slot), from one
+        // `&mut` borrow of the bindings held for the whole call: the memory
+        // plan (inplace.rs) orders every read of the old value before the
+        // write of the new one. The arena has `arena_bytes` bytes, 64-byte aligned,
         // and is used by this call only; constants and plans the code reads
         // by address are owned by `self`.
         let status = unsafe {
@@ -298,6 +412,11 @@ fn count(what: &'static str, expected: usize, actual: usize) -> Result<()> {
 
 /// Checks dtype and shape without allocating (`TensorData::shape` would).
 fn check(what: &'static str, spec: &Spec, t: &TensorData) -> Result<()> {
+    check_named(what, &spec.name, spec, t)
+}
+
+/// [`check`], naming the buffer `name` in the error.
+fn check_named(what: &'static str, name: &str, spec: &Spec, t: &TensorData) -> Result<()> {
     let dims = match t {
         TensorData::F32(a) => a.shape(),
         TensorData::F64(a) => a.shape(),
@@ -306,7 +425,7 @@ fn check(what: &'static str, spec: &Spec, t: &TensorData) -> Result<()> {
     if t.dtype() != spec.dtype || dims != spec.shape.dims() {
         return Err(Error::Mismatch {
             what,
-            name: spec.name.clone(),
+            name: name.into(),
             expected_shape: spec.shape.clone(),
             expected_dtype: spec.dtype,
             actual_shape: t.shape(),
@@ -314,6 +433,37 @@ fn check(what: &'static str, spec: &Spec, t: &TensorData) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Checks a bound buffer (`name` in the bindings) against `spec`.
+fn check_bound(what: &'static str, spec: &Spec, t: Option<&TensorData>, name: &str) -> Result<()> {
+    let t = t.ok_or_else(|| Error::MissingBinding { name: name.into() })?;
+    check_named(what, name, spec, t)?;
+    match data_ptr(t) {
+        Some(_) => Ok(()),
+        None => Err(Error::NotContiguous {
+            what,
+            name: name.into(),
+        }),
+    }
+}
+
+/// Checks a bound buffer for writing and returns its address.
+fn bound_ptr(
+    what: &'static str,
+    spec: &Spec,
+    t: Option<&mut TensorData>,
+    name: &str,
+) -> Result<usize> {
+    let t = t.ok_or_else(|| Error::MissingBinding { name: name.into() })?;
+    check_named(what, name, spec, t)?;
+    match data_ptr_mut(t) {
+        Some(p) => Ok(p as usize),
+        None => Err(Error::NotContiguous {
+            what,
+            name: name.into(),
+        }),
+    }
 }
 
 fn not_contiguous(what: &'static str, spec: &Spec) -> Error {

@@ -80,6 +80,17 @@ pub enum Error {
         /// The table's row count.
         bound: usize,
     },
+    /// An in-place update (a graph output that replaces a Parameter's
+    /// buffer, see `train.rs`) that cannot be compiled or bound.
+    #[error("update of parameter {parameter:?} by output {output}: {reason}")]
+    Update {
+        /// The graph output holding the new value.
+        output: usize,
+        /// The Parameter (binding) it replaces.
+        parameter: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A kernel (GEMM, im2col) called by the generated code failed.
     #[error("{node}: a kernel called by the compiled code failed")]
     Kernel {

@@ -12,6 +12,8 @@
 //! - `lower/`: one file per op family; `memory.rs`: the arena plan.
 //! - `runtime.rs`: the `extern "C"` helpers; `compiled.rs`: the call.
 //!   These two are the only modules with `unsafe`.
+//! - `train.rs`: [`Trainer`], training steps updating their Parameters in
+//!   place; `inplace.rs`: where the memory plan lets them store.
 //!
 //! ```
 //! use cranelora_graph::{interpret, DType, Graph, TensorData};
@@ -40,15 +42,19 @@ mod bindings;
 mod compile;
 mod compiled;
 mod error;
+mod inplace;
 mod jit;
 mod lower;
 pub mod memory;
 mod runtime;
+mod train;
 
 pub use bindings::{Bindings, SharedBindings};
 pub use compile::{compile, CompileReport, JitOptions};
 pub use compiled::{CompiledGraph, Spec};
 pub use error::{Error, Result};
+pub use inplace::Update;
+pub use train::Trainer;
 
 use cranelora_graph::Op;
 

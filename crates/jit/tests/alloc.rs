@@ -1,9 +1,10 @@
-//! Proves that `CompiledGraph::run_into` allocates nothing once warm: a
-//! counting global allocator around the calls (its own test binary, no
-//! harness, so no other test allocates concurrently).
+//! Proves that `CompiledGraph::run_into` and `Trainer::step` allocate
+//! nothing once warm: a counting global allocator around the calls (its own
+//! test binary, no harness, so no other test allocates concurrently).
 
+use cranelora_graph::training::{training_step, Adam, Loss, Optimizer, Trainable};
 use cranelora_graph::{DType, Graph, TensorData};
-use cranelora_jit::{compile, Bindings, JitOptions};
+use cranelora_jit::{compile, Bindings, JitOptions, Trainer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,6 +29,59 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn main() {
+    run_into_allocates_nothing();
+    a_training_step_allocates_nothing();
+}
+
+/// An AdamW step of a LoRA layer (loss, gradients, optimizer state).
+fn a_training_step_allocates_nothing() {
+    let mut g = Graph::new();
+    let x = g.input("x", [16, 24], DType::F32);
+    let w = g.parameter("fc.weight", [24, 12], DType::F32);
+    let a = g.parameter("fc.lora_a", [24, 4], DType::F32);
+    let b = g.parameter("fc.lora_b", [4, 12], DType::F32);
+    let xw = g.matmul(x, w).expect("xw");
+    let xa = g.matmul(x, a).expect("xa");
+    let xab = g.matmul(xa, b).expect("xab");
+    let y = g.add(xw, xab).expect("y");
+    let y = g.gelu_tanh(y).expect("gelu");
+    g.set_outputs(&[y]).expect("y");
+    let lora = Trainable::NameContains("lora_".into());
+    let opt = Optimizer::Adam(Adam::adamw(1e-3, 0.01));
+    let step = training_step(&g, Loss::Mse, &lora, &opt).expect("step");
+    let mut params = Bindings::new();
+    for (name, shape) in [
+        ("fc.weight", [24, 12]),
+        ("fc.lora_a", [24, 4]),
+        ("fc.lora_b", [4, 12]),
+    ] {
+        let n = shape[0] * shape[1];
+        let v = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 20.0).collect();
+        params
+            .insert(name, TensorData::f32(shape, v).expect("sized"))
+            .expect("bind");
+    }
+    let mut t = Trainer::new(&step, params, &JitOptions::default()).expect("trainer");
+    let inputs = [
+        TensorData::f32([16, 24], (0..384).map(|i| (i % 17) as f32 / 17.0).collect()).expect("x"),
+        TensorData::f32([16, 12], vec![0.25; 192]).expect("target"),
+    ];
+    let first = t.step(&inputs).expect("warm-up");
+    let before = ALLOCS.load(Ordering::SeqCst);
+    let mut last = first;
+    for _ in 0..100 {
+        last = t.step(&inputs).expect("step");
+    }
+    let allocated = ALLOCS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        allocated, 0,
+        "Trainer::step allocated {allocated} times in 100 steps"
+    );
+    assert!(last < first, "the loss went down: {first} → {last}");
+    println!("alloc: Trainer::step made 0 allocations in 100 AdamW steps");
+}
+
+fn run_into_allocates_nothing() {
     // A graph with a GEMM (workspace from the arena), a kernel call, a
     // reduction, a gather and data movement.
     let mut g = Graph::new();

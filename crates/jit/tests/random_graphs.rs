@@ -2,7 +2,8 @@
 //!
 //! Every node has a shape broadcastable to [4, 3] (`[4, 3]`, `[3]`, `[4, 1]`,
 //! `[1, 3]`, `[]`), so any two nodes can be combined. Cases: 300 by default,
-//! `PROPTEST_CASES=n` to change.
+//! `CRANELORA_PROPTEST_CASES=n` (or proptest's own `PROPTEST_CASES=n`) to
+//! change.
 
 mod common;
 
@@ -50,9 +51,9 @@ fn build(steps: &[(u8, u8, u8)], d: DType) -> Graph {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
+    ["CRANELORA_PROPTEST_CASES", "PROPTEST_CASES"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
         .unwrap_or(300)
 }
 

@@ -1,4 +1,5 @@
-//! Concurrency, compile/drop cycles and the checks made before entering native code.
+//! Concurrency and the checks made before entering native code (the
+//! compile/drop cycles are in `code_memory.rs`, a process of their own).
 
 mod common;
 
@@ -64,69 +65,59 @@ fn compiled_graph_is_send_and_sync() {
     check::<CompiledGraph>();
 }
 
-#[test]
-fn compile_drop_cycles_release_code_memory() {
-    // Each cycle maps and frees the JIT's code pages; 300 cycles of a leak
-    // would still pass, so also watch the process's mappings where we can.
-    let maps = || {
-        std::fs::read_to_string("/proc/self/maps")
-            .map(|s| s.lines().count())
-            .ok()
-    };
-    let g = graph();
-    for _ in 0..20 {
-        drop(compile(&g, &JitOptions::default()).expect("compile"));
-    }
-    let before = maps();
-    for _ in 0..300 {
-        let c = compile(&g, &JitOptions::default()).expect("compile");
-        c.run(&inputs(), &bindings()).expect("run");
-    }
-    if let (Some(before), Some(after)) = (before, maps()) {
-        assert!(
-            after < before + 50,
-            "mappings grew from {before} to {after}"
-        );
+/// The error of `r`, which must be a [`Error::Mismatch`] or
+/// [`Error::NotContiguous`]: (what, name).
+fn named(r: Result<impl std::fmt::Debug, Error>) -> (&'static str, String) {
+    match r {
+        Err(Error::Mismatch { what, name, .. } | Error::NotContiguous { what, name }) => {
+            (what, name)
+        }
+        other => panic!("expected a buffer error, got {other:?}"),
     }
 }
 
 #[test]
-fn wrong_buffers_are_errors_before_the_call() {
+fn wrong_buffers_are_errors_naming_them_before_the_call() {
     let c = compile(&graph(), &JitOptions::default()).expect("compile");
     let b = bindings();
     let mut ins = inputs();
-    ins[0] = data(&[8, 32], DType::F32, 1, false);
-    assert!(matches!(
-        c.run(&ins, &b),
-        Err(Error::Mismatch { what: "input", .. })
-    ));
-    ins[0] = data(&[8, 33], DType::F64, 1, false);
-    assert!(matches!(
-        c.run(&ins, &b),
-        Err(Error::Mismatch { what: "input", .. })
-    ));
+    ins[0] = data(&[8, 32], DType::F32, 1, false); // shape (hence length)
+    assert_eq!(named(c.run(&ins, &b)), ("input", "x".into()));
+    ins[0] = data(&[8, 33], DType::F64, 1, false); // dtype
+    assert_eq!(named(c.run(&ins, &b)), ("input", "x".into()));
+    ins[0] = data(&[33, 8], DType::F32, 1, false);
+    if let TensorData::F32(a) = &mut ins[0] {
+        a.swap_axes(0, 1); // [8, 33], column-major
+    }
+    assert_eq!(named(c.run(&ins, &b)), ("input", "x".into()));
+    let mut ins = inputs();
+    ins[1] = data(&[17], DType::I64, 1, false);
+    let err = c.run(&ins, &b).expect_err("i64 bias");
+    assert!(err.to_string().contains("\"b\""), "{err}");
     assert!(matches!(
         c.run(&inputs()[..1], &b),
         Err(Error::Count { .. })
     ));
-    assert!(matches!(
-        c.run(&inputs(), &Bindings::new()),
-        Err(Error::MissingBinding { .. })
-    ));
+    match c.run(&inputs(), &Bindings::new()) {
+        Err(Error::MissingBinding { name }) => assert_eq!(name, "w"),
+        other => panic!("{other:?}"),
+    }
     let mut wrong = Bindings::new();
     wrong
         .insert("w", data(&[17, 33], DType::F32, 1, false))
         .expect("contiguous");
+    assert_eq!(named(c.run(&inputs(), &wrong)), ("parameter", "w".into()));
+    let mut t = data(&[17, 33], DType::F32, 1, false);
+    if let TensorData::F32(a) = &mut t {
+        a.swap_axes(0, 1);
+    }
     assert!(matches!(
-        c.run(&inputs(), &wrong),
-        Err(Error::Mismatch {
-            what: "parameter",
-            ..
-        })
+        Bindings::new().insert("w", t),
+        Err(Error::NotContiguous { .. })
     ));
     let mut outs = vec![TensorData::full(&[8, 16].into(), 0.0, DType::F32)];
     let err = c.run_into(&inputs(), &b, &mut outs);
-    assert!(matches!(err, Err(Error::Mismatch { what: "output", .. })));
+    assert_eq!(named(err), ("output", "0".into()));
 }
 
 #[test]
@@ -242,6 +233,78 @@ fn lowerable_equals_the_graph_crates_list() {
     ];
     for op in &ops {
         assert_eq!(lowerable(op), cranelora_graph::jit_lowerable(op), "{op}");
+    }
+    // The list holds every variant of Op: `variant` is an exhaustive match,
+    // so a new op does not compile here until it is numbered (and listed).
+    let mut seen: Vec<usize> = ops.iter().map(variant).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (0..OPS).collect::<Vec<_>>(),
+        "an op is missing from the list"
+    );
+}
+
+/// The number of variants of [`Op`].
+const OPS: usize = 52;
+
+/// A distinct number per variant of [`Op`], by an exhaustive match.
+fn variant(op: &Op) -> usize {
+    use Op::*;
+    match op {
+        Input { .. } => 0,
+        Constant(_) => 1,
+        Parameter { .. } => 2,
+        MatMul => 3,
+        Add => 4,
+        Sub => 5,
+        Mul => 6,
+        Div => 7,
+        Max => 8,
+        Min => 9,
+        Pow => 10,
+        Eq => 11,
+        Ne => 12,
+        Lt => 13,
+        Le => 14,
+        Gt => 15,
+        Ge => 16,
+        Where => 17,
+        Sign => 18,
+        Neg => 19,
+        Relu => 20,
+        Gelu => 21,
+        GeluTanh => 22,
+        GeluGrad => 23,
+        GeluTanhGrad => 24,
+        Tanh => 25,
+        Sigmoid => 26,
+        Silu => 27,
+        Exp => 28,
+        Log => 29,
+        Sqrt => 30,
+        Rsqrt => 31,
+        Erf => 32,
+        Abs => 33,
+        Recip => 34,
+        Scale(_) => 35,
+        Cast(_) => 36,
+        StopGradient => 37,
+        Reduce { .. } => 38,
+        Broadcast { .. } => 39,
+        Softmax { .. } => 40,
+        LayerNorm { .. } => 41,
+        Reshape { .. } => 42,
+        Transpose { .. } => 43,
+        Slice { .. } => 44,
+        Pad { .. } => 45,
+        Concat { .. } => 46,
+        Gather => 47,
+        ScatterAdd { .. } => 48,
+        Conv2d(_) => 49,
+        Conv2dInputGrad { .. } => 50,
+        Conv2dWeightGrad { .. } => 51,
     }
 }
 

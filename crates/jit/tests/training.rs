@@ -1,12 +1,16 @@
-//! Training-step graphs (crates/graph training.rs): the compiled step gives
-//! the interpreter's loss and new parameters, step after step.
+//! Training-step graphs (crates/graph training.rs) through the JIT: the
+//! compiled step run functionally (new values as outputs) and through
+//! [`Trainer`] (new values stored into the Parameter buffers) gives the
+//! interpreter's loss, parameters and optimizer state, step after step.
 
 mod common;
 
-use common::{assert_same, data};
-use cranelora_graph::training::{training_step, Adam, Loss, Optimizer, Trainable};
-use cranelora_graph::{interpret, Bindings, DType, Graph};
-use cranelora_jit::{compile, JitOptions};
+use common::{assert_same, data, trainer_matches_interp};
+use cranelora_graph::training::{
+    training_step, Adam, Loss, Optimizer, ParamUpdate, Trainable, TrainingStep, UpdateKind,
+};
+use cranelora_graph::{grad, interpret, Bindings, DType, Graph, NodeId, ReduceKind};
+use cranelora_jit::{compile, JitOptions, Trainer};
 
 /// A LoRA dense layer with a frozen base: y = gelu_tanh(x·W + b + 0.5·(x·A)·B).
 fn model(d: DType) -> Graph {
@@ -27,47 +31,175 @@ fn model(d: DType) -> Graph {
     g
 }
 
-fn run_steps(optimizer: Optimizer, d: DType, rtol: f64) {
-    let lora = Trainable::NameContains("lora_".into());
-    let step = training_step(&model(d), Loss::Mse, &lora, &optimizer).expect("step");
-    let c = compile(&step.graph, &JitOptions::default()).expect("compile");
-    let mut reference: Bindings = step.initial_state();
-    for (i, (name, shape)) in [
-        ("fc.weight", &[5usize, 4][..]),
+fn weights(d: DType) -> Bindings {
+    let shapes: [(&str, &[usize]); 4] = [
+        ("fc.weight", &[5, 4]),
         ("fc.bias", &[4]),
         ("fc.lora_a", &[5, 2]),
         ("fc.lora_b", &[2, 4]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        reference.insert(name.into(), data(shape, d, 10 + i as u64, false));
+    ];
+    let named = shapes.into_iter().enumerate();
+    named
+        .map(|(i, (name, shape))| (name.to_string(), data(shape, d, 10 + i as u64, false)))
+        .collect()
+}
+
+fn inputs(d: DType) -> Vec<cranelora_graph::TensorData> {
+    vec![data(&[6, 5], d, 1, false), data(&[6, 4], d, 2, false)]
+}
+
+/// PyTorch's SGD with momentum μ (dampening 0, no Nesterov):
+/// b ← μ·b + g (b = g on the first step, as b starts at 0), p ← p − lr·b,
+/// built by hand from `grad` (the graph crate's optimizers are SGD and Adam).
+fn sgd_momentum(model: &Graph, trainable: &Trainable, lr: f64, mu: f64) -> TrainingStep {
+    let mut g = model.clone();
+    let y = g.outputs()[0];
+    let (shape, d) = {
+        let n = g.node(y).expect("y");
+        (n.shape.clone(), n.dtype)
+    };
+    let target = g.input("target", shape, d);
+    let diff = g.sub(y, target).expect("diff");
+    let sq = g.mul(diff, diff).expect("sq");
+    let axes: Vec<usize> = (0..g.node(sq).expect("sq").shape.rank()).collect();
+    let loss = g.reduce(sq, ReduceKind::Mean, &axes, false).expect("loss");
+    let params: Vec<(String, NodeId)> = g
+        .node_ids()
+        .into_iter()
+        .filter_map(|id| match &g.node(id)?.op {
+            cranelora_graph::Op::Parameter { name } if trainable.selects(name) => {
+                Some((name.clone(), id))
+            }
+            _ => None,
+        })
+        .collect();
+    let ids: Vec<NodeId> = params.iter().map(|p| p.1).collect();
+    let grads = grad(&mut g, loss, &ids).expect("grad");
+    let (mut weights, mut state) = (Vec::new(), Vec::new());
+    for ((name, p), gr) in params.iter().zip(grads) {
+        let n = g.node(*p).expect("p");
+        let (shape, pd) = (n.shape.clone(), n.dtype);
+        let buf_name = format!("sgd.momentum.{name}");
+        let buf = g.parameter(&buf_name, shape, pd);
+        let kept = g.scale(buf, mu).expect("mu·b");
+        let new_buf = g.add(kept, gr).expect("b");
+        let step = g.scale(new_buf, lr).expect("lr·b");
+        let new_p = g.sub(*p, step).expect("p");
+        let update = |parameter: String, node, new_value, kind| ParamUpdate {
+            parameter,
+            node,
+            new_value,
+            kind,
+        };
+        weights.push(update(name.clone(), *p, new_p, UpdateKind::Weight));
+        state.push(update(buf_name, buf, new_buf, UpdateKind::OptimizerState));
     }
-    let mut jitted = reference.clone();
-    let inputs = [data(&[6, 5], d, 1, false), data(&[6, 4], d, 2, false)];
-    for _ in 0..3 {
-        let expected = interpret(&step.graph, &inputs, &reference).expect("interp");
-        let jb = cranelora_jit::Bindings::from_map(&jitted).expect("bindings");
-        let out = c.run(&inputs, &jb).expect("run");
-        for (a, e) in out.iter().zip(&expected) {
-            assert_same(a, e, rtol, rtol);
+    weights.extend(state);
+    let mut outputs = vec![loss];
+    outputs.extend(weights.iter().map(|u| u.new_value));
+    g.set_outputs(&outputs).expect("outputs");
+    TrainingStep {
+        graph: g,
+        loss,
+        target,
+        updates: weights,
+    }
+}
+
+fn lora() -> Trainable {
+    Trainable::NameContains("lora_".into())
+}
+
+fn tolerance(d: DType) -> f64 {
+    if d == DType::F64 {
+        1e-12
+    } else {
+        2e-5
+    }
+}
+
+#[test]
+fn jit_step_run_functionally_matches_interp() {
+    for (optimizer, d) in [
+        (Optimizer::Sgd { lr: 0.1 }, DType::F64),
+        (Optimizer::Sgd { lr: 0.1 }, DType::F32),
+        (Optimizer::Adam(Adam::new(0.01)), DType::F64),
+        (Optimizer::Adam(Adam::adamw(0.01, 0.1)), DType::F32),
+    ] {
+        let rtol = tolerance(d);
+        let step = training_step(&model(d), Loss::Mse, &lora(), &optimizer).expect("step");
+        let c = compile(&step.graph, &JitOptions::default()).expect("compile");
+        let mut reference: Bindings = step.initial_state();
+        reference.extend(weights(d));
+        let mut jitted = reference.clone();
+        for _ in 0..3 {
+            let expected = interpret(&step.graph, &inputs(d), &reference).expect("interp");
+            let jb = cranelora_jit::Bindings::from_map(&jitted).expect("bindings");
+            let out = c.run(&inputs(d), &jb).expect("run");
+            for (a, e) in out.iter().zip(&expected) {
+                assert_same(a, e, rtol, rtol);
+            }
+            step.apply(&expected, &mut reference);
+            step.apply(&out, &mut jitted);
         }
-        step.apply(&expected, &mut reference);
-        step.apply(&out, &mut jitted);
-    }
-    for (name, value) in &reference {
-        assert_same(&jitted[name], value, rtol * 10.0, rtol * 10.0);
     }
 }
 
 #[test]
-fn jit_sgd_step_matches_interp() {
-    run_steps(Optimizer::Sgd { lr: 0.1 }, DType::F64, 1e-12);
-    run_steps(Optimizer::Sgd { lr: 0.1 }, DType::F32, 1e-5);
+fn trainer_sgd_updates_in_place_and_matches_interp() {
+    for d in [DType::F64, DType::F32] {
+        let opt = Optimizer::Sgd { lr: 0.1 };
+        let step = training_step(&model(d), Loss::Mse, &lora(), &opt).expect("step");
+        trainer_matches_interp(&step, weights(d), &inputs(d), 8, tolerance(d));
+        let jb = cranelora_jit::Bindings::from_map(&weights(d)).expect("b");
+        let t = Trainer::new(&step, jb, &JitOptions::default()).expect("trainer");
+        assert!(t.updates().iter().all(|u| u.in_place), "{:?}", t.updates());
+    }
 }
 
 #[test]
-fn jit_adam_step_matches_interp() {
-    run_steps(Optimizer::Adam(Adam::new(0.01)), DType::F64, 1e-12);
-    run_steps(Optimizer::Adam(Adam::adamw(0.01, 0.1)), DType::F32, 1e-5);
+fn trainer_sgd_momentum_matches_interp() {
+    for d in [DType::F64, DType::F32] {
+        let step = sgd_momentum(&model(d), &lora(), 0.05, 0.9);
+        trainer_matches_interp(&step, weights(d), &inputs(d), 8, tolerance(d));
+        // Every parameter trained, the frozen base included.
+        let step = sgd_momentum(&model(d), &Trainable::All, 0.05, 0.9);
+        trainer_matches_interp(&step, weights(d), &inputs(d), 5, tolerance(d));
+    }
+}
+
+#[test]
+fn trainer_adam_and_adamw_match_interp_with_their_state() {
+    for d in [DType::F64, DType::F32] {
+        for opt in [Adam::new(0.01), Adam::adamw(0.01, 0.1), {
+            let mut l2 = Adam::new(0.02);
+            l2.weight_decay = 0.05;
+            l2
+        }] {
+            let step =
+                training_step(&model(d), Loss::Mse, &lora(), &Optimizer::Adam(opt)).expect("step");
+            trainer_matches_interp(&step, weights(d), &inputs(d), 6, tolerance(d));
+            let jb = cranelora_jit::Bindings::from_map(&weights(d)).expect("b");
+            let t = Trainer::new(&step, jb, &JitOptions::default()).expect("trainer");
+            let names: Vec<&str> = t.updates().iter().map(|u| u.parameter.as_str()).collect();
+            assert!(names.contains(&"adam.step") && names.contains(&"adam.m.fc.lora_a"));
+            assert!(t.updates().iter().all(|u| u.in_place), "{:?}", t.updates());
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_step_matches_interp() {
+    // Logits [6, 4] of the LoRA layer against class ids, SGD and AdamW.
+    for d in [DType::F64, DType::F32] {
+        for opt in [
+            Optimizer::Sgd { lr: 0.2 },
+            Optimizer::Adam(Adam::adamw(0.01, 0.01)),
+        ] {
+            let step = training_step(&model(d), Loss::CrossEntropy, &lora(), &opt).expect("step");
+            let ids = cranelora_graph::TensorData::i64([6], vec![0, 3, 1, 2, 3, 0]).expect("ids");
+            let ins = [data(&[6, 5], d, 1, false), ids];
+            trainer_matches_interp(&step, weights(d), &ins, 6, tolerance(d));
+        }
+    }
 }

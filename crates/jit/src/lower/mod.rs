@@ -146,10 +146,9 @@ impl<'a> Lowerer<'a> {
             self.node(id)?;
         }
         let outputs = self.graph.outputs().to_vec();
-        for (i, &id) in outputs.iter().enumerate() {
-            if self.locs[&id] != Loc::Output(i) {
-                movement::copy_to_output(&mut self, id, i)?;
-            }
+        // In-place updates need the copies from Parameter buffers first.
+        for i in crate::inplace::end_copies(&outputs, self.locs) {
+            movement::copy_to_output(&mut self, outputs[i], i)?;
         }
         let zero = self.b.ins().iconst(types::I32, 0);
         self.b.ins().return_(&[zero]);

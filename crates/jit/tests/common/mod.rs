@@ -1,6 +1,7 @@
 //! Helpers shared by the jit integration tests.
 #![allow(dead_code)]
 
+use cranelora_graph::training::TrainingStep;
 use cranelora_graph::{interpret, DType, Graph, Shape, TensorData};
 use cranelora_jit::{compile, Bindings, JitOptions};
 use cranelora_kernels::testing::{check_close, Nan};
@@ -98,4 +99,39 @@ pub fn no_passes() -> JitOptions {
 /// A shape as a Shape.
 pub fn shape(d: &[usize]) -> Shape {
     Shape::from(d)
+}
+
+/// `n` steps of the interpreter and of a `Trainer` from the same bindings:
+/// the losses, the parameters and the optimizer state agree within `rtol`
+/// (parameters 10·`rtol`) after every step.
+#[track_caller]
+pub fn trainer_matches_interp(
+    step: &TrainingStep,
+    start: cranelora_graph::Bindings,
+    ins: &[TensorData],
+    n: usize,
+    rtol: f64,
+) {
+    let mut reference = start.clone();
+    reference.extend(step.initial_state());
+    let jb = cranelora_jit::Bindings::from_map(&start).expect("bindings");
+    let mut trainer =
+        cranelora_jit::Trainer::new(step, jb, &JitOptions::default()).expect("trainer");
+    assert_eq!(trainer.updates().len(), step.updates.len());
+    for i in 0..n {
+        let expected = interpret(&step.graph, ins, &reference).expect("interp");
+        let loss = trainer.step(ins).expect("step");
+        let e = expected[0].to_f64_vec()[0];
+        assert!(
+            (loss - e).abs() <= rtol * e.abs().max(1e-3),
+            "step {i}: loss {loss} vs {e}"
+        );
+        step.apply(&expected, &mut reference);
+        assert_eq!(trainer.bindings().len(), reference.len());
+        for (name, value) in &reference {
+            let actual = trainer.bindings().get(name);
+            let actual = actual.unwrap_or_else(|| panic!("{name} bound"));
+            assert_same(actual, value, rtol * 10.0, rtol * 10.0);
+        }
+    }
 }

@@ -1,0 +1,135 @@
+//! Training steps of crates/core models exported for training (LoRA
+//! weights as Parameters, the base frozen as Constants) through `Trainer`:
+//! a W4-like LoRA MLP with MSE, a cross-entropy classifier, and the LoRA
+//! variants (rsLoRA, DoRA, LoRA bias), f32 and f64, against the
+//! interpreter step after step.
+
+mod common;
+
+use common::trainer_matches_interp;
+use cranelora_core::export::{bindings_for, export_model, input_specs, input_values};
+use cranelora_core::export::{tensor_to_data, ExportMode, ExportOptions};
+use cranelora_core::layers::{Dense, Sequential};
+use cranelora_core::lora::{apply_lora, ApplyConfig, LoraConfig, LoraInit};
+use cranelora_core::{Activation, Input, Layer, Rng, Tensor};
+use cranelora_graph::training::{training_step, Adam, Loss, Optimizer, Trainable};
+use cranelora_graph::{DType, TensorData};
+use cranelora_jit::{Bindings, JitOptions, Trainer};
+use cranelora_kernels::Scalar;
+
+/// W1's shape at test size: 3 dense layers (GELU tanh after the first two),
+/// `outputs` wide at the end, LoRA on all three.
+fn mlp<T: Scalar>(outputs: usize, lora: LoraConfig) -> Sequential<T> {
+    let mut rng = Rng::new(11);
+    let dense = |i, o, act, rng: &mut Rng| Dense::new(i, o, true, act, rng).expect("dense");
+    let mut m = Sequential::new()
+        .with("fc1", dense(12, 16, Activation::GeluTanh, &mut rng))
+        .and_then(|m| m.with("fc2", dense(16, 16, Activation::GeluTanh, &mut rng)))
+        .and_then(|m| m.with("fc3", dense(16, outputs, Activation::Identity, &mut rng)))
+        .expect("mlp");
+    apply_lora(&mut m, &ApplyConfig::new(&["fc1", "fc2", "fc3"], lora)).expect("apply");
+    m.set_training(false);
+    m
+}
+
+fn random_lora() -> LoraConfig {
+    LoraConfig::new(4)
+        .with_alpha(8.0)
+        .with_init(LoraInit::Random)
+}
+
+/// Exports `m` for training, builds the step and compares `steps` steps.
+fn check<T: Scalar>(
+    m: &Sequential<T>,
+    x: &Tensor<T>,
+    target: TensorData,
+    loss: Loss,
+    opt: Optimizer,
+    steps: usize,
+) {
+    let inputs = [Input::Float(x)];
+    let options = ExportOptions::new(ExportMode::Training);
+    let g = export_model(m, &input_specs(&inputs), &options).expect("export");
+    let lora = Trainable::NameContains("lora_".into());
+    let step = training_step(&g, loss, &lora, &opt).expect("step");
+    assert!(!step.updates.is_empty(), "LoRA weights train");
+    let bindings = bindings_for(m, &g).expect("bindings");
+    let mut values = input_values(&inputs);
+    values.push(target);
+    let rtol = if T::DTYPE == DType::F64 { 1e-11 } else { 1e-4 };
+    trainer_matches_interp(&step, bindings, &values, steps, rtol);
+}
+
+fn w4_like<T: Scalar>() {
+    let m = mlp::<T>(16, random_lora());
+    let x = Tensor::<T>::random_normal(&[8, 12], 0.0, 1.0, &mut Rng::new(5));
+    let y = Tensor::<T>::random_normal(&[8, 16], 0.0, 1.0, &mut Rng::new(6));
+    check(
+        &m,
+        &x,
+        tensor_to_data(&y),
+        Loss::Mse,
+        Optimizer::Sgd { lr: 1e-2 },
+        5,
+    );
+    let adam = Optimizer::Adam(Adam::adamw(1e-3, 0.01));
+    check(&m, &x, tensor_to_data(&y), Loss::Mse, adam, 5);
+}
+
+#[test]
+fn w4_like_lora_mlp_mse_steps_match_interp() {
+    w4_like::<f64>();
+    w4_like::<f32>();
+}
+
+fn classifier<T: Scalar>() {
+    let m = mlp::<T>(5, random_lora());
+    let x = Tensor::<T>::random_normal(&[10, 12], 0.0, 1.0, &mut Rng::new(7));
+    let ids = TensorData::i64([10], vec![0, 4, 2, 1, 3, 3, 0, 2, 4, 1]).expect("ids");
+    for opt in [Optimizer::Sgd { lr: 0.1 }, Optimizer::Adam(Adam::new(1e-2))] {
+        check(&m, &x, ids.clone(), Loss::CrossEntropy, opt, 5);
+    }
+}
+
+#[test]
+fn cross_entropy_classifier_steps_match_interp() {
+    classifier::<f64>();
+    classifier::<f32>();
+}
+
+#[test]
+fn lora_variants_train_through_the_trainer() {
+    let variants = [
+        random_lora().with_rslora(true),
+        random_lora().with_dora(true),
+        random_lora().with_lora_bias(true),
+    ];
+    for cfg in variants {
+        let m = mlp::<f64>(6, cfg);
+        let x = Tensor::<f64>::random_normal(&[6, 12], 0.0, 1.0, &mut Rng::new(8));
+        let y = Tensor::<f64>::random_normal(&[6, 6], 0.0, 1.0, &mut Rng::new(9));
+        let adam = Optimizer::Adam(Adam::new(1e-2));
+        check(&m, &x, tensor_to_data(&y), Loss::Mse, adam, 4);
+    }
+}
+
+#[test]
+fn a_w4_like_step_stores_every_update_in_place() {
+    let m = mlp::<f32>(16, random_lora());
+    let x = Tensor::<f32>::random_normal(&[8, 12], 0.0, 1.0, &mut Rng::new(5));
+    let inputs = [Input::Float(&x)];
+    let options = ExportOptions::new(ExportMode::Training);
+    let g = export_model(&m, &input_specs(&inputs), &options).expect("export");
+    let lora = Trainable::NameContains("lora_".into());
+    let step = training_step(&g, Loss::Mse, &lora, &Optimizer::Sgd { lr: 1e-3 }).expect("step");
+    let b = Bindings::from_map(&bindings_for(&m, &g).expect("bindings")).expect("b");
+    let t = Trainer::new(&step, b, &JitOptions::default()).expect("trainer");
+    assert_eq!(t.updates().len(), 6, "A and B of three layers");
+    let copied: Vec<&str> = t
+        .updates()
+        .iter()
+        .filter(|u| !u.in_place)
+        .map(|u| u.parameter.as_str())
+        .collect();
+    assert!(copied.is_empty(), "copied at the end: {copied:?}");
+}
