@@ -1,14 +1,19 @@
 //! Random small DAGs (proptest) through the JIT and the interpreter.
 //!
 //! Every node has a shape broadcastable to [4, 3] (`[4, 3]`, `[3]`, `[4, 1]`,
-//! `[1, 3]`, `[]`), so any two nodes can be combined. Cases: 300 by default,
+//! `[1, 3]`, `[]`), so any two nodes can be combined. 32 node kinds:
+//! elementwise arithmetic and transcendental ops, Where of a comparison,
+//! sum / max / mean reductions, softmax, layer norm, a constant matmul and
+//! data movement (slice, broadcast, transpose, concat, pad). Cases: 300 by default,
 //! `CRANELORA_PROPTEST_CASES=n` (or proptest's own `PROPTEST_CASES=n`) to
 //! change.
 
 mod common;
 
 use common::{assert_same, data};
-use cranelora_graph::{interpret, Bindings, DType, Graph, NodeId, Op, ReduceKind, TensorData};
+use cranelora_graph::{
+    interpret, Bindings, DType, Graph, NodeId, Op, ReduceKind, Result, TensorData,
+};
 use cranelora_jit::{compile, JitOptions};
 use proptest::prelude::*;
 
@@ -20,34 +25,84 @@ fn build(steps: &[(u8, u8, u8)], d: DType) -> Graph {
     for &(op, a, b) in steps {
         let x = pool[a as usize % pool.len()];
         let y = pool[b as usize % pool.len()];
-        let dims = g.node(x).expect("node").shape.dims().to_vec();
-        let unary = |g: &mut Graph, op: Op| g.push(op, &[x]);
-        let node = match op % 16 {
-            0 => g.add(x, y),
-            1 => g.sub(x, y),
-            2 => g.mul(x, y),
-            3 => g.push(Op::Max, &[x, y]),
-            4 => g.push(Op::Min, &[x, y]),
-            5 => g.div(x, y),
-            6 => unary(&mut g, Op::Neg),
-            7 => unary(&mut g, Op::Relu),
-            8 => unary(&mut g, Op::Tanh),
-            9 => unary(&mut g, Op::GeluTanh),
-            10 => unary(&mut g, Op::Scale(0.5)),
-            11 if dims.len() == 2 => g.reduce(x, ReduceKind::Sum, &[(a % 2) as usize], true),
-            12 if dims.len() == 2 => g.softmax(x, 1),
-            13 if dims == [4, 3] => g.matmul(x, w),
-            14 => {
-                let lt = g.push(Op::Lt, &[x, y]).expect("lt");
-                g.select(lt, x, y)
-            }
-            _ => unary(&mut g, Op::Sigmoid),
+        let node = match op % 32 {
+            0..16 => arithmetic(&mut g, op % 16, x, y, w, a),
+            _ => structural(&mut g, op % 32, x, a, b),
         };
         pool.push(node.expect("shapes broadcast"));
     }
     let n = pool.len();
     g.set_outputs(&[pool[n - 1], pool[n / 2]]).expect("nodes");
     g
+}
+
+fn dims(g: &Graph, x: NodeId) -> Vec<usize> {
+    g.node(x).expect("node").shape.dims().to_vec()
+}
+
+/// Arithmetic, transcendental, reduction, softmax, matmul and Where nodes.
+fn arithmetic(g: &mut Graph, op: u8, x: NodeId, y: NodeId, w: NodeId, a: u8) -> Result<NodeId> {
+    let dims = dims(g, x);
+    let mut unary = |op: Op| g.push(op, &[x]);
+    match op {
+        0 => g.add(x, y),
+        1 => g.sub(x, y),
+        2 => g.mul(x, y),
+        3 => g.push(Op::Max, &[x, y]),
+        4 => g.push(Op::Min, &[x, y]),
+        5 => g.div(x, y),
+        6 => unary(Op::Neg),
+        7 => unary(Op::Relu),
+        8 => unary(Op::Tanh),
+        9 => unary(Op::GeluTanh),
+        10 => unary(Op::Scale(0.5)),
+        11 if dims.len() == 2 => g.reduce(x, ReduceKind::Sum, &[(a % 2) as usize], true),
+        12 if dims.len() == 2 => g.softmax(x, 1),
+        13 if dims == [4, 3] => g.matmul(x, w),
+        14 => {
+            let lt = g.push(Op::Lt, &[x, y])?;
+            g.select(lt, x, y)
+        }
+        _ => unary(Op::Sigmoid),
+    }
+}
+
+/// Max / mean reductions, data movement (slice, broadcast, transpose,
+/// concat, pad), abs, sqrt, ln, erf, SiLU and layer norm; every result is
+/// again broadcastable to [4, 3].
+fn structural(g: &mut Graph, op: u8, x: NodeId, a: u8, b: u8) -> Result<NodeId> {
+    let dims = dims(g, x);
+    let rank2 = dims.len() == 2;
+    match op {
+        16 if rank2 => g.reduce(x, ReduceKind::Max, &[(a % 2) as usize], true),
+        17 if rank2 => g.reduce(x, ReduceKind::Mean, &[(b % 2) as usize], true),
+        18 if dims == [4, 3] && a.is_multiple_of(2) => {
+            g.slice(x, &[0..4, (b % 3) as usize..(b % 3 + 1) as usize])
+        }
+        18 if dims == [4, 3] => g.slice(x, &[(b % 4) as usize..(b % 4 + 1) as usize, 0..3]),
+        19 => g.broadcast(x, [4, 3]),
+        20 if rank2 => {
+            let t = g.transpose(x, &[1, 0])?;
+            let t = g.scale(t, 2.0)?;
+            g.transpose(t, &[1, 0])
+        }
+        21 if dims == [4, 3] => {
+            let right = g.slice(x, &[0..4, 1..3])?;
+            let left = g.slice(x, &[0..4, 0..1])?;
+            g.concat(&[right, left], 1)
+        }
+        22 if dims == [4, 1] => g.pad(x, &[(0, 0), (1, 1)], 0.5),
+        22 if dims == [4, 3] => {
+            let s = g.slice(x, &[1..4, 0..2])?;
+            g.pad(s, &[(1, 0), (0, 1)], -1.0)
+        }
+        23 => g.push(Op::Abs, &[x]),
+        24 => g.push(Op::Sqrt, &[x]),
+        25 => g.push(Op::Log, &[x]),
+        26 => g.push(Op::Erf, &[x]),
+        27 if !dims.is_empty() => g.layer_norm(x, None, dims.len() - 1, 1e-5),
+        _ => g.push(Op::Silu, &[x]),
+    }
 }
 
 fn cases() -> u32 {
