@@ -133,3 +133,60 @@ fn a_w4_like_step_stores_every_update_in_place() {
         .collect();
     assert!(copied.is_empty(), "copied at the end: {copied:?}");
 }
+
+/// W4's step at reduced width (3 × dense 256→256, LoRA rank 16, batch 64,
+/// SGD): `Trainer::step` (in place) against the functional step the bench
+/// runs today (`run_into`, then every new value re-inserted as a binding),
+/// interleaved in one process; prints the medians and their ratio.
+/// `cargo test -p cranelora-jit --test train_models -- --ignored --nocapture`
+#[test]
+#[ignore = "timing"]
+fn trainer_step_against_the_functional_step() {
+    use std::time::Instant;
+    let mut rng = Rng::new(1);
+    let dense = |rng: &mut Rng| Dense::new(256, 256, true, Activation::GeluTanh, rng).expect("d");
+    let mut m: Sequential<f32> = Sequential::new()
+        .with("fc1", dense(&mut rng))
+        .and_then(|m| m.with("fc2", dense(&mut rng)))
+        .and_then(|m| m.with("fc3", dense(&mut rng)))
+        .expect("mlp");
+    let cfg = LoraConfig::new(16).with_init(LoraInit::Random);
+    apply_lora(&mut m, &ApplyConfig::new(&["fc1", "fc2", "fc3"], cfg)).expect("apply");
+    m.set_training(false);
+    let x = Tensor::<f32>::random_normal(&[64, 256], 0.0, 1.0, &mut Rng::new(2));
+    let y = Tensor::<f32>::random_normal(&[64, 256], 0.0, 1.0, &mut Rng::new(3));
+    let inputs = [Input::Float(&x)];
+    let options = ExportOptions::new(ExportMode::Training);
+    let g = export_model(&m, &input_specs(&inputs), &options).expect("export");
+    let lora = Trainable::NameContains("lora_".into());
+    let step = training_step(&g, Loss::Mse, &lora, &Optimizer::Sgd { lr: 1e-3 }).expect("step");
+    let values = [input_values(&inputs).remove(0), tensor_to_data(&y)];
+    let b = Bindings::from_map(&bindings_for(&m, &g).expect("b")).expect("b");
+    let mut trainer = Trainer::new(&step, b.clone(), &JitOptions::default()).expect("trainer");
+    let c = cranelora_jit::compile(&step.graph, &JitOptions::default()).expect("compile");
+    let mut jb = b;
+    let mut out = c.run(&values, &jb).expect("run");
+    let (mut t_in_place, mut t_functional) = (Vec::new(), Vec::new());
+    for _ in 0..60 {
+        let t = Instant::now();
+        c.run_into(&values, &jb, &mut out).expect("run");
+        for (u, v) in step.updates.iter().zip(&out[1..]) {
+            jb.insert(u.parameter.clone(), v.clone()).expect("bind");
+        }
+        t_functional.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        trainer.step(&values).expect("step");
+        t_in_place.push(t.elapsed().as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, f) = (median(&mut t_in_place), median(&mut t_functional));
+    println!(
+        "W4 at width 256: Trainer::step {:.3} ms, run_into + rebind {:.3} ms, ratio {:.3}",
+        a * 1e3,
+        f * 1e3,
+        a / f
+    );
+}
