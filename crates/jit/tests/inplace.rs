@@ -263,3 +263,39 @@ fn a_trainer_publishes_parameters_to_concurrent_inference() {
     }
     assert_eq!(shared.load().get("w"), trainer.bindings().get("w"));
 }
+
+#[test]
+fn an_update_of_a_parameter_the_graph_does_not_read_is_stored_too() {
+    // `count` is only written (a running statistic): its buffer is bound,
+    // checked and written, though no node reads it.
+    let mut g = Graph::new();
+    let p = g.parameter("p", [3], DType::F64);
+    let x = g.input("x", [3], DType::F64);
+    let new = g.add(p, x).expect("new");
+    let doubled = g.scale(x, 2.0).expect("doubled");
+    g.set_outputs(&[new, doubled]).expect("outputs");
+    let start = bind(&[
+        ("p", data(&[3], DType::F64, 1, false)),
+        ("count", data(&[3], DType::F64, 2, false)),
+    ]);
+    let ins = [data(&[3], DType::F64, 3, false)];
+    let updates = [(0, "p".to_string()), (1, "count".to_string())];
+    let mut t = Trainer::with_updates(&g, &updates, start.clone(), &JitOptions::default())
+        .expect("trainer");
+    assert!(t.updates().iter().all(|u| u.in_place), "{:?}", t.updates());
+    assert!(t.outputs().is_empty());
+    for _ in 0..2 {
+        t.step(&ins).expect("step");
+    }
+    let expected = interpret(&g, &ins, &start.to_map()).expect("interp")[1].clone();
+    assert_same(
+        t.bindings().get("count").expect("count"),
+        &expected,
+        0.0,
+        0.0,
+    );
+    let x2: Vec<f64> = ins[0].to_f64_vec().iter().map(|v| v * 2.0).collect();
+    let p0 = start.get("p").expect("p").to_f64_vec();
+    let p2: Vec<f64> = p0.iter().zip(&x2).map(|(p, x)| p + x).collect();
+    assert_eq!(t.bindings().get("p").expect("p").to_f64_vec(), p2);
+}
