@@ -121,6 +121,10 @@ fn an_update_from_another_parameter_reads_its_old_value() {
     let ins = [data(&[5], DType::F64, 7, false)];
     let updates = [(1, "p".to_string()), (2, "q".to_string())];
     compare(&g, &updates, &start, &ins, 3);
+    // The same with the copy into q listed first.
+    g.set_outputs(&[s, q2, q]).expect("outputs");
+    let updates = [(1, "q".to_string()), (2, "p".to_string())];
+    compare(&g, &updates, &start, &ins, 3);
 }
 
 #[test]
