@@ -52,6 +52,9 @@
 
 use crate::{grad, Bindings, DType, Graph, NodeId, Op, ReduceKind, Result, TensorData, Value};
 
+mod sgd;
+use sgd::{sgd, sgd_momentum, Momentum};
+
 /// The loss between the model's output `y` and the `target` Input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Loss {
@@ -141,6 +144,18 @@ pub enum Optimizer {
     /// shape) and `adam.step` (a scalar of the loss dtype, the number of
     /// steps taken), all zero before the first step and updated as outputs.
     Adam(Adam),
+    /// SGD with momentum as PyTorch's `SGD(momentum=μ, nesterov=…)` (no
+    /// dampening): b ← μ·b + g, then p ← p − lr·b, or p ← p − lr·(g + μ·b)
+    /// with Nesterov. Its state is a Parameter `sgd.momentum.<name>` per
+    /// trained Parameter, zero before the first step.
+    SgdMomentum {
+        /// Learning rate.
+        lr: f64,
+        /// The momentum factor μ.
+        momentum: f64,
+        /// Nesterov's look-ahead form.
+        nesterov: bool,
+    },
 }
 
 /// What an updated Parameter holds.
@@ -235,6 +250,18 @@ pub fn training_step(
     let grads = grad(&mut graph, loss, &ids)?;
     let updates = match optimizer {
         Optimizer::Sgd { lr } => sgd(&mut graph, &params, &grads, *lr)?,
+        Optimizer::SgdMomentum {
+            lr,
+            momentum,
+            nesterov,
+        } => {
+            let m = Momentum {
+                lr: *lr,
+                momentum: *momentum,
+                nesterov: *nesterov,
+            };
+            sgd_momentum(&mut graph, &params, &grads, m)?
+        }
         Optimizer::Adam(adam) => adam_updates(&mut graph, &params, &grads, adam, loss)?,
     };
     let mut outputs = vec![loss];
@@ -346,22 +373,6 @@ fn weight_update(name: &str, node: NodeId, new_value: NodeId) -> ParamUpdate {
         new_value,
         kind: UpdateKind::Weight,
     }
-}
-
-/// p ← p − lr·g for each trained Parameter.
-fn sgd(
-    graph: &mut Graph,
-    params: &[(String, NodeId)],
-    grads: &[NodeId],
-    lr: f64,
-) -> Result<Vec<ParamUpdate>> {
-    let mut updates = Vec::new();
-    for ((name, p), &g) in params.iter().zip(grads) {
-        let step = graph.named(format!("sgd({name}).step")).scale(g, lr)?;
-        let new = graph.named(format!("update({name})")).sub(*p, step)?;
-        updates.push(weight_update(name, *p, new));
-    }
-    Ok(updates)
 }
 
 /// Adam / AdamW as PyTorch computes it, with t the new step count:

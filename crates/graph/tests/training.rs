@@ -237,6 +237,52 @@ fn adam_and_adamw_steps_match_a_hand_written_update_over_two_steps() {
     }
 }
 
+/// PyTorch's SGD with momentum (no dampening) on a flat vector, one step.
+fn momentum_by_hand(lr: f64, mu: f64, nesterov: bool, p: &mut [f64], g: &[f64], b: &mut [f64]) {
+    for i in 0..p.len() {
+        b[i] = mu * b[i] + g[i];
+        let d = if nesterov { g[i] + mu * b[i] } else { b[i] };
+        p[i] -= lr * d;
+    }
+}
+
+#[test]
+fn sgd_momentum_and_nesterov_match_a_hand_written_update_over_three_steps() {
+    let lora = Lora::new();
+    let (lr, mu) = (0.05, 0.9);
+    for nesterov in [false, true] {
+        let opt = Optimizer::SgdMomentum {
+            lr,
+            momentum: mu,
+            nesterov,
+        };
+        let step = training_step(&lora.graph(), Loss::Mse, &Trainable::All, &opt).expect("builds");
+        let names: Vec<&str> = step.updates.iter().map(|u| u.parameter.as_str()).collect();
+        let expected = [
+            "fc.lora_a",
+            "fc.lora_b",
+            "sgd.momentum.fc.lora_a",
+            "sgd.momentum.fc.lora_b",
+        ];
+        assert_eq!(names, expected);
+        assert_eq!(step.updates[2].kind, UpdateKind::OptimizerState);
+        let mut bindings = lora.bindings();
+        bindings.extend(step.initial_state());
+        let (mut a, mut b) = (lora.a.clone(), lora.bb.clone());
+        let (mut ba, mut bb) = (vec![0.0; a.len()], vec![0.0; b.len()]);
+        for _ in 0..3 {
+            let loss = run(&step, &lora.inputs(), &mut bindings);
+            let (expected_loss, da, db) = lora.loss_and_grads(&a, &b);
+            assert_close(&[loss], &[expected_loss], RTOL, 0.0);
+            momentum_by_hand(lr, mu, nesterov, &mut a, &da, &mut ba);
+            momentum_by_hand(lr, mu, nesterov, &mut b, &db, &mut bb);
+            assert_close(&get(&bindings, "fc.lora_a"), &a, RTOL, 1e-15);
+            assert_close(&get(&bindings, "fc.lora_b"), &b, RTOL, 1e-15);
+            assert_close(&get(&bindings, "sgd.momentum.fc.lora_b"), &bb, RTOL, 1e-15);
+        }
+    }
+}
+
 #[test]
 fn cross_entropy_step_matches_softmax_minus_one_hot() {
     // logits = x·W [3, 4] against ids; ∂L/∂logits = (softmax − onehot)/rows.

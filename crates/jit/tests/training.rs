@@ -6,10 +6,8 @@
 mod common;
 
 use common::{assert_same, data, trainer_matches_interp};
-use cranelora_graph::training::{
-    training_step, Adam, Loss, Optimizer, ParamUpdate, Trainable, TrainingStep, UpdateKind,
-};
-use cranelora_graph::{grad, interpret, Bindings, DType, Graph, NodeId, ReduceKind};
+use cranelora_graph::training::{training_step, Adam, Loss, Optimizer, Trainable, TrainingStep};
+use cranelora_graph::{interpret, Bindings, DType, Graph};
 use cranelora_jit::{compile, JitOptions, Trainer};
 
 /// A LoRA dense layer with a frozen base: y = gelu_tanh(x·W + b + 0.5·(x·A)·B).
@@ -48,62 +46,20 @@ fn inputs(d: DType) -> Vec<cranelora_graph::TensorData> {
     vec![data(&[6, 5], d, 1, false), data(&[6, 4], d, 2, false)]
 }
 
-/// PyTorch's SGD with momentum μ (dampening 0, no Nesterov):
-/// b ← μ·b + g (b = g on the first step, as b starts at 0), p ← p − lr·b,
-/// built by hand from `grad` (the graph crate's optimizers are SGD and Adam).
-fn sgd_momentum(model: &Graph, trainable: &Trainable, lr: f64, mu: f64) -> TrainingStep {
-    let mut g = model.clone();
-    let y = g.outputs()[0];
-    let (shape, d) = {
-        let n = g.node(y).expect("y");
-        (n.shape.clone(), n.dtype)
+/// A training step with MSE and PyTorch's SGD with momentum μ.
+fn sgd_momentum(
+    model: &Graph,
+    trainable: &Trainable,
+    lr: f64,
+    mu: f64,
+    nesterov: bool,
+) -> TrainingStep {
+    let opt = Optimizer::SgdMomentum {
+        lr,
+        momentum: mu,
+        nesterov,
     };
-    let target = g.input("target", shape, d);
-    let diff = g.sub(y, target).expect("diff");
-    let sq = g.mul(diff, diff).expect("sq");
-    let axes: Vec<usize> = (0..g.node(sq).expect("sq").shape.rank()).collect();
-    let loss = g.reduce(sq, ReduceKind::Mean, &axes, false).expect("loss");
-    let params: Vec<(String, NodeId)> = g
-        .node_ids()
-        .into_iter()
-        .filter_map(|id| match &g.node(id)?.op {
-            cranelora_graph::Op::Parameter { name } if trainable.selects(name) => {
-                Some((name.clone(), id))
-            }
-            _ => None,
-        })
-        .collect();
-    let ids: Vec<NodeId> = params.iter().map(|p| p.1).collect();
-    let grads = grad(&mut g, loss, &ids).expect("grad");
-    let (mut weights, mut state) = (Vec::new(), Vec::new());
-    for ((name, p), gr) in params.iter().zip(grads) {
-        let n = g.node(*p).expect("p");
-        let (shape, pd) = (n.shape.clone(), n.dtype);
-        let buf_name = format!("sgd.momentum.{name}");
-        let buf = g.parameter(&buf_name, shape, pd);
-        let kept = g.scale(buf, mu).expect("mu·b");
-        let new_buf = g.add(kept, gr).expect("b");
-        let step = g.scale(new_buf, lr).expect("lr·b");
-        let new_p = g.sub(*p, step).expect("p");
-        let update = |parameter: String, node, new_value, kind| ParamUpdate {
-            parameter,
-            node,
-            new_value,
-            kind,
-        };
-        weights.push(update(name.clone(), *p, new_p, UpdateKind::Weight));
-        state.push(update(buf_name, buf, new_buf, UpdateKind::OptimizerState));
-    }
-    weights.extend(state);
-    let mut outputs = vec![loss];
-    outputs.extend(weights.iter().map(|u| u.new_value));
-    g.set_outputs(&outputs).expect("outputs");
-    TrainingStep {
-        graph: g,
-        loss,
-        target,
-        updates: weights,
-    }
+    training_step(model, Loss::Mse, trainable, &opt).expect("momentum step")
 }
 
 fn lora() -> Trainable {
@@ -160,11 +116,13 @@ fn trainer_sgd_updates_in_place_and_matches_interp() {
 #[test]
 fn trainer_sgd_momentum_matches_interp() {
     for d in [DType::F64, DType::F32] {
-        let step = sgd_momentum(&model(d), &lora(), 0.05, 0.9);
-        trainer_matches_interp(&step, weights(d), &inputs(d), 8, tolerance(d));
-        // Every parameter trained, the frozen base included.
-        let step = sgd_momentum(&model(d), &Trainable::All, 0.05, 0.9);
-        trainer_matches_interp(&step, weights(d), &inputs(d), 5, tolerance(d));
+        for nesterov in [false, true] {
+            let step = sgd_momentum(&model(d), &lora(), 0.05, 0.9, nesterov);
+            trainer_matches_interp(&step, weights(d), &inputs(d), 8, tolerance(d));
+            // Every parameter trained, the frozen base included.
+            let step = sgd_momentum(&model(d), &Trainable::All, 0.05, 0.9, nesterov);
+            trainer_matches_interp(&step, weights(d), &inputs(d), 5, tolerance(d));
+        }
     }
 }
 
