@@ -151,7 +151,7 @@ impl Run<'_> {
             Op::Silu => float!(x(), a => kernel(Func::Silu, a)),
             Op::Exp => float!(x(), a => kernel(Func::Exp, a)),
             Op::Erf => float!(x(), a => kernel(Func::Erf, a)),
-            Op::Log => float!(x(), a => a.mapv(|v| v.ln())),
+            Op::Log => float!(x(), a => kernel(Func::Log, a)),
             Op::Sqrt => float!(x(), a => a.mapv(|v| v.sqrt())),
             Op::Rsqrt => float!(x(), a => a.mapv(|v| v.sqrt().recip())),
             Op::Abs => any!(x(), a => a.mapv(Elem::abs)),

@@ -2,14 +2,15 @@
 
 use crate::compiled::{CompiledGraph, Parts, Spec};
 use crate::jit::Jit;
+use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
 use crate::lower::{entry_signature, Lowerer, Plans};
 use crate::memory::{self, MemoryPlan};
 use crate::{Error, Result};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{Linkage, Module};
-use cranelora_graph::passes::{PassManager, PassOptions, PassReport};
+use cranelora_graph::passes::{FusionPlan, PassManager, PassOptions, PassReport};
 use cranelora_graph::{Graph, NodeDesc, NodeId, Op, TensorData};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,12 @@ impl Default for JitOptions {
 }
 
 impl JitOptions {
+    /// These options with fusion (planning and fused loop nests) on or off.
+    pub fn with_fusion(mut self, on: bool) -> Self {
+        self.passes.fuse = on;
+        self
+    }
+
     /// These options with LoRA folding switched on or off.
     pub fn with_lora_fold(mut self, on: bool) -> Self {
         self.passes.lora_fold = on;
@@ -64,6 +71,8 @@ pub struct CompileReport {
     pub clif: Option<String>,
     /// Nodes in the optimized graph.
     pub nodes: usize,
+    /// Fused loop groups (two or more nodes in one loop nest).
+    pub fused_groups: usize,
 }
 
 impl CompileReport {
@@ -124,9 +133,27 @@ pub(crate) fn compile_updating(
         }
     }
     let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
-    report.memory = memory::plan(&g, &order, &param_names, &const_index);
-    let updates =
-        crate::inplace::place_updates(&g, &order, &mut report.memory, &specs.params, updates)?;
+    let (groups, steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
+    let mut internal = HashSet::new();
+    for grp in &groups {
+        internal.extend(grp.nodes.iter().filter(|n| !grp.outputs.contains(n)));
+    }
+    let step_nodes: Vec<Vec<NodeId>> = steps
+        .iter()
+        .map(|s| match *s {
+            Step::Node(id) => vec![id],
+            Step::Group(gi) => groups[gi].nodes.clone(),
+        })
+        .collect();
+    report.memory = memory::plan(&g, &step_nodes, &internal, &param_names, &const_index);
+    report.fused_groups = groups.len();
+    let updates = crate::inplace::place_updates(
+        &g,
+        &step_nodes,
+        &mut report.memory,
+        &specs.params,
+        updates,
+    )?;
     report.nodes = g.len();
     report.planning = t.elapsed();
 
@@ -151,7 +178,7 @@ pub(crate) fn compile_updating(
         &addrs,
         &mut plans,
     );
-    lowerer.lower_all(&order)?;
+    lowerer.lower_all(&steps, &groups)?;
     let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
     if dump {
         let text = jit.ctx.func.display().to_string();
@@ -181,6 +208,20 @@ pub(crate) fn compile_updating(
         report,
         updates,
     }))
+}
+
+/// The loop groups of the fusion plan (none without one) and the step
+/// order; without groups if contracting them would form a cycle.
+fn fusion_steps(
+    g: &Graph,
+    order: &[NodeId],
+    plan: Option<&FusionPlan>,
+) -> (Vec<LoopGroup>, Vec<Step>) {
+    let groups = plan.map(|p| loop_groups(g, p)).unwrap_or_default();
+    match schedule(g, order, &groups) {
+        Some(steps) => (groups, steps),
+        None => (Vec::new(), order.iter().map(|&id| Step::Node(id)).collect()),
+    }
 }
 
 fn node(g: &Graph, id: NodeId) -> &cranelora_graph::Node {

@@ -11,13 +11,17 @@
 //! buffer, which is only correct if no read of the old value comes after.
 //! [`place_updates`] checks that for every such node and moves the node to
 //! a fresh arena buffer (copied into the slot at the end) when it does not
-//! hold. The rule, with `s` the writer's step in the execution order:
+//! hold. The rule, with `s` the writer's step in the execution order (a
+//! step is one node, or one fused loop group, see `lower/fused.rs`):
 //!
 //! - every node reading the Parameter's buffer (directly or through a view)
-//!   runs before step `s`, except the writer itself, which may read it only
-//!   if it is elementwise and reads it at its own shape (element `i` of the
-//!   output depends on element `i` of the old value only, read before it is
-//!   written — true of every elementwise lowering, scalar or vector);
+//!   runs before step `s`, except nodes of step `s` itself, which may read
+//!   it only if they are elementwise and read it directly (not through a
+//!   view) at the writer's shape: element `i` of the output then depends on
+//!   element `i` of the old value only, read before it is written — true of
+//!   every elementwise lowering, scalar or vector, and of a fused group,
+//!   whose iterations load all their inputs before storing any output and
+//!   whose members all have the group's shape;
 //! - no output is copied from the Parameter's buffer at the end (the end
 //!   copies run after every node).
 //!
@@ -59,7 +63,7 @@ pub struct Update {
 /// Parameter's, or a swap of Parameters.
 pub(crate) fn place_updates(
     g: &Graph,
-    order: &[NodeId],
+    steps: &[Vec<NodeId>],
     plan: &mut MemoryPlan,
     params: &[Spec],
     updates: &[(usize, String)],
@@ -93,13 +97,13 @@ pub(crate) fn place_updates(
         }
         let mut in_place = false;
         if plan.locs.get(&id) == Some(&Loc::Output(*k)) {
-            let step = order
+            let step = steps
                 .iter()
-                .position(|&n| n == id)
-                .expect("internal: the order lists every output");
-            in_place = param.is_none_or(|i| writable(g, order, plan, id, step, Loc::Param(i)));
+                .position(|s| s.contains(&id))
+                .expect("internal: the steps list every output");
+            in_place = param.is_none_or(|i| writable(g, steps, plan, id, step, Loc::Param(i)));
             if !in_place {
-                relocate(plan, g, id, *k, step, order.len());
+                relocate(plan, g, id, *k, step, steps.len());
             }
         }
         placed.push(Update {
@@ -116,7 +120,7 @@ pub(crate) fn place_updates(
 /// Whether node `id`, at `step`, may write the buffer `target` (module docs).
 fn writable(
     g: &Graph,
-    order: &[NodeId],
+    steps: &[Vec<NodeId>],
     plan: &MemoryPlan,
     id: NodeId,
     step: usize,
@@ -127,8 +131,9 @@ fn writable(
         return false; // copied from the old value at the end
     }
     let writer = g.node(id).expect("internal: live node");
-    for (s, &n) in order.iter().enumerate() {
-        let node = g.node(n).expect("internal: order lists live nodes");
+    let nodes = steps.iter().enumerate();
+    for (s, &n) in nodes.flat_map(|(s, ns)| ns.iter().map(move |n| (s, n))) {
+        let node = g.node(n).expect("internal: steps list live nodes");
         if is_view(&node.op) {
             continue; // a view reads nothing; its readers are checked
         }
@@ -136,8 +141,12 @@ fn writable(
             if !reads(&o) {
                 continue;
             }
-            let same_shape = g.node(o).is_some_and(|on| on.shape == writer.shape);
-            let ok = s < step || (n == id && writer.op.is_elementwise() && same_shape);
+            // Read directly (not through a view, which may permute
+            // elements) at the writer's shape.
+            let direct = g
+                .node(o)
+                .is_some_and(|on| on.shape == writer.shape && !is_view(&on.op));
+            let ok = s < step || (s == step && node.op.is_elementwise() && direct);
             if !ok {
                 return false;
             }

@@ -12,6 +12,9 @@
 //!   (a view extends its operand's life) has run, so buffers of different
 //!   layers reuse the same bytes. A node's output never overlaps its
 //!   operands: it is allocated before they are freed.
+//! - A fused loop group is one step: its members that are not group
+//!   outputs live in registers and get no buffer (no `Loc`); its outputs
+//!   are allocated together before its inputs can be freed.
 //! - The arena starts with a scratch area that runtime helpers use in turn
 //!   (GEMM packing workspace, im2col columns), sized for the neediest node.
 //!
@@ -19,7 +22,7 @@
 
 use cranelora_graph::{DType, Graph, NodeId, Op};
 use cranelora_kernels::gemm::workspace_len;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// Alignment of every arena buffer, in bytes (a cache line).
@@ -98,20 +101,27 @@ pub fn is_view(op: &Op) -> bool {
     matches!(op, Op::Reshape { .. } | Op::StopGradient)
 }
 
-/// Plans the memory of `g`, executed in `order` (a topological order);
-/// `params` are the Parameter names in binding order, `consts` maps each
-/// Constant node to its index.
+/// Plans the memory of `g`, executed in `steps` (a topological order of
+/// nodes, a fused group's members sharing one step); `internal` are the
+/// group members kept in registers; `params` are the Parameter names in
+/// binding order, `consts` maps each Constant node to its index.
 pub fn plan(
     g: &Graph,
-    order: &[NodeId],
+    steps: &[Vec<NodeId>],
+    internal: &HashSet<NodeId>,
     params: &[String],
     consts: &HashMap<NodeId, usize>,
 ) -> MemoryPlan {
+    let order: Vec<NodeId> = steps.iter().flatten().copied().collect();
     let mut locs: HashMap<NodeId, Loc> = HashMap::new();
-    let step: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let step: HashMap<NodeId, usize> = steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| s.iter().map(move |&n| (n, i)))
+        .collect();
     // The node whose buffer each node uses (itself unless it is a view).
     let mut root: HashMap<NodeId, NodeId> = HashMap::new();
-    for &id in order {
+    for &id in &order {
         let node = g.node(id).expect("internal: order lists live nodes");
         let r = if is_view(&node.op) {
             root[&g.operands(id)[0]]
@@ -121,9 +131,9 @@ pub fn plan(
         root.insert(id, r);
     }
     // Last step at which each root's buffer is read; outputs live to the end.
-    let end = order.len();
+    let end = steps.len();
     let mut last: HashMap<NodeId, usize> = HashMap::new();
-    for &id in order {
+    for &id in &order {
         for o in g.operands(id) {
             let e = last.entry(root[&o]).or_insert(0);
             *e = (*e).max(step[&id]);
@@ -144,38 +154,26 @@ pub fn plan(
         ..MemoryPlan::default()
     };
     let mut frees: Vec<(usize, usize, usize)> = Vec::new(); // (last step, offset, bytes)
-    for (s, &id) in order.iter().enumerate() {
-        let node = g.node(id).expect("internal: order lists live nodes");
-        let loc = match &node.op {
-            Op::Input { .. } => Loc::Input(index_of(g.inputs(), id)),
-            Op::Parameter { name } => Loc::Param(
-                params
-                    .iter()
-                    .position(|p| p == name)
-                    .expect("internal: every parameter is listed"),
-            ),
-            Op::Constant(_) => Loc::Const(consts[&id]),
-            op if is_view(op) => locs[&root[&id]],
-            _ => match g.outputs().iter().position(|&o| o == id) {
-                Some(i) => Loc::Output(i),
-                None => {
-                    let bytes = (node.shape.numel() * node.dtype.size_bytes()).max(1);
-                    let offset = arena.alloc(bytes);
-                    let live = (s, last.get(&id).copied().unwrap_or(s));
-                    frees.push((live.1, offset, bytes));
-                    plan.unshared_bytes += bytes.next_multiple_of(ALIGN);
-                    plan.slots.push(Slot {
-                        node: id,
-                        offset,
-                        bytes,
-                        live,
-                    });
-                    Loc::Arena(offset)
-                }
-            },
-        };
-        locs.insert(id, loc);
-        // Free what dies at this step, after this node's own buffer is taken.
+    for (s, nodes) in steps.iter().enumerate() {
+        for &id in nodes.iter().filter(|id| !internal.contains(id)) {
+            let loc = locate(g, id, &locs, &root, params, consts).unwrap_or_else(|| {
+                let node = g.node(id).expect("internal: order lists live nodes");
+                let bytes = (node.shape.numel() * node.dtype.size_bytes()).max(1);
+                let offset = arena.alloc(bytes);
+                let live = (s, last.get(&id).copied().unwrap_or(s));
+                frees.push((live.1, offset, bytes));
+                plan.unshared_bytes += bytes.next_multiple_of(ALIGN);
+                plan.slots.push(Slot {
+                    node: id,
+                    offset,
+                    bytes,
+                    live,
+                });
+                Loc::Arena(offset)
+            });
+            locs.insert(id, loc);
+        }
+        // Free what dies at this step, after the step's own buffers are taken.
         frees.retain(|&(l, offset, bytes)| {
             let dead = l <= s;
             if dead {
@@ -187,6 +185,31 @@ pub fn plan(
     plan.arena_bytes = arena.high_water;
     plan.locs = locs;
     plan
+}
+
+/// Where a node lives if not in the arena: read in place, a view, or a
+/// graph output written straight into the caller's buffer.
+fn locate(
+    g: &Graph,
+    id: NodeId,
+    locs: &HashMap<NodeId, Loc>,
+    root: &HashMap<NodeId, NodeId>,
+    params: &[String],
+    consts: &HashMap<NodeId, usize>,
+) -> Option<Loc> {
+    let node = g.node(id).expect("internal: order lists live nodes");
+    Some(match &node.op {
+        Op::Input { .. } => Loc::Input(index_of(g.inputs(), id)),
+        Op::Parameter { name } => Loc::Param(
+            params
+                .iter()
+                .position(|p| p == name)
+                .expect("internal: every parameter is listed"),
+        ),
+        Op::Constant(_) => Loc::Const(consts[&id]),
+        op if is_view(op) => locs[&root[&id]],
+        _ => Loc::Output(g.outputs().iter().position(|&o| o == id)?),
+    })
 }
 
 fn index_of(list: &[NodeId], id: NodeId) -> usize {

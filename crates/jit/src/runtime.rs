@@ -4,8 +4,8 @@
 //! [`symbols`]. Matrix products and convolutions run the kernels crate's
 //! GEMM (and im2col / col2im) — the same code eager layers and the
 //! interpreter run — with workspace from the arena's scratch area, so a call
-//! allocates nothing. Transcendental functions call the kernels' vector
-//! math in place over a buffer; softmax and layer norm are row kernels
+//! allocates nothing. Pow calls Rust's `powf` per element; softmax and
+//! layer norm are row kernels
 //! written here (mirroring the interpreter) until they are emitted as CLIF.
 //!
 //! A helper that takes a plan reads a `Box`ed plan owned by the
@@ -99,10 +99,6 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("cranelora_matmul_f64", matmul::<f64> as *const u8),
         ("cranelora_conv_f32", conv::<f32> as *const u8),
         ("cranelora_conv_f64", conv::<f64> as *const u8),
-        ("cranelora_math_f32", math::<f32> as *const u8),
-        ("cranelora_math_f64", math::<f64> as *const u8),
-        ("cranelora_ln_f32", ln_f32 as *const u8),
-        ("cranelora_ln_f64", ln_f64 as *const u8),
         ("cranelora_pow_f32", pow_f32 as *const u8),
         ("cranelora_pow_f64", pow_f64 as *const u8),
         ("cranelora_softmax_f32", softmax::<f32> as *const u8),
@@ -110,14 +106,6 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("cranelora_layer_norm_f32", layer_norm::<f32> as *const u8),
         ("cranelora_layer_norm_f64", layer_norm::<f64> as *const u8),
     ]
-}
-
-/// The code of a kernel function for [`math`] (`Func::ALL` order).
-pub fn func_code(f: Func) -> i64 {
-    Func::ALL
-        .iter()
-        .position(|&g| g == f)
-        .expect("internal: ALL lists every Func") as i64
 }
 
 /// `c = a·b` for every batch entry of the plan.
@@ -251,26 +239,6 @@ fn conv_images<T: Scalar>(
         }
     }
     Ok(())
-}
-
-/// `x[i] = f(x[i])` for `n` elements, `f` given by [`func_code`].
-///
-/// # Safety
-/// `x` points to `n` writable elements; `code` comes from [`func_code`].
-unsafe extern "C" fn math<T: Scalar>(code: i64, x: *mut T, n: usize) {
-    // SAFETY: the caller's contract above.
-    let x = unsafe { std::slice::from_raw_parts_mut(x, n) };
-    if let Some(&f) = Func::ALL.get(code as usize) {
-        apply_inplace(f, x);
-    }
-}
-
-extern "C" fn ln_f32(x: f32) -> f32 {
-    x.ln()
-}
-
-extern "C" fn ln_f64(x: f64) -> f64 {
-    x.ln()
 }
 
 extern "C" fn pow_f32(a: f32, b: f32) -> f32 {

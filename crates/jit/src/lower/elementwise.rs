@@ -1,20 +1,17 @@
 //! Elementwise ops: one loop nest per node, operands read broadcast. The
-//! plain float arithmetic of [`vectorizable`] runs its innermost dim on
-//! f32x4 / f64x2 with a scalar tail (`Lowerer::nest_vector`); the rest is
-//! scalar.
+//! plain float arithmetic of [`vectorizable`] and the transcendental
+//! functions run their innermost dim on f32x4 / f64x2 with a scalar tail
+//! (`Lowerer::nest_vector`); the rest is scalar.
 //!
 //! Arithmetic, comparisons, Where, sign/abs/relu, sqrt and casts are emitted
 //! inline with the interpreter's exact rules (NaN-propagating max/min by
 //! selects, masks as 1/0 of the operands' dtype, saturating float→i64 casts
-//! as Rust's `as`). The transcendental functions of `kernels::math` (exp,
-//! tanh, erf, sigmoid, SiLU, both GELUs and their derivatives) are computed
-//! by copying the operand into the output buffer and calling the kernels'
-//! vector math on it in place (bit-identical to the interpreter); ln and
-//! powf call Rust's through a helper per element.
+//! as Rust's `as`). The functions of `kernels::math` (exp, log, tanh, erf,
+//! sigmoid, SiLU, both GELUs and their derivatives) are emitted inline by
+//! [`super::math`] from the kernels' coefficient table; Pow calls Rust's
+//! `powf` through a helper per element (its special cases are IEEE's).
 
-use super::loops::{broadcast_strides, Access};
-use super::{clif_type, flags, Lowerer};
-use crate::runtime::func_code;
+use super::{clif_type, Lowerer};
 use crate::Result;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
@@ -22,9 +19,10 @@ use cranelora_graph::{DType, NodeId, Op};
 use cranelora_kernels::math::Func;
 
 /// The kernels function an op is, if it is one.
-fn kernel_func(op: &Op) -> Option<Func> {
+pub(crate) fn kernel_func(op: &Op) -> Option<Func> {
     Some(match op {
         Op::Exp => Func::Exp,
+        Op::Log => Func::Log,
         Op::Tanh => Func::Tanh,
         Op::Erf => Func::Erf,
         Op::Sigmoid => Func::Sigmoid,
@@ -37,88 +35,18 @@ fn kernel_func(op: &Op) -> Option<Func> {
     })
 }
 
-/// Lowers an elementwise node.
+/// Lowers an elementwise node: a loop group of one.
 pub(crate) fn lower(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
-    let node = l.node_of(id);
-    let out_dims = node.shape.dims().to_vec();
-    let operands = l.graph.operands(id);
-    let mut accs = Vec::with_capacity(operands.len() + 1);
-    let mut dtypes = Vec::with_capacity(operands.len());
-    for &o in &operands {
-        let on = l.node_of(o);
-        let base = l.addr(o);
-        accs.push(Access {
-            base,
-            strides: broadcast_strides(on.shape.dims(), &out_dims),
-            offset: 0,
-            size: on.dtype.size_bytes() as i64,
-        });
-        dtypes.push(on.dtype);
-    }
-    let out = l.addr(id);
-    accs.push(Access {
-        base: out,
-        strides: super::loops::contiguous(&out_dims),
-        offset: 0,
-        size: node.dtype.size_bytes() as i64,
-    });
-    let func = kernel_func(&node.op);
-    let op = node.op.clone();
-    let out_dtype = node.dtype;
-    let mut scalar_body = |l: &mut Lowerer<'_>, ptrs: &[Value]| {
-        let args: Vec<Value> = dtypes
-            .iter()
-            .zip(ptrs)
-            .map(|(&d, &p)| l.b.ins().load(clif_type(d), flags(), p, 0))
-            .collect();
-        let r = match func {
-            Some(_) => args[0], // copied here, evaluated in place below
-            None => scalar(l, &op, &dtypes, out_dtype, &args)?,
-        };
-        l.b.ins().store(flags(), r, ptrs[ptrs.len() - 1], 0);
-        Ok(())
-    };
-    let same_dtype = dtypes.iter().all(|&d| d == out_dtype);
-    match vector_type(out_dtype) {
-        Some((vt, lanes)) if same_dtype && (func.is_some() || vectorizable(&op)) => {
-            let mut vector_body = |l: &mut Lowerer<'_>, ptrs: &[Value], unit: &[bool]| {
-                let t = clif_type(out_dtype);
-                let n = ptrs.len() - 1;
-                let args: Vec<Value> = (0..n)
-                    .map(|a| match unit[a] {
-                        true => l.b.ins().load(vt, vector_flags(), ptrs[a], 0),
-                        false => {
-                            let x = l.b.ins().load(t, flags(), ptrs[a], 0);
-                            l.b.ins().splat(vt, x)
-                        }
-                    })
-                    .collect();
-                let r = match func {
-                    Some(_) => args[0],
-                    None => vector(l, &op, out_dtype, vt, &args),
-                };
-                l.b.ins().store(vector_flags(), r, ptrs[n], 0);
-                Ok(())
-            };
-            l.nest_vector(&out_dims, &accs, lanes, &mut vector_body, &mut scalar_body)?;
-        }
-        _ => l.nest(&out_dims, &accs, &mut scalar_body)?,
-    }
-    if let Some(f) = func {
-        let name = match out_dtype {
-            DType::F64 => "cranelora_math_f64",
-            _ => "cranelora_math_f32",
-        };
-        let code = l.b.ins().iconst(types::I64, func_code(f));
-        let n = l.iconst_ptr(node.shape.numel());
-        let ptr = l.ptr;
-        l.call(name, &[types::I64, ptr, ptr], &[], &[code, out, n])?;
-    }
-    Ok(())
+    super::fused::lower_group(l, &super::fused::LoopGroup::single(id))
+}
+
+/// Whether `op` has a vector form ([`vector`] or [`super::math`]).
+pub(crate) fn vector_capable(op: &Op) -> bool {
+    vectorizable(op) || kernel_func(op).is_some()
 }
 
 /// The 128-bit vector type of a float dtype and its lane count.
-fn vector_type(d: DType) -> Option<(Type, usize)> {
+pub(crate) fn vector_type(d: DType) -> Option<(Type, usize)> {
     match d {
         DType::F32 => Some((types::F32X4, 4)),
         DType::F64 => Some((types::F64X2, 2)),
@@ -127,13 +55,13 @@ fn vector_type(d: DType) -> Option<(Type, usize)> {
 }
 
 /// Flags of vector loads and stores: in bounds, not necessarily 16-byte aligned.
-fn vector_flags() -> MemFlagsData {
+pub(crate) fn vector_flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
-/// Whether [`vector`] computes `op` exactly as [`scalar`] does, lane by lane.
-/// (Max and Min are left out: x86's `fmax` orders −0 < +0, the interpreter
-/// does not.)
+/// Whether [`vector`] computes `op` exactly as [`scalar`] does, lane by lane
+/// (float operands of one dtype). Max and Min use the scalar rule's
+/// compares and selects, not `fmax`/`fmin` (which order −0 < +0).
 fn vectorizable(op: &Op) -> bool {
     matches!(
         op,
@@ -141,6 +69,16 @@ fn vectorizable(op: &Op) -> bool {
             | Op::Sub
             | Op::Mul
             | Op::Div
+            | Op::Max
+            | Op::Min
+            | Op::Eq
+            | Op::Ne
+            | Op::Lt
+            | Op::Le
+            | Op::Gt
+            | Op::Ge
+            | Op::Where
+            | Op::Sign
             | Op::Neg
             | Op::Abs
             | Op::Sqrt
@@ -152,7 +90,7 @@ fn vectorizable(op: &Op) -> bool {
 }
 
 /// One vector of `op`'s results for the ops of [`vectorizable`].
-fn vector(l: &mut Lowerer<'_>, op: &Op, d: DType, vt: Type, a: &[Value]) -> Value {
+pub(crate) fn vector(l: &mut Lowerer<'_>, op: &Op, d: DType, vt: Type, a: &[Value]) -> Value {
     let splat = |l: &mut Lowerer<'_>, x: f64| {
         let c = constant(l, d, x);
         l.b.ins().splat(vt, c)
@@ -183,8 +121,52 @@ fn vector(l: &mut Lowerer<'_>, op: &Op, d: DType, vt: Type, a: &[Value]) -> Valu
             let zero = splat(l, 0.0);
             l.b.ins().fmax(a[0], zero)
         }
+        // As the scalar rule: a if a is NaN, else b if b is NaN or b > a (< a), else a.
+        Op::Max | Op::Min => {
+            let cc = match op {
+                Op::Max => FloatCC::UnorderedOrGreaterThan,
+                _ => FloatCC::UnorderedOrLessThan,
+            };
+            let take_b = lane_mask(l, vt, cc, a[1], a[0]);
+            let r = l.b.ins().bitselect(take_b, a[1], a[0]);
+            let a_nan = lane_mask(l, vt, FloatCC::Unordered, a[0], a[0]);
+            l.b.ins().bitselect(a_nan, a[0], r)
+        }
+        Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => {
+            let cc = match op {
+                Op::Eq => FloatCC::Equal,
+                Op::Ne => FloatCC::NotEqual,
+                Op::Lt => FloatCC::LessThan,
+                Op::Le => FloatCC::LessThanOrEqual,
+                Op::Gt => FloatCC::GreaterThan,
+                _ => FloatCC::GreaterThanOrEqual,
+            };
+            let m = lane_mask(l, vt, cc, a[0], a[1]);
+            let one = splat(l, 1.0);
+            l.b.ins().band(m, one)
+        }
+        // cond ≠ 0, NaN included.
+        Op::Where => {
+            let zero = splat(l, 0.0);
+            let m = lane_mask(l, vt, FloatCC::NotEqual, a[0], zero);
+            l.b.ins().bitselect(m, a[1], a[2])
+        }
+        // 1 if x > 0, −1 if x < 0, else x itself (±0, NaN).
+        Op::Sign => {
+            let (zero, one, minus) = (splat(l, 0.0), splat(l, 1.0), splat(l, -1.0));
+            let gt = lane_mask(l, vt, FloatCC::GreaterThan, a[0], zero);
+            let lt = lane_mask(l, vt, FloatCC::LessThan, a[0], zero);
+            let r = l.b.ins().bitselect(lt, minus, a[0]);
+            l.b.ins().bitselect(gt, one, r)
+        }
         _ => unreachable!("internal: {op} is not vectorizable"),
     }
+}
+
+/// `a cc b` per lane as an all-ones / all-zeros mask of the float vector type.
+fn lane_mask(l: &mut Lowerer<'_>, vt: Type, cc: FloatCC, a: Value, b: Value) -> Value {
+    let m = l.b.ins().fcmp(cc, a, b);
+    l.b.ins().bitcast(vt, MemFlagsData::new(), m)
 }
 
 /// A float or integer constant of the dtype.
@@ -317,13 +299,6 @@ pub(crate) fn scalar(
             let neg = l.b.ins().ineg(a[0]);
             let lt = l.b.ins().icmp_imm_s(IntCC::SignedLessThan, a[0], 0);
             l.b.ins().select(lt, neg, a[0])
-        }
-        Op::Log => {
-            let (name, t) = match d {
-                DType::F64 => ("cranelora_ln_f64", types::F64),
-                _ => ("cranelora_ln_f32", types::F32),
-            };
-            l.call(name, &[t], &[t], &[a[0]])?[0]
         }
         Op::Scale(s) => {
             let s = constant(l, d, *s);

@@ -205,7 +205,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// `for i in (start..end).step_by(step) { body(i) }`; nothing if empty.
-    fn stepped_loop(
+    pub(crate) fn stepped_loop(
         &mut self,
         start: i64,
         end: i64,

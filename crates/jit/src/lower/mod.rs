@@ -8,7 +8,9 @@
 //! | file | ops |
 //! | --- | --- |
 //! | `loops.rs` | the strided loop nest every other file builds on, and its f32x4/f64x2 variant |
+//! | `fused.rs` | fusion groups as one loop nest (members in registers), the step schedule |
 //! | `elementwise.rs` | binary (broadcasting), comparison, Where, unary, Cast |
+//! | `math.rs` | exp, log, tanh, erf, sigmoid, SiLU, GELUs emitted from the kernels' coefficient table |
 //! | `movement.rs` | Broadcast, Transpose, Slice, Pad, Concat, output copies |
 //! | `reduce.rs` | Reduce (sum, mean, max over any axes) |
 //! | `index.rs` | Gather, ScatterAdd, with bounds checks |
@@ -19,9 +21,11 @@
 //! `fn(inputs, params, outputs: *const ptr, arena: *mut u8, status: *mut i64) -> i32`.
 
 pub(crate) mod elementwise;
+pub(crate) mod fused;
 pub(crate) mod index;
 pub(crate) mod linalg;
 pub(crate) mod loops;
+pub(crate) mod math;
 pub(crate) mod movement;
 pub(crate) mod reduce;
 pub(crate) mod rows;
@@ -36,6 +40,7 @@ use cranelift_frontend::FunctionBuilder;
 use cranelift_jit::JITModule;
 use cranelift_module::{Linkage, Module};
 use cranelora_graph::{DType, Graph, NodeId, Op};
+use fused::{LoopGroup, Step};
 use std::collections::HashMap;
 
 /// Plans the runtime helpers read, kept alive by the compiled graph (the
@@ -137,13 +142,17 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    /// Emits every node of `order`, the output copies and `return 0`.
+    /// Emits every step (a node, or a fused loop group of `groups`), the
+    /// output copies and `return 0`.
     ///
     /// # Errors
     /// [`Error::Unsupported`] for an op without a lowering; Cranelift errors.
-    pub fn lower_all(mut self, order: &[NodeId]) -> Result<()> {
-        for &id in order {
-            self.node(id)?;
+    pub fn lower_all(mut self, steps: &[Step], groups: &[LoopGroup]) -> Result<()> {
+        for step in steps {
+            match *step {
+                Step::Node(id) => self.node(id)?,
+                Step::Group(gi) => fused::lower_group(&mut self, &groups[gi])?,
+            }
         }
         let outputs = self.graph.outputs().to_vec();
         // In-place updates need the copies from Parameter buffers first.

@@ -24,6 +24,7 @@ macro_rules! avx2_lanes {
         and = $and:ident, andnot = $andnot:ident, or = $or:ident, xor = $xor:ident,
         cmp = $cmp:ident, blend = $blend:ident,
         to_int = $to_int:ident, from_int = $from_int:ident, slli = $slli:ident,
+        srli = $srli:ident,
         loadu = $loadu:ident, storeu = $storeu:ident,
         int = $int:ty, set1_int = $set1_int:ident
     ) => {
@@ -132,6 +133,20 @@ macro_rules! avx2_lanes {
                 let biased = self + Self::splat(c.exp2_magic);
                 $name(unsafe { $from_int($slli::<{ <$e>::MANTISSA_DIGITS as i32 - 1 }>($to_int(biased.0))) })
             }
+            #[inline(always)]
+            fn split_exp(self) -> (Self, Self) {
+                let c = <$e as super::lanes::Elem>::C;
+                let field: $int = (1 << c.mantissa_bits) - 1;
+                let two_p = c.exp2_magic.to_bits() & !field;
+                unsafe {
+                    let bits = $to_int(self.0);
+                    let mant = $and(self.0, $from_int($set1_int(field as _)));
+                    let m = $or(mant, $set1(1.0));
+                    let field_e = $from_int($srli::<{ <$e>::MANTISSA_DIGITS as i32 - 1 }>(bits));
+                    let e = $or(field_e, $from_int($set1_int(two_p as _)));
+                    ($name(m), $name(e) - Self::splat(c.exp2_magic))
+                }
+            }
         }
     };
 }
@@ -142,7 +157,7 @@ avx2_lanes! {
     div = _mm256_div_ps, fmadd = _mm256_fmadd_ps, min = _mm256_min_ps, max = _mm256_max_ps,
     and = _mm256_and_ps, andnot = _mm256_andnot_ps, or = _mm256_or_ps, xor = _mm256_xor_ps,
     cmp = _mm256_cmp_ps, blend = _mm256_blendv_ps,
-    to_int = _mm256_castps_si256, from_int = _mm256_castsi256_ps, slli = _mm256_slli_epi32,
+    to_int = _mm256_castps_si256, from_int = _mm256_castsi256_ps, slli = _mm256_slli_epi32, srli = _mm256_srli_epi32,
     loadu = _mm256_loadu_ps, storeu = _mm256_storeu_ps,
     int = u32, set1_int = _mm256_set1_epi32
 }
@@ -153,7 +168,7 @@ avx2_lanes! {
     div = _mm256_div_pd, fmadd = _mm256_fmadd_pd, min = _mm256_min_pd, max = _mm256_max_pd,
     and = _mm256_and_pd, andnot = _mm256_andnot_pd, or = _mm256_or_pd, xor = _mm256_xor_pd,
     cmp = _mm256_cmp_pd, blend = _mm256_blendv_pd,
-    to_int = _mm256_castpd_si256, from_int = _mm256_castsi256_pd, slli = _mm256_slli_epi64,
+    to_int = _mm256_castpd_si256, from_int = _mm256_castsi256_pd, slli = _mm256_slli_epi64, srli = _mm256_srli_epi64,
     loadu = _mm256_loadu_pd, storeu = _mm256_storeu_pd,
     int = u64, set1_int = _mm256_set1_epi64x
 }

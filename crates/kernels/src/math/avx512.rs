@@ -23,6 +23,7 @@ macro_rules! avx512_lanes {
         div = $div:ident, fmadd = $fmadd:ident, min = $min:ident, max = $max:ident,
         abs = $abs:ident, cmp = $cmp:ident, blend = $blend:ident,
         to_int = $to_int:ident, from_int = $from_int:ident, slli = $slli:ident,
+        srli = $srli:ident,
         loadu = $loadu:ident, storeu = $storeu:ident, mask = $mask:ty,
         int = $int:ty, set1_int = $set1_int:ident
     ) => {
@@ -134,6 +135,20 @@ macro_rules! avx512_lanes {
                 let biased = self + Self::splat(c.exp2_magic);
                 $name(unsafe { $from_int($slli::<{ <$e>::MANTISSA_DIGITS - 1 }>($to_int(biased.0))) })
             }
+            #[inline(always)]
+            fn split_exp(self) -> (Self, Self) {
+                let c = <$e as super::lanes::Elem>::C;
+                let field: $int = (1 << c.mantissa_bits) - 1;
+                let two_p = c.exp2_magic.to_bits() & !field;
+                unsafe {
+                    let bits = $to_int(self.0);
+                    let mant = _mm512_and_si512(bits, $set1_int(field as _));
+                    let m = _mm512_or_si512(mant, $to_int($set1(1.0)));
+                    let field_e = $srli::<{ <$e>::MANTISSA_DIGITS - 1 }>(bits);
+                    let e = _mm512_or_si512(field_e, $set1_int(two_p as _));
+                    ($name($from_int(m)), $name($from_int(e)) - Self::splat(c.exp2_magic))
+                }
+            }
         }
     };
 }
@@ -143,7 +158,7 @@ avx512_lanes! {
     set1 = _mm512_set1_ps, add = _mm512_add_ps, sub = _mm512_sub_ps, mul = _mm512_mul_ps,
     div = _mm512_div_ps, fmadd = _mm512_fmadd_ps, min = _mm512_min_ps, max = _mm512_max_ps,
     abs = _mm512_abs_ps, cmp = _mm512_cmp_ps_mask, blend = _mm512_mask_blend_ps,
-    to_int = _mm512_castps_si512, from_int = _mm512_castsi512_ps, slli = _mm512_slli_epi32,
+    to_int = _mm512_castps_si512, from_int = _mm512_castsi512_ps, slli = _mm512_slli_epi32, srli = _mm512_srli_epi32,
     loadu = _mm512_loadu_ps, storeu = _mm512_storeu_ps, mask = __mmask16,
     int = u32, set1_int = _mm512_set1_epi32
 }
@@ -153,7 +168,7 @@ avx512_lanes! {
     set1 = _mm512_set1_pd, add = _mm512_add_pd, sub = _mm512_sub_pd, mul = _mm512_mul_pd,
     div = _mm512_div_pd, fmadd = _mm512_fmadd_pd, min = _mm512_min_pd, max = _mm512_max_pd,
     abs = _mm512_abs_pd, cmp = _mm512_cmp_pd_mask, blend = _mm512_mask_blend_pd,
-    to_int = _mm512_castpd_si512, from_int = _mm512_castsi512_pd, slli = _mm512_slli_epi64,
+    to_int = _mm512_castpd_si512, from_int = _mm512_castsi512_pd, slli = _mm512_slli_epi64, srli = _mm512_srli_epi64,
     loadu = _mm512_loadu_pd, storeu = _mm512_storeu_pd, mask = __mmask8,
     int = u64, set1_int = _mm512_set1_epi64
 }

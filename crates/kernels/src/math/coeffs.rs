@@ -51,6 +51,20 @@
 //! ±`arg_clamp` first (below for the function, both sides for the derivative)
 //! so that ±∞ gives the limits 0 / ∞ and 0 / 1 instead of NaN.
 //!
+//! # log(x)
+//! 1. Subnormal x (below `log_min_normal`) is scaled by `log_sub_scale`
+//!    = 2^s into the normal range and k starts at −s (exact).
+//! 2. `x = m·2^k` with m ∈ [1, 2) from the bits (mantissa field with the
+//!    exponent of 1.0; the exponent field read through `exp2_magic`, the
+//!    inverse of `exp2i`); if m > √2, m ← m/2 and k ← k + 1, so that
+//!    m ∈ (√2/2, √2].
+//! 3. fdlibm's `e_log.c`: f = m − 1 (exact), s = f/(2 + f), z = s²,
+//!    R = z·log_poly(z), hfsq = f²/2, and
+//!    `log x = k·ln2_hi − ((hfsq − (s·(hfsq + R) + k·ln2_lo)) − f)` with the
+//!    `ln2_hi`/`ln2_lo` split of exp (k·ln2_hi is exact for every k).
+//! 4. Special lanes: log(+∞) = +∞ and NaN pass through (x itself),
+//!    log(±0) = −∞, log(x < 0) = NaN.
+//!
 //! # erf and GELU, erf form
 //! The piecewise rationals of FreeBSD/musl `s_erf.c` ([`Erf`]), all pieces
 //! evaluated and one selected per lane, each piece giving erf(|x|) and
@@ -103,6 +117,17 @@ pub struct Coeffs<E: 'static> {
     /// |x| beyond which GELU, SiLU and the derivatives have reached their
     /// limits; x is clamped to it so that ±∞ does not produce ∞·0.
     pub arg_clamp: E,
+    /// log: inputs below this (the smallest normal number) are scaled first.
+    pub log_min_normal: E,
+    /// log: 2^s, the scale applied to subnormal inputs.
+    pub log_sub_scale: E,
+    /// log: s.
+    pub log_sub_k: E,
+    /// log: √2, the upper end of the reduced mantissa.
+    pub log_sqrt2: E,
+    /// log: coefficients Lg1… of (log(1+f) − 2s − … )/s² in z = s², constant
+    /// term first (fdlibm `e_log.c` for f64, musl `logf.c` for f32).
+    pub log_poly: &'static [E],
     /// erf, erfc and Φ.
     pub erf: Erf<E>,
 }
@@ -144,6 +169,16 @@ pub const F32: Coeffs<f32> = Coeffs {
     frac_1_sqrt_2: std::f32::consts::FRAC_1_SQRT_2,
     frac_1_sqrt_2pi: 0.398_942_3,
     arg_clamp: 1.0e4,
+    log_min_normal: f32::MIN_POSITIVE,
+    log_sub_scale: 33_554_432.0,
+    log_sub_k: 25.0,
+    log_sqrt2: std::f32::consts::SQRT_2,
+    log_poly: &[
+        0.666_666_626_930_236_8,
+        0.400_009_721_517_562_87,
+        0.284_987_866_878_509_5,
+        0.242_790_788_412_094_12,
+    ],
     erf: Erf {
         small_max: 0.84375,
         mid_max: 1.25,
@@ -212,6 +247,20 @@ pub const F64: Coeffs<f64> = Coeffs {
     frac_1_sqrt_2: std::f64::consts::FRAC_1_SQRT_2,
     frac_1_sqrt_2pi: 0.398_942_280_401_432_7,
     arg_clamp: 1.0e4,
+    log_min_normal: f64::MIN_POSITIVE,
+    log_sub_scale: 18_014_398_509_481_984.0,
+    log_sub_k: 54.0,
+    log_sqrt2: std::f64::consts::SQRT_2,
+    // fdlibm's Lg1…Lg7 (see the notice on [`Erf`]).
+    log_poly: &[
+        6.666_666_666_666_735e-1,
+        3.999_999_999_940_942e-1,
+        2.857_142_874_366_239e-1,
+        2.222_219_843_214_978_4e-1,
+        1.818_357_216_161_805e-1,
+        1.531_383_769_920_937_3e-1,
+        1.479_819_860_511_658_6e-1,
+    ],
     erf: Erf {
         small_max: 0.84375,
         mid_max: 1.25,

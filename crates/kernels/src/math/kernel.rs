@@ -41,6 +41,7 @@ macro_rules! map_with {
 pub(crate) fn map<V: Lanes>(f: Func, x: &[V::E], out: &mut [V::E]) {
     match f {
         Func::Exp => map_with!(x, out, exp::<V>),
+        Func::Log => map_with!(x, out, log::<V>),
         Func::Tanh => map_with!(x, out, tanh::<V>),
         Func::Erf => map_with!(x, out, erf::<V>),
         Func::Sigmoid => map_with!(x, out, sigmoid::<V>),
@@ -68,6 +69,34 @@ pub(crate) fn exp<V: Lanes>(x: V) -> V {
     let n1 = n.clamp(c.exp2_min_n, c.exp2_max_n);
     let n2 = n - n1;
     p * n1.exp2i() * n2.exp2i()
+}
+
+/// ln x: fdlibm's reduction to m ∈ (√2/2, √2] and its rational in s = f/(2 + f).
+#[inline(always)]
+pub(crate) fn log<V: Lanes>(x: V) -> V {
+    let c = V::E::C;
+    let (zero, one, half) = (
+        V::splat(V::E::ZERO),
+        V::splat(V::E::ONE),
+        V::splat(V::E::HALF),
+    );
+    // Subnormals: x·2^s is normal, and log x = log(x·2^s) − s·ln 2.
+    let sub = x.lt(V::splat(c.log_min_normal));
+    let (m, k) = V::select(sub, x * V::splat(c.log_sub_scale), x).split_exp();
+    let k = V::select(sub, k - V::splat(c.log_sub_k), k);
+    let big = V::splat(c.log_sqrt2).lt(m);
+    let (m, k) = (V::select(big, m * half, m), V::select(big, k + one, k));
+    let f = m - one; // exact (Sterbenz)
+    let s = f / ((one + one) + f);
+    let z = s * s;
+    let r = z * poly(z, c.log_poly);
+    let hfsq = half * f * f;
+    let lo = s.mul_add(hfsq + r, k * V::splat(c.ln2_lo));
+    let y = k * V::splat(c.ln2_hi) - ((hfsq - lo) - f);
+    // +∞ and NaN pass through; ±0 → −∞; negative → NaN.
+    let nonpositive = V::select(x.lt(zero), V::splat(V::E::NAN), -V::splat(V::E::INFINITY));
+    let finite = V::select(zero.lt(x), y, nonpositive);
+    V::select(x.lt(V::splat(V::E::INFINITY)), finite, x)
 }
 
 /// (σ(v), σ(−v)) from one exponential, both without cancellation.

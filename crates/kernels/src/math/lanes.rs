@@ -19,6 +19,10 @@ pub(crate) trait Elem: Copy + Neg<Output = Self> + 'static {
     const ONE: Self;
     /// 1/2.
     const HALF: Self;
+    /// +∞.
+    const INFINITY: Self;
+    /// A quiet NaN.
+    const NAN: Self;
 }
 
 /// A register of `WIDTH` lanes of `E`, with the operations the algorithms use.
@@ -61,6 +65,11 @@ pub(crate) trait Lanes:
     /// 2^self for integral lanes in the normal exponent range:
     /// `bits(self + exp2_magic) << mantissa_bits`.
     fn exp2i(self) -> Self;
+    /// `(m, e)` with `self = m·2^e`, m ∈ [1, 2) and e integral, for positive
+    /// normal lanes (other lanes get unspecified finite values): m is the
+    /// mantissa field under the exponent of 1.0, e is the exponent field
+    /// read as `bits(2^p) | (bits(self) >> p)` minus `exp2_magic`.
+    fn split_exp(self) -> (Self, Self);
 
     /// Clamps to [lo, hi], passing NaN through.
     #[inline(always)]
@@ -95,6 +104,8 @@ impl Elem for f32 {
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
     const HALF: f32 = 0.5;
+    const INFINITY: f32 = f32::INFINITY;
+    const NAN: f32 = f32::NAN;
 }
 
 impl Elem for f64 {
@@ -102,6 +113,8 @@ impl Elem for f64 {
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
     const HALF: f64 = 0.5;
+    const INFINITY: f64 = f64::INFINITY;
+    const NAN: f64 = f64::NAN;
 }
 
 /// Plain `f32`/`f64` as one-lane vectors: the scalar reference and the
@@ -178,6 +191,16 @@ macro_rules! scalar_lanes {
             fn exp2i(self) -> $t {
                 let c = <$t as Elem>::C;
                 <$t>::from_bits((self + c.exp2_magic).to_bits() << c.mantissa_bits)
+            }
+            #[inline(always)]
+            fn split_exp(self) -> ($t, $t) {
+                let c = <$t as Elem>::C;
+                let p = c.mantissa_bits;
+                let field = (1 << p) - 1;
+                let m = <$t>::from_bits(self.to_bits() & field | (1.0 as $t).to_bits());
+                let two_p = c.exp2_magic.to_bits() & !field;
+                let e = <$t>::from_bits(two_p | self.to_bits() >> p) - c.exp2_magic;
+                (m, e)
             }
         }
     };

@@ -34,6 +34,7 @@
 //! | function | f32 rel | f32 abs | f64 rel | f64 abs |
 //! |---|---|---|---|---|
 //! | exp | 1.2e-7 | sub | 2.5e-16 | sub |
+//! | log | 1.2e-7 | sub | 2.5e-16 | sub |
 //! | tanh | 2.0e-7 | sub | 4.5e-16 | sub |
 //! | erf | 1.2e-7 | sub | 2.5e-16 | sub |
 //! | sigmoid | 2.0e-7 | sub | 4.5e-16 | sub |
@@ -51,6 +52,8 @@
 //! within the same bounds.
 //!
 //! Special values: NaN in gives NaN out; `exp(−∞) = 0`, `exp(∞) = ∞`;
+//! `log(±0) = −∞`, `log(∞) = ∞`, `log(x < 0) = NaN` (subnormal x is exact
+//! to the bound, not flushed);
 //! tanh, erf and sigmoid saturate to their limits; GELU, SiLU and the
 //! derivatives return their limits at ±∞ (0, ∞, 0, 1) rather than ∞·0;
 //! functions with f(0) = 0 keep the sign of −0.
@@ -95,6 +98,8 @@ use std::sync::OnceLock;
 pub enum Func {
     /// eˣ. f32: 1.2e-7 rel + sub. f64: 2.5e-16 rel + sub.
     Exp,
+    /// ln x (NaN for x < 0, −∞ at ±0). f32: 1.2e-7 rel + sub. f64: 2.5e-16 rel + sub.
+    Log,
     /// tanh x. f32: 2.0e-7 rel + sub. f64: 4.5e-16 rel + sub.
     Tanh,
     /// erf x. f32: 1.2e-7 rel + sub. f64: 2.5e-16 rel + sub.
@@ -122,8 +127,9 @@ pub enum Func {
 
 impl Func {
     /// Every function, in declaration order.
-    pub const ALL: [Func; 9] = [
+    pub const ALL: [Func; 10] = [
         Func::Exp,
+        Func::Log,
         Func::Tanh,
         Func::Erf,
         Func::Sigmoid,
@@ -154,6 +160,7 @@ pub fn max_error(f: Func, dtype: DType) -> Option<ErrorBound> {
     match dtype {
         DType::F32 => match f {
             Func::Exp => b(SUB32, 1.2e-7),
+            Func::Log => b(SUB32, 1.2e-7),
             Func::Tanh => b(SUB32, 2.0e-7),
             Func::Erf => b(SUB32, 1.2e-7),
             Func::Sigmoid => b(SUB32, 2.0e-7),
@@ -165,6 +172,7 @@ pub fn max_error(f: Func, dtype: DType) -> Option<ErrorBound> {
         },
         DType::F64 => match f {
             Func::Exp => b(SUB64, 2.5e-16),
+            Func::Log => b(SUB64, 2.5e-16),
             Func::Tanh => b(SUB64, 4.5e-16),
             Func::Erf => b(SUB64, 2.5e-16),
             Func::Sigmoid => b(SUB64, 4.5e-16),

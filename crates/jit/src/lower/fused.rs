@@ -1,0 +1,265 @@
+//! Loop fusion: a group of elementwise nodes of one shape as one loop nest.
+//!
+//! The graph crate's `plan_fusion` (crates/graph/src/passes/fuse.rs) groups
+//! elementwise, Broadcast and row-wise nodes of equal shape. [`loop_groups`]
+//! keeps of each group the runs of consecutive members this file can emit
+//! in one loop: elementwise ops that are not views. A run of two or more is
+//! a [`LoopGroup`]; everything else is lowered node by node.
+//!
+//! [`lower_group`] emits one loop nest over the group's shape: each
+//! iteration loads the group's **inputs** (operands from outside the group,
+//! read broadcast with stride-0 dims: a per-row bias, a scalar), computes
+//! every member in registers in order, and stores only the group's
+//! **outputs** (members used outside the group, or graph outputs); the
+//! memory plan gives the other members no buffer. When every member and
+//! input is f32 (or every one f64) and every op has a vector form, the
+//! innermost dim runs on f32x4 / f64x2 with a scalar tail
+//! (`Lowerer::nest_vector`); otherwise the whole nest is scalar. A single
+//! elementwise node is lowered as a group of one.
+//!
+//! [`schedule`] orders the steps (a group is one step) topologically: the
+//! plan guarantees that contracting a group leaves the graph acyclic, and
+//! a run of consecutive members of a group keeps that property.
+//!
+//! A group records the `MatMul` / `Conv2d` its first member consumes as
+//! `anchor` (from the plan). The anchor is lowered as its own step today;
+//! the field is where a GEMM epilogue will take the group from.
+
+use super::elementwise::{kernel_func, scalar, vector, vector_capable, vector_flags, vector_type};
+use super::loops::{broadcast_strides, contiguous, Access};
+use super::{clif_type, flags, Lowerer};
+use crate::memory::is_view;
+use crate::Result;
+use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelora_graph::passes::FusionPlan;
+use cranelora_graph::{DType, Graph, NodeId};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Elementwise nodes of one shape computed in one loop nest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoopGroup {
+    /// The members, operands before users.
+    pub nodes: Vec<NodeId>,
+    /// The members stored to memory (used outside the group or graph
+    /// outputs), in `nodes` order.
+    pub outputs: Vec<NodeId>,
+    /// The product the plan made this group's anchor, when the group starts
+    /// at the anchor's only user (lowered separately for now).
+    pub anchor: Option<NodeId>,
+}
+
+impl LoopGroup {
+    /// A group of one node.
+    pub fn single(id: NodeId) -> Self {
+        Self {
+            nodes: vec![id],
+            outputs: vec![id],
+            anchor: None,
+        }
+    }
+}
+
+/// One step of the execution order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A node lowered on its own.
+    Node(NodeId),
+    /// The loop group with this index.
+    Group(usize),
+}
+
+/// Whether `id` can be a member of a loop group.
+fn loopable(g: &Graph, id: NodeId) -> bool {
+    let node = g.node(id).expect("internal: live node");
+    node.op.is_elementwise() && !is_view(&node.op) && node.shape.numel() > 0
+}
+
+/// The loop groups of `plan` (see the module docs).
+pub fn loop_groups(g: &Graph, plan: &FusionPlan) -> Vec<LoopGroup> {
+    let mut out = Vec::new();
+    for group in &plan.groups {
+        // The anchor's only user is the group's first member.
+        let reads_anchor =
+            |run: &[NodeId]| group.anchor.filter(|&a| g.operands(run[0]).contains(&a));
+        let mut run: Vec<NodeId> = Vec::new();
+        for &id in &group.nodes {
+            if loopable(g, id) {
+                run.push(id);
+                continue;
+            }
+            if run.len() >= 2 {
+                let anchor = reads_anchor(&run);
+                out.push(finish(g, std::mem::take(&mut run), anchor));
+            }
+            run.clear();
+        }
+        if run.len() >= 2 {
+            let anchor = reads_anchor(&run);
+            out.push(finish(g, run, anchor));
+        }
+    }
+    out
+}
+
+/// A run with its outputs.
+fn finish(g: &Graph, nodes: Vec<NodeId>, anchor: Option<NodeId>) -> LoopGroup {
+    let inside: HashSet<NodeId> = nodes.iter().copied().collect();
+    let outputs = nodes
+        .iter()
+        .copied()
+        .filter(|&n| g.outputs().contains(&n) || g.users(n).iter().any(|u| !inside.contains(u)))
+        .collect();
+    LoopGroup {
+        nodes,
+        outputs,
+        anchor,
+    }
+}
+
+/// The execution order: `order` (topological) with each group contracted to
+/// one step, placed by Kahn's algorithm (ties by first appearance in
+/// `order`). `None` if the contraction has a cycle (then the caller runs
+/// without groups).
+pub fn schedule(g: &Graph, order: &[NodeId], groups: &[LoopGroup]) -> Option<Vec<Step>> {
+    let mut unit_of: HashMap<NodeId, usize> = HashMap::new();
+    let mut units: Vec<Step> = Vec::new();
+    let group_of: HashMap<NodeId, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(gi, grp)| grp.nodes.iter().map(move |&n| (n, gi)))
+        .collect();
+    let mut group_unit: HashMap<usize, usize> = HashMap::new();
+    for &id in order {
+        let u = match group_of.get(&id) {
+            Some(&gi) => *group_unit.entry(gi).or_insert_with(|| {
+                units.push(Step::Group(gi));
+                units.len() - 1
+            }),
+            None => {
+                units.push(Step::Node(id));
+                units.len() - 1
+            }
+        };
+        unit_of.insert(id, u);
+    }
+    let mut preds: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); units.len()];
+    let mut succs: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
+    for &id in order {
+        let u = unit_of[&id];
+        for o in g.operands(id) {
+            let p = unit_of[&o];
+            if p != u && preds[u].insert(p) {
+                succs[p].push(u);
+            }
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..units.len()).filter(|&u| preds[u].is_empty()).collect();
+    let mut steps = Vec::with_capacity(units.len());
+    while let Some(u) = ready.pop_first() {
+        steps.push(units[u]);
+        for &s in &succs[u] {
+            preds[s].remove(&u);
+            if preds[s].is_empty() {
+                ready.insert(s);
+            }
+        }
+    }
+    (steps.len() == units.len()).then_some(steps)
+}
+
+/// The operands of the group's members that come from outside it, each once.
+fn group_inputs(g: &Graph, grp: &LoopGroup) -> Vec<NodeId> {
+    let mut seen: Vec<NodeId> = Vec::new();
+    for &id in &grp.nodes {
+        for o in g.operands(id) {
+            if !grp.nodes.contains(&o) && !seen.contains(&o) {
+                seen.push(o);
+            }
+        }
+    }
+    seen
+}
+
+/// Emits the group as one loop nest (see the module docs).
+pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
+    let g = l.graph;
+    let first = l.node_of(grp.nodes[0]);
+    let dims = first.shape.dims().to_vec();
+    let inputs = group_inputs(g, grp);
+    let mut accs = Vec::with_capacity(inputs.len() + grp.outputs.len());
+    for (i, &o) in inputs.iter().chain(&grp.outputs).enumerate() {
+        let on = l.node_of(o);
+        let strides = match i < inputs.len() {
+            true => broadcast_strides(on.shape.dims(), &dims),
+            false => contiguous(&dims),
+        };
+        let base = l.addr(o);
+        accs.push(Access {
+            base,
+            strides,
+            offset: 0,
+            size: on.dtype.size_bytes() as i64,
+        });
+    }
+    let dtype_of = |id: NodeId| g.node(id).expect("internal: live node").dtype;
+    let d = first.dtype;
+    let uniform = grp.nodes.iter().chain(&inputs).all(|&n| dtype_of(n) == d);
+    let vectorizable = grp.nodes.iter().all(|&n| vector_capable(&l.node_of(n).op));
+    let n_in = inputs.len();
+    let mut scalar_body = |l: &mut Lowerer<'_>, ptrs: &[Value]| {
+        let mut vals: HashMap<NodeId, Value> = HashMap::new();
+        for (i, &o) in inputs.iter().enumerate() {
+            let v = l.b.ins().load(clif_type(dtype_of(o)), flags(), ptrs[i], 0);
+            vals.insert(o, v);
+        }
+        for &id in &grp.nodes {
+            let node = l.node_of(id);
+            let ops = g.operands(id);
+            let args: Vec<Value> = ops.iter().map(|o| vals[o]).collect();
+            let r = match kernel_func(&node.op) {
+                Some(f) => super::math::emit_scalar(l, f, args[0]),
+                None => {
+                    let dts: Vec<DType> = ops.iter().map(|&o| dtype_of(o)).collect();
+                    scalar(l, &node.op, &dts, node.dtype, &args)?
+                }
+            };
+            vals.insert(id, r);
+        }
+        for (k, o) in grp.outputs.iter().enumerate() {
+            l.b.ins().store(flags(), vals[o], ptrs[n_in + k], 0);
+        }
+        Ok(())
+    };
+    match vector_type(d) {
+        Some((vt, lanes)) if uniform && vectorizable => {
+            let mut vector_body = |l: &mut Lowerer<'_>, ptrs: &[Value], unit: &[bool]| {
+                let mut vals: HashMap<NodeId, Value> = HashMap::new();
+                for (i, &o) in inputs.iter().enumerate() {
+                    let v = match unit[i] {
+                        true => l.b.ins().load(vt, vector_flags(), ptrs[i], 0),
+                        false => {
+                            let x = l.b.ins().load(clif_type(d), flags(), ptrs[i], 0);
+                            l.b.ins().splat(vt, x)
+                        }
+                    };
+                    vals.insert(o, v);
+                }
+                for &id in &grp.nodes {
+                    let op = &l.node_of(id).op;
+                    let args: Vec<Value> = g.operands(id).iter().map(|o| vals[o]).collect();
+                    let r = match kernel_func(op) {
+                        Some(f) => super::math::emit_vector(l, f, args[0]),
+                        None => vector(l, op, d, vt, &args),
+                    };
+                    vals.insert(id, r);
+                }
+                for (k, o) in grp.outputs.iter().enumerate() {
+                    l.b.ins().store(vector_flags(), vals[o], ptrs[n_in + k], 0);
+                }
+                Ok(())
+            };
+            l.nest_vector(&dims, &accs, lanes, &mut vector_body, &mut scalar_body)
+        }
+        _ => l.nest(&dims, &accs, &mut scalar_body),
+    }
+}
