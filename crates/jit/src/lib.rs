@@ -44,6 +44,7 @@ mod jit;
 mod lower;
 pub mod memory;
 mod runtime;
+pub mod serve;
 
 pub use bindings::{Bindings, SharedBindings};
 pub use compile::{compile, CompileReport, JitOptions};
@@ -64,7 +65,7 @@ pub fn lowerable(op: &Op) -> bool {
         | Exp | Log | Sqrt | Rsqrt | Erf | Abs | Recip | Scale(_) | Cast(_) | StopGradient => true,
         Reduce { .. } | Broadcast { .. } | Softmax { .. } | LayerNorm { .. } => true,
         Reshape { .. } | Transpose { .. } | Slice { .. } | Pad { .. } | Concat { .. } => true,
-        Gather | ScatterAdd { .. } => true,
+        Gather | ScatterAdd { .. } | GatherMatMul => true,
         Conv2d(_) | Conv2dInputGrad { .. } | Conv2dWeightGrad { .. } => true,
     }
 }
