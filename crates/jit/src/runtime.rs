@@ -13,11 +13,11 @@
 //! a constant in that code. Helpers never panic across the C ABI: kernel
 //! errors become a nonzero status.
 
+use crate::lower::gather_matmul::GatherMatMulPlan;
 use cranelora_kernels::gemm::{gemm, MatMut, MatRef, PackedRhs, Rhs};
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::math::{apply_inplace, Func};
 use cranelora_kernels::Scalar;
-use crate::lower::gather_matmul::GatherMatMulPlan;
 
 /// Status returned by the generated function: success.
 pub const OK: i32 = 0;
@@ -110,8 +110,14 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("cranelora_softmax_f64", softmax::<f64> as *const u8),
         ("cranelora_layer_norm_f32", layer_norm::<f32> as *const u8),
         ("cranelora_layer_norm_f64", layer_norm::<f64> as *const u8),
-        ("cranelora_gather_matmul_f32", gather_matmul::<f32> as *const u8),
-        ("cranelora_gather_matmul_f64", gather_matmul::<f64> as *const u8),
+        (
+            "cranelora_gather_matmul_f32",
+            gather_matmul::<f32> as *const u8,
+        ),
+        (
+            "cranelora_gather_matmul_f64",
+            gather_matmul::<f64> as *const u8,
+        ),
     ]
 }
 

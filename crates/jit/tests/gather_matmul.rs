@@ -28,7 +28,11 @@ fn naive(x: &[f64], w: &[f64], ids: &[i64], (k, m): (usize, usize)) -> Vec<f64> 
 
 /// A graph gather_matmul(x [r, k], w [n, k, m], ids [r]) with w a Parameter
 /// or a Constant.
-fn graph(d: DType, (r, k, m, n): (usize, usize, usize, usize), w_const: Option<TensorData>) -> Graph {
+fn graph(
+    d: DType,
+    (r, k, m, n): (usize, usize, usize, usize),
+    w_const: Option<TensorData>,
+) -> Graph {
     let mut g = Graph::new();
     let x = g.input("x", [r, k], d);
     let ids = g.input("ids", [r], DType::I64);
@@ -42,8 +46,8 @@ fn graph(d: DType, (r, k, m, n): (usize, usize, usize, usize), w_const: Option<T
 }
 
 const ID_CASES: [&[i64]; 4] = [
-    &[0, 0, 1, 1, 1, 2, 2],    // sorted: every group multiplies in place
-    &[2, -1, 0, 2, 1, 0, -1],  // unsorted with empty rows: gathered groups
+    &[0, 0, 1, 1, 1, 2, 2],   // sorted: every group multiplies in place
+    &[2, -1, 0, 2, 1, 0, -1], // unsorted with empty rows: gathered groups
     &[-1, -1, -1, -1, -1, -1, -1],
     &[1, 1, 1, 1, 1, 1, 1],
 ];

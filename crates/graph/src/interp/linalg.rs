@@ -49,7 +49,10 @@ pub(super) fn matmul<T: Scalar>(a: &ArrayD<T>, b: &ArrayD<T>, out: &[usize]) -> 
 }
 
 /// The first id of `ids` outside `−1..n` (−1 selects no weight), as (id, n).
-pub(super) fn check_stack_ids(ids: &ArrayD<i64>, n: usize) -> std::result::Result<(), (i64, usize)> {
+pub(super) fn check_stack_ids(
+    ids: &ArrayD<i64>,
+    n: usize,
+) -> std::result::Result<(), (i64, usize)> {
     match ids.iter().find(|&&i| i < -1 || i >= n as i64) {
         Some(&i) => Err((i, n)),
         None => Ok(()),

@@ -189,7 +189,14 @@ fn product<T: Scalar>(
 ) -> cranelora_kernels::Result<()> {
     let a = MatRef::new(x, n, k)?;
     let b = MatRef::new(w, k, m)?;
-    gemm(T::one(), a, Rhs::Mat(b), T::zero(), MatMut::new(out, n, m)?, ws)
+    gemm(
+        T::one(),
+        a,
+        Rhs::Mat(b),
+        T::zero(),
+        MatMut::new(out, n, m)?,
+        ws,
+    )
 }
 
 /// The rows `rows` of x gathered, multiplied by `w` and scattered into out.

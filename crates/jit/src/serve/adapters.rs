@@ -116,12 +116,21 @@ pub(crate) fn layer_values(
         let why = format!("layer `{p}` has rank {r}, above the compiled maximum {rr}");
         return Err(err(name, why));
     }
-    for t in [Some(&l.a), Some(&l.b), l.bias.as_ref(), l.magnitude.as_ref()]
-        .into_iter()
-        .flatten()
+    for t in [
+        Some(&l.a),
+        Some(&l.b),
+        l.bias.as_ref(),
+        l.magnitude.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         if t.dtype() != slot.dtype {
-            let why = format!("layer `{p}`: {} weights in a {} model", t.dtype(), slot.dtype);
+            let why = format!(
+                "layer `{p}`: {} weights in a {} model",
+                t.dtype(),
+                slot.dtype
+            );
             return Err(err(name, why));
         }
     }
@@ -136,7 +145,14 @@ pub(crate) fn layer_values(
     }
     let bias = vector(name, p, "LoRA bias", l.bias.as_ref(), fo, slot.bias)?;
     let bias = slot.bias.then(|| bias.unwrap_or_else(|| vec![0.0; fo]));
-    let m = vector(name, p, "DoRA magnitude", l.magnitude.as_ref(), fo, slot.dora_base.is_some())?;
+    let m = vector(
+        name,
+        p,
+        "DoRA magnitude",
+        l.magnitude.as_ref(),
+        fo,
+        slot.dora_base.is_some(),
+    )?;
     let dora_scale = match (&slot.dora_base, m) {
         (None, _) => None,
         (Some(_), None) => Some(vec![1.0; fo]),
@@ -231,7 +247,9 @@ pub(crate) fn check_paths(name: &str, slots: &[LayerSlot], adapter: &Adapter) ->
     for p in adapter.layers.keys() {
         if !slots.iter().any(|s| &s.path == p) {
             let known: Vec<&str> = slots.iter().map(|s| s.path.as_str()).collect();
-            let why = format!("layer `{p}` is not an adapted layer of the compiled model (those are {known:?})");
+            let why = format!(
+                "layer `{p}` is not an adapted layer of the compiled model (those are {known:?})"
+            );
             return Err(err(name, why));
         }
     }

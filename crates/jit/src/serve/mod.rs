@@ -251,7 +251,8 @@ impl AdapterServer {
     /// # Errors
     /// As [`CompiledGraph::run_into`].
     pub fn run_into(&self, inputs: &[TensorData], outputs: &mut [TensorData]) -> Result<()> {
-        self.single.run_into(inputs, &self.active_bindings(), outputs)
+        self.single
+            .run_into(inputs, &self.active_bindings(), outputs)
     }
 
     fn mixed(&self) -> Result<&(CompiledGraph, Stacks)> {

@@ -80,9 +80,7 @@ pub fn single(g: &mut Graph, slots: &[LayerSlot]) -> Result<()> {
     for s in slots.iter().filter(|s| s.dora_base.is_some()) {
         let name = s.param("lora_dora_scale");
         let old = required(g, &name, &s.path)?;
-        let p = g
-            .named(name.clone())
-            .parameter(&name, [s.fan_out], s.dtype);
+        let p = g.named(name.clone()).parameter(&name, [s.fan_out], s.dtype);
         g.replace_uses(old, p)?;
     }
     dce(g)
@@ -94,7 +92,10 @@ fn batch_rows(g: &Graph, slots: &[LayerSlot]) -> Result<usize> {
     for s in slots {
         let xa = required(g, &s.param("lora_xa"), &s.path)?;
         let x = g.operands(xa)[0];
-        let dims = g.node(x).map(|n| n.shape.dims().to_vec()).unwrap_or_default();
+        let dims = g
+            .node(x)
+            .map(|n| n.shape.dims().to_vec())
+            .unwrap_or_default();
         let is_matmul = matches!(g.node(xa).map(|n| &n.op), Some(Op::MatMul));
         if !is_matmul || dims.len() != 2 || rows.is_some_and(|r| r != dims[0]) {
             let why = format!(

@@ -88,7 +88,10 @@ impl Stacks {
             let v = layer_values(name, s, adapter.layers.get(&s.path))?;
             let scale = v.dora_scale.map(|c| c.iter().map(|x| x - 1.0).collect());
             let values = [Some(v.a), Some(v.b), v.bias, scale];
-            for ((param, _), vals) in stack_params(s).into_iter().zip(values.into_iter().flatten()) {
+            for ((param, _), vals) in stack_params(s)
+                .into_iter()
+                .zip(values.into_iter().flatten())
+            {
                 write_slot(&mut next, &param, slot, &vals);
             }
         }
