@@ -66,7 +66,7 @@ fn parse(args: &[String], usage: &str) -> Result<Options> {
             other => bail!("serve-bench: unknown option `{other}`\n\n{usage}"),
         }
     }
-    if o.batch % o.adapters != 0 {
+    if !o.batch.is_multiple_of(o.adapters) {
         bail!(
             "--adapters {} must divide the batch of {}",
             o.adapters,
