@@ -11,6 +11,8 @@
 //! - `jit.rs`: the JIT module and reusable contexts; `compile.rs`: the pipeline.
 //! - `lower/`: one file per op family; `memory.rs`: the arena plan.
 //! - `runtime.rs`: the `extern "C"` helpers; `compiled.rs`: the call.
+//! - `serve/`: one compiled base model serving many LoRA adapters (runtime-bound
+//!   adapters swapped by pointer, mixed-adapter batches through `GatherMatMul`).
 //!   These two are the only modules with `unsafe`.
 //!
 //! ```

@@ -99,6 +99,29 @@ fn ids_outside_minus_one_to_n_are_errors_naming_the_node() {
     }
 }
 
+/// With M = 0 the output is empty, but the ids are still checked (as the
+/// interpreter does); with K = 0 every row is zero.
+#[test]
+fn empty_dims_still_check_ids_and_give_zeros() {
+    let ids = |v: i64| TensorData::i64([3], vec![0, v, 1]).expect("ids");
+    for (k, m) in [(4, 0), (0, 5)] {
+        let g = graph(DType::F64, (3, k, m, 2), None);
+        let c = compile(&g, &JitOptions::default()).expect("compiles");
+        let mut b = Bindings::new();
+        b.insert("w".into(), data(&[2, k, m], DType::F64, 5, false));
+        let jb = cranelora_jit::Bindings::from_map(&b).expect("bindings");
+        let x = data(&[3, k], DType::F64, 6, false);
+        assert!(
+            c.run(&[x.clone(), ids(2)], &jb).is_err(),
+            "id 2 of 2 (k={k}, m={m})"
+        );
+        assert!(interpret(&g, &[x.clone(), ids(2)], &b).is_err());
+        let out = c.run(&[x.clone(), ids(-1)], &jb).expect("runs");
+        assert!(out[0].to_f64_vec().iter().all(|&v| v == 0.0));
+        check(&g, &[x, ids(-1)], &b, 0.0);
+    }
+}
+
 #[test]
 fn shape_inference_rejects_mismatched_operands() {
     let mut g = Graph::new();

@@ -174,7 +174,7 @@ impl<'a> Lowerer<'a> {
         if node.shape.numel() == 0
             && !matches!(
                 node.op,
-                Op::Reduce { .. } | Op::Gather | Op::ScatterAdd { .. }
+                Op::Reduce { .. } | Op::Gather | Op::ScatterAdd { .. } | Op::GatherMatMul
             )
         {
             return Ok(()); // nothing to compute
