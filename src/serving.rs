@@ -23,11 +23,15 @@
 //! ```
 
 use anyhow::{bail, Context, Result};
+use cranelora_core::export::WeightBinding;
 use cranelora_core::export::{export_model, tensor_to_data, ExportMode, ExportOptions, InputSpec};
 use cranelora_core::io::load_peft_adapter;
 use cranelora_core::layer::{visit, Layer};
+use cranelora_core::lora::LoraGeometry;
 use cranelora_core::lora::{LoraAdapter, LoraConfig};
-use cranelora_jit::serve::{Adapter, AdapterServer, LayerAdapter, LayerSlot, ServeOptions};
+use cranelora_jit::serve::{
+    choose, Adapter, AdapterServer, AdapterStrategy, LayerAdapter, LayerSlot, ServeOptions,
+};
 use cranelora_jit::JitOptions;
 use cranelora_kernels::Scalar;
 use std::path::Path;
@@ -48,6 +52,9 @@ pub struct ServingConfig {
     pub mixed_capacity: usize,
     /// JIT options (LoRA folding is turned off).
     pub jit: JitOptions,
+    /// Merged or unmerged per layer (`AdapterStrategy::Auto`: the cost
+    /// model of `cranelora_jit::serve::choose`).
+    pub strategy: AdapterStrategy,
 }
 
 impl ServingConfig {
@@ -59,6 +66,7 @@ impl ServingConfig {
             lora_bias: false,
             mixed_capacity: 0,
             jit: JitOptions::default(),
+            strategy: AdapterStrategy::Unmerged,
         }
     }
 }
@@ -123,17 +131,29 @@ pub fn compile_server<T: Scalar>(
             dtype: T::DTYPE,
             bias: cfg.lora_bias,
             dora_base,
+            linear: matches!(geometry, LoraGeometry::Linear { .. }),
+            merged_base: None,
         });
     }
-    let graph = export_model(
-        template.as_ref(),
-        inputs,
-        &ExportOptions::new(ExportMode::Serving),
-    )
-    .context("exporting the serving template")?;
+    // Merged slots read their base weight as a Parameter (bound to W + s·A·B).
+    let mut export = ExportOptions::new(ExportMode::Serving);
+    let choices = choose(&slots, cfg.strategy, cfg.mixed_capacity > 0);
+    for ((slot, choice), (_, a)) in slots.iter_mut().zip(&choices).zip(&found) {
+        if choice.merged {
+            let target = a
+                .base_layer()
+                .as_lora_target()
+                .context("internal: a LoRA target")?;
+            slot.merged_base = Some(Arc::new(tensor_to_data(target.lora_weight().value())));
+            export = export.with_override(&slot.base_param(), WeightBinding::Parameter);
+        }
+    }
+    let graph = export_model(template.as_ref(), inputs, &export)
+        .context("exporting the serving template")?;
     let opts = ServeOptions {
         jit: cfg.jit,
         mixed_capacity: cfg.mixed_capacity,
+        strategy: cfg.strategy,
     };
     Ok(AdapterServer::new(&graph, slots, &opts)?)
 }

@@ -483,3 +483,70 @@ fn peft_directories_are_served_from_one_compiled_model() {
     assert_close(&y, &want, 1e-4, 1e-5);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `AdapterStrategy::Auto`: with many calls per rebind the tiny layers are
+/// merged (the bound weight is W + s·A·B, no branch); a budget that holds
+/// only the first layer's copies merges that one alone. Outputs still equal
+/// the eager forward of each adapter, across swaps.
+#[test]
+fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
+    use cranelora::jit::serve::{AdapterStrategy, ServingLoad};
+    let x = input::<f32>();
+    let xs = [tensor_to_data(&x)];
+    let per_copy = |i: usize, o: usize| 2 * i * o * 4; // 2 resident adapters, f32
+    for (budget, merged) in [
+        (usize::MAX, [true, true]),
+        (per_copy(12, 20), [true, false]),
+    ] {
+        let mut cfg = ServingConfig::new(8);
+        cfg.strategy = AdapterStrategy::Auto(ServingLoad {
+            batch: ROWS,
+            resident_adapters: 2,
+            calls_per_rebind: 1e6,
+            memory_budget: budget,
+        });
+        let srv = server::<f32>(&cfg);
+        let got: Vec<bool> = srv.strategy().iter().map(|c| c.merged).collect();
+        assert_eq!(got, merged, "{:?}", srv.strategy());
+        let names: Vec<&str> = srv
+            .compiled()
+            .parameters()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(names.contains(&"fc0.base_layer.weight"), "{names:?}");
+        assert!(
+            !names.contains(&"fc0.lora_a"),
+            "a merged layer has no branch: {names:?}"
+        );
+        assert_eq!(names.contains(&"fc1.lora_a"), !merged[1], "{names:?}");
+        for (i, (name, c)) in kinds()
+            .into_iter()
+            .filter(|(n, _)| ["lora", "rslora", "rank1"].contains(n))
+            .enumerate()
+        {
+            let mut model = adapted::<f32>(c, 40 + i as u64);
+            srv.bind_adapter(name, &adapter_of(&model).expect("a"))
+                .expect("bind");
+            srv.set_active(Some(name)).expect("active");
+            let y = srv.run(&xs).expect("run")[0].to_f64_vec();
+            assert_close(&y, &eager(&mut model, &x), 2e-5, 2e-5);
+        }
+        srv.set_active(None).expect("base");
+        let y = srv.run(&xs).expect("run")[0].to_f64_vec();
+        assert_close(&y, &eager(&mut plain::<f32>(), &x), 2e-5, 2e-5);
+    }
+    // Few calls per rebind: folding does not pay, the branch stays.
+    let mut cfg = ServingConfig::new(8);
+    cfg.strategy = AdapterStrategy::Auto(ServingLoad {
+        batch: ROWS,
+        resident_adapters: 2,
+        calls_per_rebind: 1.0,
+        memory_budget: usize::MAX,
+    });
+    let srv = server::<f32>(&cfg);
+    assert!(srv
+        .strategy()
+        .iter()
+        .all(|c| !c.merged && c.reason.contains("branch is cheaper")));
+}

@@ -38,12 +38,24 @@ pub struct LayerSlot {
     /// The base weight W̃ (`fan_in × fan_out`) when the graph has
     /// `P.lora_dora_scale` (DoRA layers); `None` otherwise.
     pub dora_base: Option<Arc<TensorData>>,
+    /// Whether the branch is `x·A·B` with the base weight `[fan_in, fan_out]`
+    /// (Linear layers): only those can be merged.
+    pub linear: bool,
+    /// The base weight W when the slot is merged ([`super::AdapterStrategy`]):
+    /// the graph reads `P.base_layer.weight` as a Parameter, bound to
+    /// `W + s·A·B`, and has no branch.
+    pub merged_base: Option<Arc<TensorData>>,
 }
 
 impl LayerSlot {
     /// `P.<suffix>`.
     pub fn param(&self, suffix: &str) -> String {
         format!("{}.{suffix}", self.path)
+    }
+
+    /// The base weight's Parameter of a merged slot, `P.base_layer.weight`.
+    pub fn base_param(&self) -> String {
+        self.param("base_layer.weight")
     }
 }
 
@@ -187,9 +199,9 @@ fn vector(
     Ok(Some(t.to_f64_vec()))
 }
 
-/// `m / ‖W̃ + A_pad·(s·B)_pad‖` per column (DoRA's scale, PEFT's norm).
-fn dora_scale(w: &TensorData, a: &[f64], sb: &[f64], m: &[f64], r: usize) -> Vec<f64> {
-    let fo = m.len();
+/// `W̃ + A_pad·(s·B)_pad` (`fan_in × fan_out`, row-major), in f64.
+fn merge(w: &TensorData, a: &[f64], sb: &[f64], r: usize) -> Vec<f64> {
+    let fo = sb.len() / r.max(1);
     let mut v = w.to_f64_vec();
     for (i, row) in v.chunks_mut(fo).enumerate() {
         for k in 0..r {
@@ -201,6 +213,13 @@ fn dora_scale(w: &TensorData, a: &[f64], sb: &[f64], m: &[f64], r: usize) -> Vec
             }
         }
     }
+    v
+}
+
+/// `m / ‖W̃ + A_pad·(s·B)_pad‖` per column (DoRA's scale, PEFT's norm).
+fn dora_scale(w: &TensorData, a: &[f64], sb: &[f64], m: &[f64], r: usize) -> Vec<f64> {
+    let fo = m.len();
+    let v = merge(w, a, sb, r);
     let mut sq = vec![0.0; fo];
     for row in v.chunks(fo) {
         for (s, &x) in sq.iter_mut().zip(row) {
@@ -230,6 +249,11 @@ pub fn bind_layers(name: &str, slots: &[LayerSlot], adapter: &Adapter) -> Result
     for s in slots {
         let v = layer_values(name, s, adapter.layers.get(&s.path))?;
         let (d, fo) = (s.dtype, s.fan_out);
+        if let Some(w) = &s.merged_base {
+            let merged = merge(w, &v.a, &v.b, s.rank);
+            out.insert(s.base_param(), tensor(&[s.fan_in, fo], merged, d))?;
+            continue;
+        }
         out.insert(s.param("lora_a"), tensor(&[s.fan_in, s.rank], v.a, d))?;
         out.insert(s.param("lora_b"), tensor(&[s.rank, fo], v.b, d))?;
         if let Some(b) = v.bias {

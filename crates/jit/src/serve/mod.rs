@@ -25,9 +25,11 @@
 mod adapters;
 mod rewrite;
 mod stacks;
+mod strategy;
 
 pub use adapters::{bind_layers, Adapter, LayerAdapter, LayerSlot};
 pub use rewrite::ADAPTER_IDS;
+pub use strategy::{choose, AdapterStrategy, LayerChoice, ServingLoad};
 
 use crate::{compile, Bindings, CompiledGraph, Error, JitOptions, Result};
 use cranelora_graph::{Graph, TensorData};
@@ -43,6 +45,9 @@ pub struct ServeOptions {
     pub jit: JitOptions,
     /// Adapter slots of the mixed-batch function; 0 compiles none.
     pub mixed_capacity: usize,
+    /// Merged or unmerged per layer ([`choose`]); the slots' `merged_base`
+    /// must agree with the choice (`cranelora::serving` sets both).
+    pub strategy: AdapterStrategy,
 }
 
 /// A bound adapter: its single-adapter Parameters and its mixed-batch slot.
@@ -65,6 +70,7 @@ pub struct AdapterServer {
     single: CompiledGraph,
     mixed: Option<(CompiledGraph, Stacks)>,
     slots: Vec<LayerSlot>,
+    choices: Vec<LayerChoice>,
     bound: RwLock<HashMap<String, Bound>>,
     active: RwLock<Active>,
     none: Arc<Bindings>,
@@ -88,6 +94,15 @@ impl AdapterServer {
     /// batches; compile errors.
     pub fn new(graph: &Graph, slots: Vec<LayerSlot>, opts: &ServeOptions) -> Result<Self> {
         let jit = opts.jit.with_lora_fold(false);
+        let choices = choose(&slots, opts.strategy, opts.mixed_capacity > 0);
+        for (c, s) in choices.iter().zip(&slots) {
+            if c.merged != s.merged_base.is_some() {
+                return Err(Error::Adapter {
+                    adapter: s.path.clone(),
+                    reason: format!("the strategy chose {c}, but the slot's merged_base disagrees (export merged slots' base weights as Parameters)"),
+                });
+            }
+        }
         let mut g = graph.clone();
         rewrite::single(&mut g, &slots)?;
         let single = compile(&g, &jit)?;
@@ -107,6 +122,7 @@ impl AdapterServer {
             single,
             mixed,
             slots,
+            choices,
             bound: RwLock::new(HashMap::new()),
             active: RwLock::new(Active {
                 name: None,
@@ -119,6 +135,11 @@ impl AdapterServer {
     /// The adapted layers.
     pub fn slots(&self) -> &[LayerSlot] {
         &self.slots
+    }
+
+    /// Merged or unmerged per layer, with the cost model's numbers.
+    pub fn strategy(&self) -> &[LayerChoice] {
+        &self.choices
     }
 
     /// The single-adapter function.
