@@ -23,4 +23,5 @@ pub use cranelora_kernels as kernels;
 pub mod bench;
 pub mod demo;
 pub mod plot;
+pub mod serving;
 pub mod workloads;

@@ -6,6 +6,7 @@ mod bench_cmd;
 mod demo_cmd;
 mod graph_cmd;
 mod peft_cmd;
+mod serve_bench;
 
 const USAGE: &str = "\
 cranelora — LoRA fine-tuning and Cranelift-compiled inference for Rust
@@ -26,6 +27,10 @@ USAGE:
                                              groups as clusters); --passes runs the pass pipeline
                                              and prints node counts per pass. Render the picture
                                              with `dot -Tsvg FILE -o FILE.svg` (--svg is refused)
+    cranelora serve-bench [--adapters N] [--rank R] [--json FILE] [--quick] [--size D]
+                                             time serving N LoRA adapters (default 8, rank 16) on
+                                             W1's shapes: folded, bound, swap, mixed, separate,
+                                             merged-per-adapter (--size shrinks the layers for tests)
     cranelora help                           print this help
 ";
 
@@ -36,6 +41,7 @@ fn main() -> Result<()> {
         Some("peft") => peft_cmd::run(&args[1..], USAGE),
         Some("bench") => bench_cmd::run(&args[1..], USAGE),
         Some("graph") => graph_cmd::run(&args[1..], USAGE),
+        Some("serve-bench") => serve_bench::run(&args[1..], USAGE),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

@@ -145,6 +145,15 @@ impl Graph {
         self.push(Op::Where, &[cond, a, b])
     }
 
+    /// x [R, K] times the stacked weights w [N, K, M] selected per row by
+    /// ids i64 [R] → [R, M]; id −1 gives a zero row ([`Op::GatherMatMul`]).
+    ///
+    /// # Errors
+    /// As [`Graph::push`].
+    pub fn gather_matmul(&mut self, x: NodeId, w: NodeId, ids: NodeId) -> Result<NodeId> {
+        self.push(Op::GatherMatMul, &[x, w, ids])
+    }
+
     /// s·x.
     ///
     /// # Errors

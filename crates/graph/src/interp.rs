@@ -187,6 +187,12 @@ impl Run<'_> {
             Op::ScatterAdd { rows } => {
                 float!(x(), a => st::scatter_add(a, typed(args[1]), *rows).map_err(self.range(id))?)
             }
+            Op::GatherMatMul => float!(x(), a => {
+                let ids = typed(args[2]);
+                let n = args[1].shape().dims()[0];
+                linalg::check_stack_ids(ids, n).map_err(self.range(id))?;
+                linalg::gather_matmul(a, typed(args[1]), ids).map_err(self.kernel(id))?
+            }),
             Op::Conv2d(p) => {
                 float!(x(), a => linalg::conv2d(a, typed(args[1]), p).map_err(self.kernel(id))?)
             }

@@ -265,6 +265,10 @@ pub enum Op {
         /// Rows V of the result.
         rows: usize,
     },
+    /// (x [R, K], w [N, K, M], ids i64 [R]) → [R, M]: row `r` is `x[r]·w[ids[r]]`,
+    /// a zero row where `ids[r] = −1`; other ids outside 0..N: error; floats.
+    /// Mixed-adapter batches (each row its own LoRA adapter) are built from it.
+    GatherMatMul,
     /// (x [N, C, H, W], w [O, C, kh, kw]) → [N, O, oh, ow], cross-correlation as PyTorch; floats.
     Conv2d(Conv2dParams),
     /// (dy [N, O, oh, ow], w [O, C, kh, kw]) → [N, C, H, W]: Conv2d's input gradient col2im(wᵀ·dy).
@@ -305,7 +309,7 @@ impl Op {
             }
             Gather | ScatterAdd { .. } => Arity::Fixed(2),
             Conv2d(_) | Conv2dInputGrad { .. } | Conv2dWeightGrad { .. } => Arity::Fixed(2),
-            Where => Arity::Fixed(3),
+            Where | GatherMatMul => Arity::Fixed(3),
             Concat { .. } => Arity::AtLeast(1),
         }
     }
@@ -334,6 +338,7 @@ impl Op {
             | Concat { .. }
             | Gather
             | ScatterAdd { .. }
+            | GatherMatMul
             | Conv2d(_)
             | Conv2dInputGrad { .. }
             | Conv2dWeightGrad { .. } => false,
@@ -392,6 +397,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Gather => "gather",
             Op::ScatterAdd { .. } => "scatter_add",
+            Op::GatherMatMul => "gather_matmul",
             Op::Conv2d(_) => "conv2d",
             Op::Conv2dInputGrad { .. } => "conv2d_input_grad",
             Op::Conv2dWeightGrad { .. } => "conv2d_weight_grad",
@@ -417,7 +423,7 @@ pub fn jit_lowerable(op: &Op) -> bool {
         | Exp | Log | Sqrt | Rsqrt | Erf | Abs | Recip | Scale(_) | Cast(_) | StopGradient => true,
         Reduce { .. } | Broadcast { .. } | Softmax { .. } | LayerNorm { .. } => true,
         Reshape { .. } | Transpose { .. } | Slice { .. } | Pad { .. } | Concat { .. } => true,
-        Gather | ScatterAdd { .. } => true,
+        Gather | ScatterAdd { .. } | GatherMatMul => true,
         Conv2d(_) | Conv2dInputGrad { .. } | Conv2dWeightGrad { .. } => true,
     }
 }

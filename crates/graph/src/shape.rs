@@ -209,6 +209,7 @@ pub(crate) fn infer(op: &Op, ins: &[(&Shape, DType)]) -> Inferred {
         Op::Concat { axis } => ops::concat(ins, *axis),
         Op::Gather => ops::gather(ins),
         Op::ScatterAdd { rows } => ops::scatter_add(ins, *rows),
+        Op::GatherMatMul => ops::gather_matmul(ins),
         Op::Conv2d(p) => ops::conv2d(ins, p),
         Op::Conv2dInputGrad { params, input_size } => {
             ops::conv2d_input_grad(ins, params, *input_size)

@@ -97,6 +97,15 @@ pub enum Error {
         /// The node.
         node: NodeDesc,
     },
+    /// A serving adapter that does not fit the compiled model, or an
+    /// unknown adapter name (crate::serve).
+    #[error("adapter {adapter:?}: {reason}")]
+    Adapter {
+        /// The adapter's name (or layer path).
+        adapter: String,
+        /// What is wrong, naming the layer and shapes.
+        reason: String,
+    },
 }
 
 impl From<cranelift_module::ModuleError> for Error {

@@ -12,6 +12,8 @@
 //! - `lower/`: one file per op family; `memory.rs`: the arena plan.
 //! - `runtime.rs`: the `extern "C"` helpers; `compiled.rs`: the call.
 //!   These two are the only modules with `unsafe`.
+//! - `serve/`: one compiled base model serving many LoRA adapters (runtime-bound
+//!   adapters swapped by pointer, mixed-adapter batches through `GatherMatMul`).
 //! - `train.rs`: [`Trainer`], training steps updating their Parameters in
 //!   place; `inplace.rs`: where the memory plan lets them store.
 //!
@@ -48,6 +50,7 @@ mod lower;
 pub mod memory;
 mod runtime;
 mod train;
+pub mod serve;
 
 pub use bindings::{Bindings, SharedBindings};
 pub use compile::{compile, CompileReport, JitOptions};
@@ -70,7 +73,7 @@ pub fn lowerable(op: &Op) -> bool {
         | Exp | Log | Sqrt | Rsqrt | Erf | Abs | Recip | Scale(_) | Cast(_) | StopGradient => true,
         Reduce { .. } | Broadcast { .. } | Softmax { .. } | LayerNorm { .. } => true,
         Reshape { .. } | Transpose { .. } | Slice { .. } | Pad { .. } | Concat { .. } => true,
-        Gather | ScatterAdd { .. } => true,
+        Gather | ScatterAdd { .. } | GatherMatMul => true,
         Conv2d(_) | Conv2dInputGrad { .. } | Conv2dWeightGrad { .. } => true,
     }
 }

@@ -251,6 +251,7 @@ pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
                 .max(ws(o, rows, cols, false));
             (col + w) * size
         }
+        Op::GatherMatMul => crate::lower::gather_matmul::scratch_bytes(g, id),
         _ => 0,
     }
 }

@@ -13,6 +13,7 @@
 //! a constant in that code. Helpers never panic across the C ABI: kernel
 //! errors become a nonzero status.
 
+use crate::lower::gather_matmul::GatherMatMulPlan;
 use cranelora_kernels::gemm::{gemm, MatMut, MatRef, PackedRhs, Rhs};
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::math::{apply_inplace, Func};
@@ -105,6 +106,14 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("cranelora_softmax_f64", softmax::<f64> as *const u8),
         ("cranelora_layer_norm_f32", layer_norm::<f32> as *const u8),
         ("cranelora_layer_norm_f64", layer_norm::<f64> as *const u8),
+        (
+            "cranelora_gather_matmul_f32",
+            gather_matmul::<f32> as *const u8,
+        ),
+        (
+            "cranelora_gather_matmul_f64",
+            gather_matmul::<f64> as *const u8,
+        ),
     ]
 }
 
@@ -344,4 +353,43 @@ unsafe extern "C" fn layer_norm<T: Scalar>(
             }
         }
     }
+}
+
+/// `out[r] = x[r]·w[ids[r]]` (crate::lower::gather_matmul).
+///
+/// # Safety
+/// `plan` points to a live [`GatherMatMulPlan`]; `x`, `w`, `ids` and `out`
+/// point to `rows·k`, `stack·k·m`, `rows` and `rows·m` valid elements, out
+/// not overlapping the others; `scratch` points to the node's scratch area
+/// (`ws + ws_len` elements of T, 64-byte aligned) used by nothing else
+/// during the call; `status` points to 4 writable words.
+unsafe extern "C" fn gather_matmul<T: Scalar>(
+    plan: *const GatherMatMulPlan,
+    x: *const T,
+    w: *const T,
+    ids: *const i64,
+    out: *mut T,
+    scratch: *mut u8,
+    status: *mut [i64; 4],
+) -> i32 {
+    // SAFETY: the caller's contract above. The index words occupy the
+    // scratch bytes before element offset `xs` and the element slice starts
+    // there, so the two mutable slices do not overlap; the area is 64-byte
+    // aligned, so both are aligned for their types.
+    let (p, buffers) = unsafe {
+        let p = &*plan;
+        let rest = p.ws + p.ws_len - p.xs;
+        let elems = scratch.add(p.xs * std::mem::size_of::<T>()).cast::<T>();
+        let buffers = crate::lower::gather_matmul::Buffers {
+            x: std::slice::from_raw_parts(x, p.rows * p.k),
+            w: std::slice::from_raw_parts(w, p.stack * p.k * p.m),
+            ids: std::slice::from_raw_parts(ids, p.rows),
+            out: std::slice::from_raw_parts_mut(out, p.rows * p.m),
+            index: std::slice::from_raw_parts_mut(scratch.cast::<usize>(), p.stack + 2 + p.rows),
+            scratch: std::slice::from_raw_parts_mut(elems, rest),
+            status: &mut *status,
+        };
+        (p, buffers)
+    };
+    crate::lower::gather_matmul::run(p, buffers)
 }

@@ -9,7 +9,7 @@
 
 use super::Vjp;
 use crate::{Conv2dParams, Op, ReduceKind, Result};
-use crate::{NodeId, Shape};
+use crate::{DType, NodeId, Shape, TensorData};
 use std::f64::consts::PI;
 
 /// Records the operand gradients of `y = op(x…)` given `g = ∂L/∂y`.
@@ -247,6 +247,15 @@ pub(super) fn vjp(c: &mut Vjp, op: &Op, x: &[NodeId], y: NodeId, g: NodeId) -> R
         })?,
         // ∂scatter_add(u, ids) = (gather(g, ids), –)
         Op::ScatterAdd { .. } => c.grad(0, |c| c.push(Op::Gather, &[g, x[1]]))?,
+        // y[r] = x[r]·w[ids[r]]: ∂x = gather_matmul(g, wᵀ, ids) (w's last two
+        // axes swapped), ∂w[n] = Σ_{r: ids[r] = n} x[r]ᵀ·g[r].
+        Op::GatherMatMul => {
+            c.grad(0, |c| {
+                let wt = c.mt(x[1])?;
+                c.push(Op::GatherMatMul, &[g, wt, x[2]])
+            })?;
+            c.grad(1, |c| gather_matmul_weight_grad(c, x, g))?;
+        }
         // y = x ⋆ w: ∂x = conv2d_input_grad(g, w), ∂w = conv2d_weight_grad(x, g)
         Op::Conv2d(p) => {
             c.grad(0, |c| {
@@ -390,6 +399,34 @@ fn layer_norm_grad(
         let b = c.sub(a, t)?;
         c.mul(r, b)
     })
+}
+
+/// ∂w of `gather_matmul(x [R, K], w [N, K, M], ids)`: the per-row outer
+/// products x[r]ᵀ·g[r] ([R, K, M]) scatter-added into row ids[r]; rows with
+/// id −1 are zeroed and sent to row 0 (ids·[ids ≥ 0]), so they add nothing.
+fn gather_matmul_weight_grad(c: &mut Vjp, x: &[NodeId], g: NodeId) -> Result<NodeId> {
+    let (xs, ws) = (c.shape(x[0]), c.shape(x[1]));
+    let (r, k) = (xs.dims()[0], xs.dims()[1]);
+    let (n, m) = (ws.dims()[0], ws.dims()[2]);
+    let col = c.push(reshape([r, k, 1]), &[x[0]])?;
+    let row = c.push(reshape([r, 1, m]), &[g])?;
+    let outer = c.push(Op::MatMul, &[col, row])?;
+    let flat = c.push(reshape([r, k * m]), &[outer])?;
+    let zero = TensorData::scalar(0.0, DType::I64);
+    let zero = c.graph.named(c.name.clone()).constant(zero)?;
+    let valid = c.push(Op::Ge, &[x[2], zero])?;
+    let ids = c.mul(x[2], valid)?;
+    let valid = c.push(Op::Cast(c.dtype), &[valid])?;
+    let valid = c.push(reshape([r, 1]), &[valid])?;
+    let masked = c.mul(flat, valid)?;
+    let sum = c.push(Op::ScatterAdd { rows: n }, &[masked, ids])?;
+    c.push(reshape([n, k, m]), &[sum])
+}
+
+fn reshape<const R: usize>(dims: [usize; R]) -> Op {
+    Op::Reshape {
+        shape: Shape::from(dims),
+    }
 }
 
 /// gelu″(x) = φ(x)·(2 − x²), φ(x) = e^(−x²/2)/√(2π).

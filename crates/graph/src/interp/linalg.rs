@@ -48,6 +48,37 @@ pub(super) fn matmul<T: Scalar>(a: &ArrayD<T>, b: &ArrayD<T>, out: &[usize]) -> 
     Ok(ArrayD::from_shape_vec(IxDyn(out), c).expect(VERIFIED))
 }
 
+/// The first id of `ids` outside `−1..n` (−1 selects no weight), as (id, n).
+pub(super) fn check_stack_ids(
+    ids: &ArrayD<i64>,
+    n: usize,
+) -> std::result::Result<(), (i64, usize)> {
+    match ids.iter().find(|&&i| i < -1 || i >= n as i64) {
+        Some(&i) => Err((i, n)),
+        None => Ok(()),
+    }
+}
+
+/// x [R, K], w [N, K, M], ids [R] (checked by [`check_stack_ids`]) → [R, M]:
+/// row `r` is the 1×K·K×M product `x[r]·w[ids[r]]`, or zeros for id −1.
+/// One GEMM per row: the definition, not a fast path.
+pub(super) fn gather_matmul<T: Scalar>(
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    ids: &ArrayD<i64>,
+) -> Result<ArrayD<T>> {
+    let (r, k, m) = (x.shape()[0], x.shape()[1], w.shape()[2]);
+    let (x, w) = (broadcast_vec(x, x.shape()), broadcast_vec(w, w.shape()));
+    let mut c = vec![T::zero(); r * m];
+    for (row, &id) in ids.iter().enumerate() {
+        let Ok(n) = usize::try_from(id) else { continue };
+        let xr = MatRef::new(&x[row * k..(row + 1) * k], 1, k)?;
+        let wn = MatRef::new(&w[n * k * m..(n + 1) * k * m], k, m)?;
+        product(xr, wn, &mut c[row * m..(row + 1) * m])?;
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(&[r, m]), c).expect(VERIFIED))
+}
+
 /// x [N, C, H, W] ⋆ w [O, C, kh, kw] → [N, O, oh, ow]: per image,
 /// `out (O × oh·ow) = w (O × C·kh·kw) · im2col(x)`.
 pub(super) fn conv2d<T: Scalar>(

@@ -95,6 +95,26 @@ pub(super) fn scatter_add(ins: &[(&Shape, DType)], rows: usize) -> Inferred {
     Ok(Some((Shape::from([rows, u[u.len() - 1]]), d)))
 }
 
+pub(super) fn gather_matmul(ins: &[(&Shape, DType)]) -> Inferred {
+    let ((x, d), (w, dw), (idx, id)) = (ins[0], ins[1], ins[2]);
+    float(d)?;
+    ids(id)?;
+    if d != dw {
+        return shape_err(format!("x is {d} but the stacked weights are {dw}"));
+    }
+    let (&[r, k], &[_, k2, m], &[r2]) = (x.dims(), w.dims(), idx.dims()) else {
+        return shape_err(format!(
+            "need x [R, K], w [N, K, M], ids [R]; got {x}, {w}, {idx}"
+        ));
+    };
+    if k != k2 || r != r2 {
+        return shape_err(format!(
+            "need x [R, K], w [N, K, M], ids [R] with equal R and K; got {x}, {w}, {idx}"
+        ));
+    }
+    Ok(Some((Shape::from([r, m]), d)))
+}
+
 /// Splits a rank-4 shape into its dims, or explains which operand is not rank 4.
 fn rank4(s: &Shape, what: &str) -> Result<[usize; 4], super::InferError> {
     match s.dims() {

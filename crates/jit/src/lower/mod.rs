@@ -16,12 +16,14 @@
 //! | `index.rs` | Gather, ScatterAdd, with bounds checks |
 //! | `linalg.rs` | MatMul, Conv2d and its gradients (runtime GEMM) |
 //! | `rows.rs` | Softmax, LayerNorm (runtime row kernels) |
+//! | `gather_matmul.rs` | GatherMatMul (grouped runtime GEMM, checked ids) |
 //!
 //! The function's signature is the ABI of [`crate::compiled`]:
 //! `fn(inputs, params, outputs: *const ptr, arena: *mut u8, status: *mut i64) -> i32`.
 
 pub(crate) mod elementwise;
 pub(crate) mod fused;
+pub(crate) mod gather_matmul;
 pub(crate) mod index;
 pub(crate) mod linalg;
 pub(crate) mod loops;
@@ -54,6 +56,7 @@ pub struct Plans {
     pub(crate) matmul_f64: Vec<Box<MatMulPlan<f64>>>,
     pub(crate) conv: Vec<Box<ConvPlan>>,
     pub(crate) rows: Vec<Box<RowPlan>>,
+    pub(crate) gather_matmul: Vec<Box<gather_matmul::GatherMatMulPlan>>,
 }
 
 /// The function's arguments.
@@ -179,7 +182,7 @@ impl<'a> Lowerer<'a> {
         if node.shape.numel() == 0
             && !matches!(
                 node.op,
-                Op::Reduce { .. } | Op::Gather | Op::ScatterAdd { .. }
+                Op::Reduce { .. } | Op::Gather | Op::ScatterAdd { .. } | Op::GatherMatMul
             )
         {
             return Ok(()); // nothing to compute
@@ -203,6 +206,7 @@ impl<'a> Lowerer<'a> {
             Op::Concat { axis } => movement::concat(self, id, *axis),
             Op::Gather => index::gather(self, id),
             Op::ScatterAdd { rows } => index::scatter_add(self, id, *rows),
+            Op::GatherMatMul => gather_matmul::lower(self, id),
             op if op.is_elementwise() => elementwise::lower(self, id),
             _ => Err(self.unsupported(id)),
         }

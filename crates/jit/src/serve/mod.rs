@@ -1,0 +1,341 @@
+//! Serving many LoRA adapters over one compiled base model.
+//!
+//! An [`AdapterServer`] compiles the Serving-mode export of a *template*
+//! model once: the base weights are Constants (prepacked for the GEMM), and
+//! every adapted layer `P` reads its adapter from Parameters sized for the
+//! maximum rank R ([`LayerSlot`]). Adapters ([`Adapter`]: per layer A, B,
+//! scaling, LoRA bias, DoRA magnitude) are then bound by name:
+//!
+//! - [`AdapterServer::bind_adapter`] pads A and s·B to rank R, computes the
+//!   DoRA scale, and stores the finished [`Bindings`] behind an `Arc`
+//!   (the work and the allocation happen here, once per adapter);
+//! - [`AdapterServer::set_active`] is a pointer swap: it clones that `Arc`
+//!   into the active slot under a write lock. No recompilation, no
+//!   allocation. A call takes the active set when it starts and keeps it
+//!   until it returns, so a swap while other threads call is safe.
+//! - [`AdapterServer::run_batch`] (when compiled with a mixed capacity)
+//!   runs a batch whose rows each use their own adapter, or none, in one call:
+//!   the base product runs once for the whole batch, the low-rank products
+//!   through [`Op::GatherMatMul`](cranelora_graph::Op::GatherMatMul), one
+//!   pair of small GEMMs per adapter present (SGMV).
+//!
+//! The graph rewrites are in `rewrite.rs`, the binding math in
+//! `adapters.rs`, the mixed-batch slot stacks in `stacks.rs`.
+
+mod adapters;
+mod rewrite;
+mod stacks;
+mod strategy;
+
+pub use adapters::{bind_layers, Adapter, LayerAdapter, LayerSlot};
+pub use rewrite::ADAPTER_IDS;
+pub use strategy::{choose, AdapterStrategy, LayerChoice, ServingLoad};
+
+use crate::{compile, Bindings, CompiledGraph, Error, JitOptions, Result};
+use cranelora_graph::{Graph, TensorData};
+use stacks::Stacks;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// How an [`AdapterServer`] is compiled.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// The JIT options of both compiled functions (LoRA folding is turned
+    /// off: the adapters are Parameters).
+    pub jit: JitOptions,
+    /// Adapter slots of the mixed-batch function; 0 compiles none.
+    pub mixed_capacity: usize,
+    /// Merged or unmerged per layer ([`choose`]); the slots' `merged_base`
+    /// must agree with the choice (`cranelora::serving` sets both).
+    pub strategy: AdapterStrategy,
+}
+
+/// A bound adapter: its single-adapter Parameters and its mixed-batch slot.
+#[derive(Debug)]
+struct Bound {
+    name: Arc<str>,
+    bindings: Arc<Bindings>,
+    slot: Option<usize>,
+}
+
+/// The adapter in use by [`AdapterServer::run`].
+#[derive(Debug, Clone)]
+struct Active {
+    name: Option<Arc<str>>,
+    bindings: Arc<Bindings>,
+}
+
+/// One compiled base model serving many adapters (module docs).
+pub struct AdapterServer {
+    single: CompiledGraph,
+    mixed: Option<(CompiledGraph, Stacks)>,
+    slots: Vec<LayerSlot>,
+    choices: Vec<LayerChoice>,
+    bound: RwLock<HashMap<String, Bound>>,
+    active: RwLock<Active>,
+    none: Arc<Bindings>,
+}
+
+fn unknown(name: &str) -> Error {
+    Error::Adapter {
+        adapter: name.to_string(),
+        reason: "no adapter of that name is bound".into(),
+    }
+}
+
+impl AdapterServer {
+    /// Compiles `graph`, the Serving-mode export of a template model with
+    /// an adapter of rank `slots[i].rank` and scaling 1 at every slot path
+    /// (DoRA at the slots with `dora_base`, a LoRA bias where `bias`).
+    ///
+    /// # Errors
+    /// [`Error::Adapter`] if the graph's Parameters are not exactly the
+    /// slots' (`P.lora_a`, `P.lora_b`, …) or a slot cannot take mixed
+    /// batches; compile errors.
+    pub fn new(graph: &Graph, slots: Vec<LayerSlot>, opts: &ServeOptions) -> Result<Self> {
+        let jit = opts.jit.with_lora_fold(false);
+        let choices = choose(&slots, opts.strategy, opts.mixed_capacity > 0);
+        for (c, s) in choices.iter().zip(&slots) {
+            if c.merged != s.merged_base.is_some() {
+                return Err(Error::Adapter {
+                    adapter: s.path.clone(),
+                    reason: format!("the strategy chose {c}, but the slot's merged_base disagrees (export merged slots' base weights as Parameters)"),
+                });
+            }
+        }
+        let mut g = graph.clone();
+        rewrite::single(&mut g, &slots)?;
+        let single = compile(&g, &jit)?;
+        let none = Arc::new(bind_layers("<none>", &slots, &Adapter::default())?);
+        check_parameters(&single, &none)?;
+        let mixed = match opts.mixed_capacity {
+            0 => None,
+            n => {
+                rewrite::mixed(&mut g, &slots, n)?;
+                let c = compile(&g, &jit)?;
+                let stacks = Stacks::new(&slots, n);
+                check_parameters(&c, &stacks.load())?;
+                Some((c, stacks))
+            }
+        };
+        Ok(Self {
+            single,
+            mixed,
+            slots,
+            choices,
+            bound: RwLock::new(HashMap::new()),
+            active: RwLock::new(Active {
+                name: None,
+                bindings: Arc::clone(&none),
+            }),
+            none,
+        })
+    }
+
+    /// The adapted layers.
+    pub fn slots(&self) -> &[LayerSlot] {
+        &self.slots
+    }
+
+    /// Merged or unmerged per layer, with the cost model's numbers.
+    pub fn strategy(&self) -> &[LayerChoice] {
+        &self.choices
+    }
+
+    /// The single-adapter function.
+    pub fn compiled(&self) -> &CompiledGraph {
+        &self.single
+    }
+
+    /// The mixed-batch function, if compiled.
+    pub fn compiled_mixed(&self) -> Option<&CompiledGraph> {
+        self.mixed.as_ref().map(|(c, _)| c)
+    }
+
+    /// Binds `adapter` under `name` (replacing an adapter of that name; the
+    /// active one stays active with its new weights). With a mixed-batch
+    /// function the adapter also takes a slot there (see [`Self::slot_of`]).
+    ///
+    /// # Errors
+    /// [`Error::Adapter`] naming the layer if the adapter does not fit
+    /// (see [`bind_layers`]), or when every mixed slot is taken.
+    pub fn bind_adapter(&self, name: &str, adapter: &Adapter) -> Result<()> {
+        let bindings = Arc::new(bind_layers(name, &self.slots, adapter)?);
+        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
+        let old_slot = bound.get(name).and_then(|b| b.slot);
+        let slot = match &self.mixed {
+            Some((_, stacks)) => Some(stacks.bind(name, &self.slots, adapter, old_slot)?),
+            None => None,
+        };
+        let name: Arc<str> = Arc::from(name);
+        let entry = Bound {
+            name: Arc::clone(&name),
+            bindings: Arc::clone(&bindings),
+            slot,
+        };
+        bound.insert(name.to_string(), entry);
+        let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+        if active.name.as_deref() == Some(&*name) {
+            *active = Active {
+                name: Some(name),
+                bindings,
+            };
+        }
+        Ok(())
+    }
+
+    /// Removes adapter `name`; if it was active, no adapter is active.
+    ///
+    /// # Errors
+    /// [`Error::Adapter`] if no adapter of that name is bound.
+    pub fn unbind_adapter(&self, name: &str) -> Result<()> {
+        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
+        let entry = bound.remove(name).ok_or_else(|| unknown(name))?;
+        if let (Some((_, stacks)), Some(slot)) = (&self.mixed, entry.slot) {
+            stacks.clear(&self.slots, slot);
+        }
+        let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+        if active.name.as_deref() == Some(name) {
+            *active = self.no_adapter();
+        }
+        Ok(())
+    }
+
+    fn no_adapter(&self) -> Active {
+        Active {
+            name: None,
+            bindings: Arc::clone(&self.none),
+        }
+    }
+
+    /// Makes `name` the adapter of [`Self::run`] (`None`: the base model
+    /// alone). A pointer swap: no allocation.
+    ///
+    /// # Errors
+    /// [`Error::Adapter`] if no adapter of that name is bound.
+    pub fn set_active(&self, name: Option<&str>) -> Result<()> {
+        let next = match name {
+            None => self.no_adapter(),
+            Some(n) => {
+                let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+                let b = bound.get(n).ok_or_else(|| unknown(n))?;
+                Active {
+                    name: Some(Arc::clone(&b.name)),
+                    bindings: Arc::clone(&b.bindings),
+                }
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self.active.write().unwrap_or_else(|e| e.into_inner()),
+            next,
+        );
+        drop(old); // outside the lock: the last reference may free an unbound set
+        Ok(())
+    }
+
+    /// The active adapter's name.
+    pub fn active(&self) -> Option<String> {
+        let a = self.active.read().unwrap_or_else(|e| e.into_inner());
+        a.name.as_deref().map(str::to_string)
+    }
+
+    /// The names of the bound adapters, sorted.
+    pub fn adapters(&self) -> Vec<String> {
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = bound.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The mixed-batch slot (row id) of adapter `name`.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
+        bound.get(name).and_then(|b| b.slot)
+    }
+
+    /// The active adapter's Parameters (kept alive by the returned `Arc`).
+    pub fn active_bindings(&self) -> Arc<Bindings> {
+        let a = self.active.read().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&a.bindings)
+    }
+
+    /// Runs the model with the active adapter.
+    ///
+    /// # Errors
+    /// As [`CompiledGraph::run`].
+    pub fn run(&self, inputs: &[TensorData]) -> Result<Vec<TensorData>> {
+        self.single.run(inputs, &self.active_bindings())
+    }
+
+    /// [`Self::run`] into the caller's outputs; allocates nothing once warm.
+    ///
+    /// # Errors
+    /// As [`CompiledGraph::run_into`].
+    pub fn run_into(&self, inputs: &[TensorData], outputs: &mut [TensorData]) -> Result<()> {
+        self.single
+            .run_into(inputs, &self.active_bindings(), outputs)
+    }
+
+    fn mixed(&self) -> Result<&(CompiledGraph, Stacks)> {
+        self.mixed.as_ref().ok_or_else(|| Error::Adapter {
+            adapter: String::new(),
+            reason: "compiled without a mixed-batch function (ServeOptions::mixed_capacity = 0)"
+                .into(),
+        })
+    }
+
+    /// Runs a batch whose row `r` uses the adapter in mixed slot `ids[r]`
+    /// ([`Self::slot_of`]; −1: none): `inputs` are the model's inputs
+    /// followed by the ids, an i64 `[rows]` tensor.
+    ///
+    /// # Errors
+    /// As [`CompiledGraph::run`]; an id outside `−1..capacity` is
+    /// [`Error::IndexOutOfRange`]. An empty slot gives the base model.
+    pub fn run_batch(&self, inputs: &[TensorData]) -> Result<Vec<TensorData>> {
+        let (c, stacks) = self.mixed()?;
+        c.run(inputs, &stacks.load())
+    }
+
+    /// [`Self::run_batch`] into the caller's outputs; allocates nothing once warm.
+    ///
+    /// # Errors
+    /// As [`Self::run_batch`].
+    pub fn run_batch_into(&self, inputs: &[TensorData], outputs: &mut [TensorData]) -> Result<()> {
+        let (c, stacks) = self.mixed()?;
+        c.run_into(inputs, &stacks.load(), outputs)
+    }
+
+    /// The ids tensor of a mixed batch from adapter names per row (`None`: no adapter).
+    ///
+    /// # Errors
+    /// [`Error::Adapter`] for a name that is not bound.
+    pub fn row_ids(&self, rows: &[Option<&str>]) -> Result<TensorData> {
+        let ids: Result<Vec<i64>> = rows
+            .iter()
+            .map(|r| match r {
+                None => Ok(-1),
+                Some(n) => self.slot_of(n).map(|s| s as i64).ok_or_else(|| unknown(n)),
+            })
+            .collect();
+        Ok(TensorData::i64([rows.len()], ids?)?)
+    }
+}
+
+/// The compiled function reads exactly the Parameters `b` provides.
+fn check_parameters(c: &CompiledGraph, b: &Bindings) -> Result<()> {
+    let missing: Vec<&str> = c
+        .parameters()
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| b.get(n).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Adapter {
+        adapter: String::new(),
+        reason: format!(
+            "the serving graph has Parameters that are not adapter slots: {missing:?} (export the template in Serving mode with an adapter at every slot)"
+        ),
+    })
+}

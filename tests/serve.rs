@@ -1,0 +1,552 @@
+//! Serving many adapters from one compiled model (`cranelora::serving`,
+//! `cranelora_jit::serve`): every result is checked against the eager
+//! forward of a model carrying that adapter (an independent path: layers,
+//! not graphs).
+
+use cranelora::core::export::{tensor_to_data, InputSpec};
+use cranelora::core::layers::{Dense, Sequential};
+use cranelora::core::lora::{LoraAdapter, LoraConfig};
+use cranelora::core::testing::assert_close;
+use cranelora::core::{Activation, Layer, Rng, Tensor};
+use cranelora::graph::TensorData;
+use cranelora::jit::serve::AdapterServer;
+use cranelora::kernels::Scalar;
+use cranelora::serving::{adapter_of, compile_server, ServingConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const SIZES: [usize; 3] = [12, 20, 10];
+const ROWS: usize = 6;
+
+/// The base layers: fixed weights for every model of a test.
+fn base<T: Scalar>() -> Vec<Dense<T>> {
+    let mut rng = Rng::new(7);
+    let acts = [Activation::GeluTanh, Activation::Identity];
+    (0..2)
+        .map(|k| {
+            let (i, o) = (SIZES[k], SIZES[k + 1]);
+            let w = Tensor::random_normal(&[i, o], 0.0, 1.0 / (i as f64).sqrt(), &mut rng);
+            let b = Tensor::random_normal(&[o], 0.0, 0.1, &mut rng);
+            Dense::from_weights(w, Some(b), acts[k]).expect("dense")
+        })
+        .collect()
+}
+
+/// The base model with an adapter of `cfg` on both layers, random non-zero
+/// A, B, LoRA bias and DoRA magnitude from `seed`.
+fn adapted<T: Scalar>(cfg: LoraConfig, seed: u64) -> Sequential<T> {
+    let mut rng = Rng::new(seed);
+    let mut model = Sequential::new();
+    for (k, layer) in base::<T>().into_iter().enumerate() {
+        let (i, o, r) = (SIZES[k], SIZES[k + 1], cfg.rank);
+        let mut a = LoraAdapter::wrap(layer, cfg).expect("adapter");
+        let l = a.lora_layer_mut();
+        l.a_mut()
+            .set_value(Tensor::random_normal(&[i, r], 0.0, 0.5, &mut rng))
+            .expect("A");
+        l.b_mut()
+            .set_value(Tensor::random_normal(&[r, o], 0.0, 0.5, &mut rng))
+            .expect("B");
+        if let Some(b) = l.bias_mut() {
+            b.set_value(Tensor::random_normal(&[o], 0.0, 0.3, &mut rng))
+                .expect("bias");
+        }
+        if let Some(m) = l.magnitude_mut() {
+            let scale = Tensor::random_normal(&[o], 1.0, 0.2, &mut rng);
+            let v: Vec<T> = m
+                .value()
+                .to_vec()
+                .iter()
+                .zip(scale.to_vec())
+                .map(|(&a, b)| a * b)
+                .collect();
+            m.set_value(Tensor::from_vec(v, &[o]).expect("m"))
+                .expect("magnitude");
+        }
+        model.push(&format!("fc{k}"), a).expect("push");
+    }
+    model.set_training(false);
+    model
+}
+
+fn plain<T: Scalar>() -> Sequential<T> {
+    let mut model = Sequential::new();
+    for (k, layer) in base::<T>().into_iter().enumerate() {
+        model.push(&format!("fc{k}"), layer).expect("push");
+    }
+    model.set_training(false);
+    model
+}
+
+fn input<T: Scalar>() -> Tensor<T> {
+    Tensor::random_normal(&[ROWS, SIZES[0]], 0.0, 1.0, &mut Rng::new(99))
+}
+
+fn eager<T: Scalar>(model: &mut Sequential<T>, x: &Tensor<T>) -> Vec<f64> {
+    let y = model.forward_float(x).expect("eager forward");
+    y.to_vec().iter().map(|v| v.to_f64_exact()).collect()
+}
+
+fn server<T: Scalar>(cfg: &ServingConfig) -> AdapterServer {
+    let template = adapted::<T>(LoraConfig::new(2), 1);
+    let spec = InputSpec::float("x", &[ROWS, SIZES[0]]);
+    compile_server(&template, &[spec], cfg).expect("compiles")
+}
+
+fn tol<T: Scalar>() -> f64 {
+    if T::DTYPE == cranelora::graph::DType::F32 {
+        2e-5
+    } else {
+        1e-12
+    }
+}
+
+/// The adapter kinds the JIT serves, each with a distinct rank ≤ 8.
+fn kinds() -> Vec<(&'static str, LoraConfig)> {
+    vec![
+        ("lora", LoraConfig::new(4).with_alpha(8.0)),
+        (
+            "rslora",
+            LoraConfig::new(8).with_alpha(4.0).with_rslora(true),
+        ),
+        (
+            "bias",
+            LoraConfig::new(3).with_alpha(6.0).with_lora_bias(true),
+        ),
+        ("dora", LoraConfig::new(5).with_alpha(5.0).with_dora(true)),
+        ("rank1", LoraConfig::new(1).with_alpha(3.0)),
+    ]
+}
+
+/// A DoRA server (every kind but the LoRA bias) and a LoRA-bias server
+/// (every kind but DoRA): PEFT has no DoRA with a LoRA bias, so no layer
+/// has both slots.
+fn configs() -> [(ServingConfig, &'static str); 2] {
+    let (mut dora, mut bias) = (ServingConfig::new(8), ServingConfig::new(8));
+    dora.dora = true;
+    bias.lora_bias = true;
+    [(dora, "bias"), (bias, "dora")]
+}
+
+fn served_outputs_equal_eager<T: Scalar>() {
+    for (cfg, skip) in configs() {
+        served_outputs_equal_eager_with::<T>(&cfg, skip);
+    }
+    let srv = server::<T>(&ServingConfig::new(8));
+    let e = srv.bind_adapter(
+        "dora",
+        &adapter_of(&adapted::<T>(kinds()[3].1, 1)).expect("a"),
+    );
+    assert!(e
+        .expect_err("no DoRA slot")
+        .to_string()
+        .contains("DoRA magnitude"));
+}
+
+fn served_outputs_equal_eager_with<T: Scalar>(cfg: &ServingConfig, skip: &str) {
+    let srv = server::<T>(cfg);
+    let x = input::<T>();
+    let xs = [tensor_to_data(&x)];
+    for (i, (name, cfg)) in kinds()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (n, _))| *n != skip)
+    {
+        let mut model = adapted::<T>(cfg, 10 + i as u64);
+        srv.bind_adapter(name, &adapter_of(&model).expect("adapter"))
+            .expect("binds");
+        srv.set_active(Some(name)).expect("active");
+        let got = srv.run(&xs).expect("runs")[0].to_f64_vec();
+        assert_close(&got, &eager(&mut model, &x), tol::<T>(), tol::<T>());
+    }
+    srv.set_active(None).expect("none");
+    let got = srv.run(&xs).expect("runs")[0].to_f64_vec();
+    assert_close(&got, &eager(&mut plain::<T>(), &x), tol::<T>(), tol::<T>());
+}
+
+#[test]
+fn served_outputs_equal_eager_for_every_adapter_kind_f32() {
+    served_outputs_equal_eager::<f32>();
+}
+
+#[test]
+fn served_outputs_equal_eager_for_every_adapter_kind_f64() {
+    served_outputs_equal_eager::<f64>();
+}
+
+#[test]
+fn bind_swap_unbind_round_trip() {
+    let srv = server::<f32>(&ServingConfig::new(8));
+    let x = input::<f32>();
+    let xs = [tensor_to_data(&x)];
+    let (mut ma, mut mb) = (
+        adapted::<f32>(LoraConfig::new(4).with_alpha(8.0), 3),
+        adapted::<f32>(LoraConfig::new(8), 4),
+    );
+    srv.bind_adapter("a", &adapter_of(&ma).expect("a"))
+        .expect("bind a");
+    srv.bind_adapter("b", &adapter_of(&mb).expect("b"))
+        .expect("bind b");
+    assert_eq!(srv.adapters(), ["a", "b"]);
+    assert_eq!(srv.active(), None);
+    srv.set_active(Some("a")).expect("a");
+    let ya = srv.run(&xs).expect("run")[0].clone();
+    assert_close(&ya.to_f64_vec(), &eager(&mut ma, &x), 2e-5, 2e-5);
+    srv.set_active(Some("b")).expect("b");
+    let yb = srv.run(&xs).expect("run")[0].clone();
+    assert_close(&yb.to_f64_vec(), &eager(&mut mb, &x), 2e-5, 2e-5);
+    srv.set_active(Some("a")).expect("a again");
+    assert_eq!(
+        srv.run(&xs).expect("run")[0],
+        ya,
+        "swapping back is bit-exact"
+    );
+
+    // Rebinding the active name takes effect at once.
+    let mut mc = adapted::<f32>(LoraConfig::new(2), 5);
+    srv.bind_adapter("a", &adapter_of(&mc).expect("c"))
+        .expect("rebind");
+    assert_eq!(srv.active().as_deref(), Some("a"));
+    let yc = srv.run(&xs).expect("run")[0].to_f64_vec();
+    assert_close(&yc, &eager(&mut mc, &x), 2e-5, 2e-5);
+
+    // Unbinding the active adapter falls back to the base model.
+    srv.unbind_adapter("a").expect("unbind");
+    assert_eq!(srv.active(), None);
+    let y0 = srv.run(&xs).expect("run")[0].to_f64_vec();
+    assert_close(&y0, &eager(&mut plain::<f32>(), &x), 2e-5, 2e-5);
+    assert!(srv.set_active(Some("a")).is_err());
+    assert!(srv.unbind_adapter("a").is_err());
+    assert_eq!(srv.adapters(), ["b"]);
+}
+
+#[test]
+fn adapters_that_do_not_fit_are_errors_naming_the_layer() {
+    let srv = server::<f32>(&ServingConfig::new(4));
+    let too_big = adapter_of(&adapted::<f32>(LoraConfig::new(6), 1)).expect("a");
+    let e = srv.bind_adapter("big", &too_big).expect_err("rank 6 > 4");
+    assert!(
+        e.to_string().contains("fc0") && e.to_string().contains("rank 6"),
+        "{e}"
+    );
+    let with_bias = adapter_of(&adapted::<f32>(LoraConfig::new(2).with_lora_bias(true), 1));
+    let e = srv
+        .bind_adapter("bias", &with_bias.expect("a"))
+        .expect_err("no bias slot");
+    assert!(e.to_string().contains("LoRA bias"), "{e}");
+    let mut stray = adapter_of(&adapted::<f32>(LoraConfig::new(2), 1)).expect("a");
+    let layer = stray.layers["fc0"].clone();
+    stray.layers.insert("fc9".into(), layer);
+    let e = srv
+        .bind_adapter("stray", &stray)
+        .expect_err("unknown layer");
+    assert!(e.to_string().contains("fc9"), "{e}");
+    let mut wrong = adapter_of(&adapted::<f32>(LoraConfig::new(2), 1)).expect("a");
+    wrong.layers.get_mut("fc1").expect("fc1").a =
+        TensorData::full(&[3, 2].into(), 1.0, cranelora::graph::DType::F32);
+    let e = srv.bind_adapter("wrong", &wrong).expect_err("wrong shape");
+    assert!(
+        e.to_string().contains("fc1") && e.to_string().contains("[3, 2]"),
+        "{e}"
+    );
+    assert!(
+        srv.adapters().is_empty(),
+        "failed binds leave nothing behind"
+    );
+}
+
+fn mixed_batches_equal_row_by_row<T: Scalar>() {
+    for (cfg, skip) in configs() {
+        mixed_batches_equal_row_by_row_with::<T>(cfg, skip);
+    }
+}
+
+/// Three adapters (LoRA, rsLoRA and DoRA or LoRA bias) in mixed batches.
+fn mixed_batches_equal_row_by_row_with<T: Scalar>(mut cfg: ServingConfig, skip: &str) {
+    cfg.mixed_capacity = 4;
+    let srv = server::<T>(&cfg);
+    let x = input::<T>();
+    let xs = tensor_to_data(&x);
+    let special = if skip == "dora" { "bias" } else { "dora" };
+    let names = ["lora", "rslora", special];
+    for (i, (name, c)) in kinds()
+        .into_iter()
+        .filter(|(n, _)| names.contains(n))
+        .enumerate()
+    {
+        srv.bind_adapter(
+            name,
+            &adapter_of(&adapted::<T>(c, 20 + i as u64)).expect("a"),
+        )
+        .expect("binds");
+    }
+    let (a, b, c) = (Some("lora"), Some("rslora"), Some(special));
+    let cases: [[Option<&str>; ROWS]; 3] =
+        [[a, a, b, b, c, None], [c, None, a, b, a, c], [None; ROWS]];
+    for rows in cases {
+        let ids = srv.row_ids(&rows).expect("ids");
+        let got = srv.run_batch(&[xs.clone(), ids]).expect("mixed")[0].to_f64_vec();
+        let o = SIZES[2];
+        for (r, name) in rows.iter().enumerate() {
+            srv.set_active(*name).expect("active");
+            let want = srv.run(std::slice::from_ref(&xs)).expect("single")[0].to_f64_vec();
+            assert_close(
+                &got[r * o..(r + 1) * o],
+                &want[r * o..(r + 1) * o],
+                tol::<T>(),
+                tol::<T>(),
+            );
+        }
+    }
+    let bad = TensorData::i64([ROWS], vec![0, 1, 2, 3, 4, 0]).expect("ids");
+    let e = srv.run_batch(&[xs.clone(), bad]).expect_err("slot 4 of 4");
+    assert!(e.to_string().contains("id 4"), "{e}");
+    let freed = srv.slot_of(special).expect("bound") as i64;
+    srv.unbind_adapter(special).expect("unbind");
+    let free = srv.row_ids(&[None; ROWS]).expect("ids");
+    let ids = TensorData::i64([ROWS], vec![freed; ROWS]).expect("ids");
+    let (a, b) = (
+        srv.run_batch(&[xs.clone(), ids]).expect("mixed"),
+        srv.run_batch(&[xs, free]).expect("mixed"),
+    );
+    assert_close(&a[0].to_f64_vec(), &b[0].to_f64_vec(), 0.0, 0.0);
+}
+
+#[test]
+fn mixed_batches_equal_row_by_row_f32() {
+    mixed_batches_equal_row_by_row::<f32>();
+}
+
+#[test]
+fn mixed_batches_equal_row_by_row_f64() {
+    mixed_batches_equal_row_by_row::<f64>();
+}
+
+#[test]
+fn mixed_slots_run_out_with_a_clear_error() {
+    let mut cfg = ServingConfig::new(4);
+    cfg.mixed_capacity = 2;
+    let srv = server::<f32>(&cfg);
+    let a = adapter_of(&adapted::<f32>(LoraConfig::new(2), 1)).expect("a");
+    srv.bind_adapter("a", &a).expect("1");
+    srv.bind_adapter("b", &a).expect("2");
+    srv.bind_adapter("a", &a).expect("rebinding keeps its slot");
+    let e = srv.bind_adapter("c", &a).expect_err("full");
+    assert!(e.to_string().contains("slots are taken"), "{e}");
+    srv.unbind_adapter("a").expect("frees a slot");
+    srv.bind_adapter("c", &a).expect("3");
+    assert_eq!(srv.slot_of("c"), Some(0));
+}
+
+#[test]
+fn concurrent_swaps_and_calls_each_use_one_whole_adapter() {
+    let srv = Arc::new(server::<f32>(&ServingConfig::new(8)));
+    let x = input::<f32>();
+    let xs = [tensor_to_data(&x)];
+    let mut expected = Vec::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let m = adapted::<f32>(LoraConfig::new(4 + 4 * i), 30 + i as u64);
+        srv.bind_adapter(name, &adapter_of(&m).expect("a"))
+            .expect("bind");
+        srv.set_active(Some(name)).expect("active");
+        expected.push(srv.run(&xs).expect("run")[0].clone());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (srv, stop) = (Arc::clone(&srv), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                srv.set_active(Some(["a", "b"][n % 2])).expect("swap");
+                n += 1;
+            }
+            n
+        })
+    };
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let (srv, xs, expected) = (Arc::clone(&srv), xs.clone(), expected.clone());
+            std::thread::spawn(move || {
+                let mut out = srv.run(&xs).expect("run");
+                for _ in 0..200 {
+                    srv.run_into(&xs, &mut out).expect("run");
+                    assert!(
+                        out[0] == expected[0] || out[0] == expected[1],
+                        "a torn adapter"
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.join().expect("caller");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(swapper.join().expect("swapper") > 0);
+}
+
+/// The PEFT fixture `linear_basic` (fc1 Linear(16,32) → ReLU → fc2
+/// Linear(32,8), its adapter of rank 4) and two adapters of other ranks
+/// saved as PEFT directories here, all served from one compiled model: the
+/// fixture's adapter reproduces PEFT's own output, the others the eager
+/// forward of the model they were saved from.
+#[test]
+fn peft_directories_are_served_from_one_compiled_model() {
+    use cranelora::core::io::{
+        load_peft_adapter, load_safetensors, read_safetensors, save_peft_adapter, Naming,
+    };
+    use cranelora::core::lora::{apply_lora, ApplyConfig, LoraInit};
+    use cranelora::core::ActivationLayer;
+    use cranelora::serving::load_peft;
+    let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/peft/linear_basic");
+    let mut rng = Rng::new(0);
+    let mut base = Sequential::<f32>::new();
+    base.push(
+        "fc1",
+        Dense::new(16, 32, true, Activation::Identity, &mut rng).expect("fc1"),
+    )
+    .expect("push");
+    base.push("relu", ActivationLayer::new(Activation::Relu))
+        .expect("push");
+    base.push(
+        "fc2",
+        Dense::new(32, 8, true, Activation::Identity, &mut rng).expect("fc2"),
+    )
+    .expect("push");
+    load_safetensors(
+        &mut base,
+        &case.join("base.safetensors"),
+        Naming::PyTorch,
+        true,
+    )
+    .expect("base");
+    base.set_training(false);
+    let inputs = read_safetensors::<f32>(&case.join("input.safetensors")).expect("inputs");
+    let expected = read_safetensors::<f32>(&case.join("expected.safetensors")).expect("expected");
+    let x = &inputs["x"];
+
+    let dir = std::env::temp_dir().join(format!("cranelora-serve-peft-{}", std::process::id()));
+    let mut eager_outputs = Vec::new();
+    for (i, (rank, rslora)) in [(2, true), (6, false)].into_iter().enumerate() {
+        let mut m = base.clone();
+        let lora = LoraConfig::new(rank)
+            .with_alpha(4.0)
+            .with_rslora(rslora)
+            .with_init(LoraInit::Random)
+            .with_seed(50 + i as u64);
+        apply_lora(&mut m, &ApplyConfig::new(&["fc1", "fc2"], lora)).expect("apply");
+        save_peft_adapter(&m, &dir, &format!("gen{i}")).expect("save");
+        m.set_training(false);
+        eager_outputs.push(eager(&mut m, x));
+    }
+
+    let mut template = base.clone();
+    load_peft_adapter(&mut template, &case.join("adapter"), None).expect("fixture adapter");
+    let srv = compile_server(
+        &template,
+        &[InputSpec::float("x", x.shape())],
+        &ServingConfig::new(8),
+    )
+    .expect("server");
+    srv.bind_adapter(
+        "fixture",
+        &load_peft(&base, &case.join("adapter"), None).expect("load"),
+    )
+    .expect("bind");
+    for i in 0..2 {
+        let name = format!("gen{i}");
+        srv.bind_adapter(&name, &load_peft(&base, &dir, Some(&name)).expect("load"))
+            .expect("bind");
+    }
+    let xs = [tensor_to_data(x)];
+    srv.set_active(Some("fixture")).expect("active");
+    let y = srv.run(&xs).expect("run")[0].to_f64_vec();
+    let want: Vec<f64> = expected["y"]
+        .to_vec()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    assert_close(&y, &want, 1e-4, 1e-5);
+    for (i, want) in eager_outputs.iter().enumerate() {
+        srv.set_active(Some(&format!("gen{i}"))).expect("active");
+        let y = srv.run(&xs).expect("run")[0].to_f64_vec();
+        assert_close(&y, want, 2e-5, 2e-5);
+    }
+    srv.set_active(None).expect("base");
+    let y = srv.run(&xs).expect("run")[0].to_f64_vec();
+    let want: Vec<f64> = expected["y_base"]
+        .to_vec()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    assert_close(&y, &want, 1e-4, 1e-5);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `AdapterStrategy::Auto`: with many calls per rebind the tiny layers are
+/// merged (the bound weight is W + s·A·B, no branch); a budget that holds
+/// only the first layer's copies merges that one alone. Outputs still equal
+/// the eager forward of each adapter, across swaps.
+#[test]
+fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
+    use cranelora::jit::serve::{AdapterStrategy, ServingLoad};
+    let x = input::<f32>();
+    let xs = [tensor_to_data(&x)];
+    let per_copy = |i: usize, o: usize| 2 * i * o * 4; // 2 resident adapters, f32
+    for (budget, merged) in [
+        (usize::MAX, [true, true]),
+        (per_copy(12, 20), [true, false]),
+    ] {
+        let mut cfg = ServingConfig::new(8);
+        cfg.strategy = AdapterStrategy::Auto(ServingLoad {
+            batch: ROWS,
+            resident_adapters: 2,
+            calls_per_rebind: 1e6,
+            memory_budget: budget,
+        });
+        let srv = server::<f32>(&cfg);
+        let got: Vec<bool> = srv.strategy().iter().map(|c| c.merged).collect();
+        assert_eq!(got, merged, "{:?}", srv.strategy());
+        let names: Vec<&str> = srv
+            .compiled()
+            .parameters()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(names.contains(&"fc0.base_layer.weight"), "{names:?}");
+        assert!(
+            !names.contains(&"fc0.lora_a"),
+            "a merged layer has no branch: {names:?}"
+        );
+        assert_eq!(names.contains(&"fc1.lora_a"), !merged[1], "{names:?}");
+        for (i, (name, c)) in kinds()
+            .into_iter()
+            .filter(|(n, _)| ["lora", "rslora", "rank1"].contains(n))
+            .enumerate()
+        {
+            let mut model = adapted::<f32>(c, 40 + i as u64);
+            srv.bind_adapter(name, &adapter_of(&model).expect("a"))
+                .expect("bind");
+            srv.set_active(Some(name)).expect("active");
+            let y = srv.run(&xs).expect("run")[0].to_f64_vec();
+            assert_close(&y, &eager(&mut model, &x), 2e-5, 2e-5);
+        }
+        srv.set_active(None).expect("base");
+        let y = srv.run(&xs).expect("run")[0].to_f64_vec();
+        assert_close(&y, &eager(&mut plain::<f32>(), &x), 2e-5, 2e-5);
+    }
+    // Few calls per rebind: folding does not pay, the branch stays.
+    let mut cfg = ServingConfig::new(8);
+    cfg.strategy = AdapterStrategy::Auto(ServingLoad {
+        batch: ROWS,
+        resident_adapters: 2,
+        calls_per_rebind: 1.0,
+        memory_budget: usize::MAX,
+    });
+    let srv = server::<f32>(&cfg);
+    assert!(srv
+        .strategy()
+        .iter()
+        .all(|c| !c.merged && c.reason.contains("branch is cheaper")));
+}
