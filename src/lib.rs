@@ -22,5 +22,6 @@ pub use cranelora_kernels as kernels;
 
 pub mod bench;
 pub mod demo;
+pub mod embed;
 pub mod plot;
 pub mod workloads;
