@@ -19,7 +19,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().context("usage: minilm MODEL_DIR [ADAPTER_DIR]")?);
+    let dir = PathBuf::from(
+        args.next()
+            .context("usage: minilm MODEL_DIR [ADAPTER_DIR]")?,
+    );
     let mut model = BertModel::<f32>::from_pretrained(&dir)?;
     if let Some(adapter) = args.next() {
         let report = load_peft_adapter(&mut model, adapter.as_ref(), None)?;

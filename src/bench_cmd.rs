@@ -71,9 +71,14 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
 /// `bench --workload minilm --model DIR`: a whole BERT encoder, eager vs JIT.
 fn run_minilm(dir: &std::path::Path, target: Duration) -> Result<()> {
     use bench::minilm::{self, BATCH, SEQ};
-    println!("minilm: {} (batch {BATCH} × seq {SEQ}), ~{target:?} per engine", dir.display());
+    println!(
+        "minilm: {} (batch {BATCH} × seq {SEQ}), ~{target:?} per engine",
+        dir.display()
+    );
     for r in minilm::run(dir, target)? {
-        let compile = r.compile.map_or(String::new(), |c| format!(", compiled in {:.2} s", c.as_secs_f64()));
+        let compile = r.compile.map_or(String::new(), |c| {
+            format!(", compiled in {:.2} s", c.as_secs_f64())
+        });
         println!(
             "  {:<5} {:>10} per batch (min {}), {:>8.1} sentences/s{compile}",
             r.engine,

@@ -15,7 +15,7 @@ use cranelora::core::io::{load_peft_adapter, read_safetensors_ids, write_safeten
 use cranelora::core::models::{cosine_similarity_matrix, BertModel};
 use cranelora::core::IdTensor;
 use cranelora::embed::tokenize::{encode, load_tokenizer, Text};
-use cranelora::embed::{EncodedBatch, Embedder, Embeddings, Engine};
+use cranelora::embed::{Embedder, Embeddings, EncodedBatch, Engine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -35,7 +35,9 @@ fn parse(args: &[String], usage: &str) -> Result<Args> {
     let mut a = Args::default();
     let mut it = args.iter().peekable();
     let value = |it: &mut std::iter::Peekable<std::slice::Iter<'_, String>>, flag: &str| {
-        it.next().cloned().with_context(|| format!("embed: {flag} needs a value"))
+        it.next()
+            .cloned()
+            .with_context(|| format!("embed: {flag} needs a value"))
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -74,11 +76,17 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     if let Some(adapter) = &a.adapter {
         let report = load_peft_adapter(&mut model, adapter, None)
             .with_context(|| format!("cannot load the adapter {}", adapter.display()))?;
-        eprintln!("adapter: {} module(s): {}", report.adapted.len(), report.adapted.join(", "));
+        eprintln!(
+            "adapter: {} module(s): {}",
+            report.adapted.len(),
+            report.adapted.join(", ")
+        );
     }
     let engine = match (a.eager, a.no_fold) {
         (true, _) => Engine::Eager,
-        (false, no_fold) => Engine::Jit { fold_lora: !no_fold },
+        (false, no_fold) => Engine::Jit {
+            fold_lora: !no_fold,
+        },
     };
     let batch = match &a.input {
         Some(path) => read_batch(path)?,
@@ -98,8 +106,12 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     }
     if let Some(path) = &a.output {
         write_output(path, &out)?;
-        eprintln!("wrote last_hidden_state {:?} and embeddings {:?} to {}",
-            out.last_hidden_state.shape(), out.embeddings.shape(), path.display());
+        eprintln!(
+            "wrote last_hidden_state {:?} and embeddings {:?} to {}",
+            out.last_hidden_state.shape(),
+            out.embeddings.shape(),
+            path.display()
+        );
     } else if a.input.is_some() {
         print_rows(&out);
     }
@@ -110,7 +122,8 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
 fn read_batch(path: &Path) -> Result<EncodedBatch> {
     let mut ids = read_safetensors_ids(path)?;
     let mut take = |k: &str| {
-        ids.remove(k).with_context(|| format!("{}: no integer tensor `{k}`", path.display()))
+        ids.remove(k)
+            .with_context(|| format!("{}: no integer tensor `{k}`", path.display()))
     };
     let input_ids = take("input_ids")?;
     let mask = take("attention_mask")?;
@@ -123,7 +136,10 @@ fn read_batch(path: &Path) -> Result<EncodedBatch> {
 
 fn write_output(path: &Path, out: &Embeddings) -> Result<()> {
     let tensors = BTreeMap::from([
-        ("last_hidden_state".to_string(), out.last_hidden_state.clone()),
+        (
+            "last_hidden_state".to_string(),
+            out.last_hidden_state.clone(),
+        ),
         ("embeddings".to_string(), out.embeddings.clone()),
     ]);
     write_safetensors(path, &tensors).with_context(|| format!("cannot write {}", path.display()))
@@ -143,15 +159,24 @@ fn head(row: &[f32]) -> String {
 
 fn print_texts(texts: &[String], out: &Embeddings) -> Result<()> {
     let d = out.embeddings.shape()[1];
-    for (i, (text, row)) in texts.iter().zip(out.embeddings.to_vec().chunks(d)).enumerate() {
+    for (i, (text, row)) in texts
+        .iter()
+        .zip(out.embeddings.to_vec().chunks(d))
+        .enumerate()
+    {
         println!("[{i}] {text:?}\n    {}", head(row));
     }
     let n = texts.len();
     let cos = cosine_similarity_matrix(&out.embeddings)?.to_vec();
     println!("cosine similarity:");
-    println!("      {}", (0..n).map(|j| format!("{:>7}", format!("[{j}]"))).collect::<String>());
+    println!(
+        "      {}",
+        (0..n)
+            .map(|j| format!("{:>8}", format!("[{j}]")))
+            .collect::<String>()
+    );
     for i in 0..n {
-        let row: String = (0..n).map(|j| format!("{:>7.4}", cos[i * n + j])).collect();
+        let row: String = (0..n).map(|j| format!("{:>8.4}", cos[i * n + j])).collect();
         println!("  [{i}] {row}");
     }
     Ok(())

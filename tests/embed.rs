@@ -5,12 +5,12 @@
 //! once per bucket; `cranelora embed --input/--output` keeps its contract.
 //! The real all-MiniLM-L6-v2 runs when `CRANELORA_MINILM_DIR` points at it.
 
-use cranelora::core::io::{load_peft_adapter, parse_safetensors_except, read_safetensors_ids};
 use cranelora::core::io::read_safetensors;
+use cranelora::core::io::{load_peft_adapter, parse_safetensors_except, read_safetensors_ids};
 use cranelora::core::models::BertModel;
 use cranelora::core::{IdTensor, Tensor};
 use cranelora::embed::tokenize::{encode, load_tokenizer, Text};
-use cranelora::embed::{EncodedBatch, Embedder, Engine};
+use cranelora::embed::{Embedder, EncodedBatch, Engine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +28,12 @@ fn reference() -> (BTreeMap<String, IdTensor>, BTreeMap<String, Tensor<f32>>) {
 
 fn batch(ids: &BTreeMap<String, IdTensor>, prefix: &str) -> EncodedBatch {
     let get = |k: &str| ids[&format!("{prefix}{k}")].clone();
-    EncodedBatch::new(get("input_ids"), get("token_type_ids"), get("attention_mask")).unwrap()
+    EncodedBatch::new(
+        get("input_ids"),
+        get("token_type_ids"),
+        get("attention_mask"),
+    )
+    .unwrap()
 }
 
 /// max |a − b| over rows whose mask entry is 1 (`[b, s, d]` against `[b, s]`).
@@ -43,7 +48,11 @@ fn max_abs_valid(a: &Tensor<f32>, b: &Tensor<f32>, mask: &IdTensor) -> f64 {
 
 fn max_abs(a: &Tensor<f32>, b: &Tensor<f32>) -> f64 {
     assert_eq!(a.shape(), b.shape());
-    let diffs = a.to_vec().into_iter().zip(b.to_vec()).map(|(p, q)| f64::from((p - q).abs()));
+    let diffs = a
+        .to_vec()
+        .into_iter()
+        .zip(b.to_vec())
+        .map(|(p, q)| f64::from((p - q).abs()));
     diffs.fold(0.0, f64::max)
 }
 
@@ -64,7 +73,10 @@ fn tokenizer_gives_exactly_the_reference_ids() {
         Text::from("Hello world!"),
         Text::from("The quick brown fox jumps over the lazy dog, and the cat sleeps."),
         Text::from("Rust loads the zorblax tensór weights quickly."),
-        Text::Pair("Where is the cat?".into(), "The cat is sleeping on the mat.".into()),
+        Text::Pair(
+            "Where is the cat?".into(),
+            "The cat is sleeping on the mat.".into(),
+        ),
     ];
     assert_eq!(encode(&tok, &texts).unwrap(), batch(&ids, ""));
     assert_eq!(encode(&tok, &texts[..1]).unwrap(), batch(&ids, "single_"));
@@ -103,7 +115,10 @@ fn every_engine_reproduces_transformers() {
 fn jit_cache_compiles_once_per_shape_bucket() {
     let (ids, _) = reference();
     let mut e = Embedder::new(model(false), Engine::Jit { fold_lora: true }).unwrap();
-    assert_eq!((e.bucket(5), e.bucket(16), e.bucket(17), e.bucket(60)), (16, 16, 32, 64));
+    assert_eq!(
+        (e.bucket(5), e.bucket(16), e.bucket(17), e.bucket(60)),
+        (16, 16, 32, 64)
+    );
     let single = batch(&ids, "single_");
     let first = e.embed(&single).unwrap();
     let again = e.embed(&single).unwrap();
@@ -134,7 +149,8 @@ fn cli_input_output_contract() {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cranelora"));
         cmd.arg("embed").arg("--model").arg(fixture());
         cmd.arg("--adapter").arg(fixture().join("adapter"));
-        cmd.arg("--input").arg(fixture().join("reference.safetensors"));
+        cmd.arg("--input")
+            .arg(fixture().join("reference.safetensors"));
         cmd.arg("--output").arg(&out).args(extra);
         let o = cmd.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -143,7 +159,11 @@ fn cli_input_output_contract() {
     for extra in [&[][..], &["--eager"][..]] {
         let got = run(extra);
         let mask = &ids["attention_mask"];
-        let err = max_abs_valid(&got["last_hidden_state"], &floats["last_hidden_state_lora"], mask);
+        let err = max_abs_valid(
+            &got["last_hidden_state"],
+            &floats["last_hidden_state_lora"],
+            mask,
+        );
         assert!(err <= 1e-4, "{extra:?}: {err}");
         assert!(max_abs(&got["embeddings"], &floats["embeddings_lora"]) <= 1e-5);
     }
@@ -154,7 +174,10 @@ fn cli_input_output_contract() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&text.stdout);
-    assert!(text.status.success() && stdout.contains("cosine similarity"), "{stdout}");
+    assert!(
+        text.status.success() && stdout.contains("cosine similarity"),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -168,20 +191,46 @@ fn minilm_jit_matches_eager_when_available() {
     };
     let dir = PathBuf::from(dir);
     let m = BertModel::<f32>::from_pretrained(&dir).unwrap();
-    assert_eq!((m.config().hidden_size, m.config().num_hidden_layers), (384, 6));
+    assert_eq!(
+        (m.config().hidden_size, m.config().num_hidden_layers),
+        (384, 6)
+    );
     let tok = load_tokenizer(&dir.join("tokenizer.json"), m.config()).unwrap();
-    let texts: Vec<Text> = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
-        .map(Text::from)
-        .to_vec();
+    let texts: Vec<Text> = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+    ]
+    .map(Text::from)
+    .to_vec();
     let b = encode(&tok, &texts).unwrap();
     // "a man is eating food." → [CLS] a man is eating food . [SEP]
-    assert_eq!(b.input_ids.to_vec()[..8], [101, 1037, 2158, 2003, 5983, 2833, 1012, 102]);
-    let eager = Embedder::new(m.clone(), Engine::Eager).unwrap().embed(&b).unwrap();
-    let jit = Embedder::new(m, Engine::Jit { fold_lora: true }).unwrap().embed(&b).unwrap();
-    assert!(max_abs_valid(&jit.last_hidden_state, &eager.last_hidden_state, &b.attention_mask) <= 1e-4);
+    assert_eq!(
+        b.input_ids.to_vec()[..8],
+        [101, 1037, 2158, 2003, 5983, 2833, 1012, 102]
+    );
+    let eager = Embedder::new(m.clone(), Engine::Eager)
+        .unwrap()
+        .embed(&b)
+        .unwrap();
+    let jit = Embedder::new(m, Engine::Jit { fold_lora: true })
+        .unwrap()
+        .embed(&b)
+        .unwrap();
+    assert!(
+        max_abs_valid(
+            &jit.last_hidden_state,
+            &eager.last_hidden_state,
+            &b.attention_mask
+        ) <= 1e-4
+    );
     assert!(max_abs(&jit.embeddings, &eager.embeddings) <= 1e-5);
     let e = jit.embeddings.to_vec();
-    let cos = |i: usize, j: usize| (0..384).map(|k| e[i * 384 + k] * e[j * 384 + k]).sum::<f32>();
+    let cos = |i: usize, j: usize| {
+        (0..384)
+            .map(|k| e[i * 384 + k] * e[j * 384 + k])
+            .sum::<f32>()
+    };
     // Paraphrases are closer than unrelated sentences.
     assert!(cos(0, 1) > cos(0, 2) + 0.3, "{} {}", cos(0, 1), cos(0, 2));
 }

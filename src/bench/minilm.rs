@@ -9,7 +9,7 @@
 //! the JIT's compile time is reported apart and not timed.
 
 use super::{measure, Stats};
-use crate::embed::{EncodedBatch, Embedder, Engine};
+use crate::embed::{Embedder, EncodedBatch, Engine};
 use anyhow::{Context, Result};
 use cranelora_core::models::BertModel;
 use cranelora_core::IdTensor;
@@ -50,7 +50,9 @@ pub fn batch(vocab: usize) -> Result<EncodedBatch> {
         let real = SEQ - 8 * row;
         for t in 0..SEQ {
             // A small LCG: reproducible ids away from the special tokens (ids < 1000).
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
             let word = 1000 + (state >> 33) as usize % vocab.saturating_sub(1000).max(1);
             let id = match t {
                 0 => 101,
@@ -82,12 +84,19 @@ pub fn run(dir: &Path, target: Duration) -> Result<Vec<MinilmResult>> {
     let b = batch(model.config().vocab_size)?;
     let mut results = Vec::new();
     let mut outputs = Vec::new();
-    for (name, engine) in [("eager", Engine::Eager), ("jit", Engine::Jit { fold_lora: true })] {
+    for (name, engine) in [
+        ("eager", Engine::Eager),
+        ("jit", Engine::Jit { fold_lora: true }),
+    ] {
         let mut e = Embedder::new(model.clone(), engine)?;
         outputs.push(e.embed(&b)?.embeddings);
         let compile = e.compiles().first().map(|c| c.1);
         let stats = measure(target, &mut || e.embed(&b).map(|_| ()))?;
-        results.push(MinilmResult { engine: name, stats, compile });
+        results.push(MinilmResult {
+            engine: name,
+            stats,
+            compile,
+        });
     }
     let diff = outputs[0]
         .to_vec()

@@ -60,16 +60,34 @@ impl EncodedBatch {
     ///
     /// # Errors
     /// If a tensor is not 2-D or the shapes differ (naming the tensor).
-    pub fn new(input_ids: IdTensor, token_type_ids: IdTensor, attention_mask: IdTensor) -> Result<Self> {
+    pub fn new(
+        input_ids: IdTensor,
+        token_type_ids: IdTensor,
+        attention_mask: IdTensor,
+    ) -> Result<Self> {
         if input_ids.shape().len() != 2 {
-            bail!("input_ids must be [batch, seq], got {:?}", input_ids.shape());
+            bail!(
+                "input_ids must be [batch, seq], got {:?}",
+                input_ids.shape()
+            );
         }
-        for (name, t) in [("token_type_ids", &token_type_ids), ("attention_mask", &attention_mask)] {
+        for (name, t) in [
+            ("token_type_ids", &token_type_ids),
+            ("attention_mask", &attention_mask),
+        ] {
             if t.shape() != input_ids.shape() {
-                bail!("{name} has shape {:?}, input_ids {:?}", t.shape(), input_ids.shape());
+                bail!(
+                    "{name} has shape {:?}, input_ids {:?}",
+                    t.shape(),
+                    input_ids.shape()
+                );
             }
         }
-        Ok(Self { input_ids, token_type_ids, attention_mask })
+        Ok(Self {
+            input_ids,
+            token_type_ids,
+            attention_mask,
+        })
     }
 
     /// `(batch, seq)`.
@@ -79,7 +97,10 @@ impl EncodedBatch {
 
     /// The attention mask as a [`Mask`].
     pub fn mask(&self) -> Result<Mask> {
-        Ok(Mask::from_ids(&self.attention_mask.to_vec(), self.attention_mask.shape())?)
+        Ok(Mask::from_ids(
+            &self.attention_mask.to_vec(),
+            self.attention_mask.shape(),
+        )?)
     }
 
     /// The batch padded on the right to `seq` tokens with `pad_id`, mask 0, type 0.
@@ -88,10 +109,15 @@ impl EncodedBatch {
         let pad = |t: &IdTensor, value: i64| -> Result<IdTensor> {
             let v = t.to_vec();
             let rows = v.chunks(s.max(1)).take(b);
-            let data = rows.flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(value, seq - s)));
+            let data =
+                rows.flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(value, seq - s)));
             Ok(IdTensor::from_vec(data.collect(), &[b, seq])?)
         };
-        Self::new(pad(&self.input_ids, pad_id)?, pad(&self.token_type_ids, 0)?, pad(&self.attention_mask, 0)?)
+        Self::new(
+            pad(&self.input_ids, pad_id)?,
+            pad(&self.token_type_ids, 0)?,
+            pad(&self.attention_mask, 0)?,
+        )
     }
 }
 
@@ -146,7 +172,12 @@ impl Embedder {
         if engine == Engine::EagerMerged {
             merge_all(&mut model).context("merging the LoRA adapters")?;
         }
-        Ok(Self { model, engine, cache: VecDeque::new(), compiles: Vec::new() })
+        Ok(Self {
+            model,
+            engine,
+            cache: VecDeque::new(),
+            compiles: Vec::new(),
+        })
     }
 
     /// The model.
@@ -162,7 +193,11 @@ impl Embedder {
     /// The sequence length a batch of `seq` tokens runs at under the JIT.
     pub fn bucket(&self, seq: usize) -> usize {
         let max = self.model.config().max_position_embeddings;
-        seq.div_ceil(SEQ_BUCKET).max(1).saturating_mul(SEQ_BUCKET).min(max).max(seq)
+        seq.div_ceil(SEQ_BUCKET)
+            .max(1)
+            .saturating_mul(SEQ_BUCKET)
+            .min(max)
+            .max(seq)
     }
 
     /// The last hidden state and the sentence embeddings of `batch`.
@@ -177,11 +212,18 @@ impl Embedder {
             Engine::Jit { fold_lora } => self.jit(batch, fold_lora)?,
         };
         let embeddings = l2_normalize(&mean_pool(&h, &mask)?)?;
-        Ok(Embeddings { last_hidden_state: h, embeddings })
+        Ok(Embeddings {
+            last_hidden_state: h,
+            embeddings,
+        })
     }
 
     fn eager(&mut self, batch: &EncodedBatch, mask: &Mask) -> Result<Tensor<f32>> {
-        let inputs = [Input::Ids(&batch.input_ids), Input::Ids(&batch.token_type_ids), Input::Mask(mask)];
+        let inputs = [
+            Input::Ids(&batch.input_ids),
+            Input::Ids(&batch.token_type_ids),
+            Input::Mask(mask),
+        ];
         Ok(self.model.forward(&inputs)?)
     }
 
@@ -200,7 +242,9 @@ impl Embedder {
         // Back to the caller's length: drop the bucket's extra pad positions.
         let d = self.model.config().hidden_size;
         let rows = h.to_vec();
-        let kept = rows.chunks(seq * d).flat_map(|r| r[..s * d].iter().copied());
+        let kept = rows
+            .chunks(seq * d)
+            .flat_map(|r| r[..s * d].iter().copied());
         Ok(Tensor::from_vec(kept.collect(), &[b, s, d])?)
     }
 
@@ -211,7 +255,11 @@ impl Embedder {
             let hit = self.cache.remove(i).expect("internal: index from position");
             self.cache.push_front(hit);
         } else {
-            let mode = if fold_lora { ExportMode::Inference } else { ExportMode::Serving };
+            let mode = if fold_lora {
+                ExportMode::Inference
+            } else {
+                ExportMode::Serving
+            };
             let specs = BertModel::<f32>::input_specs(shape.0, shape.1);
             let graph = export_model(&self.model, &specs, &ExportOptions::new(mode))?;
             let bindings = Bindings::from_map(&bindings_for(&self.model, &graph)?)?;
@@ -221,7 +269,11 @@ impl Embedder {
             if self.cache.len() == CACHE_CAPACITY {
                 self.cache.pop_back();
             }
-            self.cache.push_front(Compiled { shape, function, bindings });
+            self.cache.push_front(Compiled {
+                shape,
+                function,
+                bindings,
+            });
         }
         Ok(self.cache.front().expect("internal: just inserted"))
     }

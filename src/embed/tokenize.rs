@@ -127,7 +127,10 @@ pub fn encode(tok: &Tokenizer, texts: &[Text]) -> Result<EncodedBatch> {
         for e in &encodings {
             let row = f(e);
             if row.len() != seq {
-                bail!("the tokenizer returned rows of different lengths ({} and {seq})", row.len());
+                bail!(
+                    "the tokenizer returned rows of different lengths ({} and {seq})",
+                    row.len()
+                );
             }
             v.extend(row.iter().map(|&x| i64::from(x)));
         }

@@ -9,8 +9,8 @@ use cranelora_core::export::{
     bindings_for, export_model, ids_to_data, mask_to_data, tensor_from_data, ExportMode,
     ExportOptions,
 };
-use cranelora_core::io::{load_peft_adapter, read_safetensors_ids, write_safetensors};
 use cranelora_core::io::parse_safetensors_except;
+use cranelora_core::io::{load_peft_adapter, read_safetensors_ids, write_safetensors};
 use cranelora_core::lora::merge_all;
 use cranelora_core::models::{l2_normalize, mean_pool, read_bert_weights, BertModel};
 use cranelora_core::{IdTensor, Input, Layer, Mask, Tensor};
@@ -59,7 +59,9 @@ fn max_abs_valid<T: Scalar>(a: &Tensor<T>, b: &Tensor<T>, mask: &Mask) -> f64 {
     let keep = mask.array().iter().copied().collect::<Vec<bool>>();
     let (a, b) = (a.to_vec(), b.to_vec());
     let pairs = a.chunks(d).zip(b.chunks(d)).zip(keep);
-    let rows = pairs.filter(|(_, k)| *k).flat_map(|((x, y), _)| x.iter().zip(y));
+    let rows = pairs
+        .filter(|(_, k)| *k)
+        .flat_map(|((x, y), _)| x.iter().zip(y));
     rows.map(|(x, y)| (x.to_f64_exact() - y.to_f64_exact()).abs())
         .fold(0.0, f64::max)
 }
@@ -67,7 +69,10 @@ fn max_abs_valid<T: Scalar>(a: &Tensor<T>, b: &Tensor<T>, mask: &Mask) -> f64 {
 fn max_abs<T: Scalar>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
     assert_eq!(a.shape(), b.shape());
     let (a, b) = (a.to_vec(), b.to_vec());
-    let diffs = a.iter().zip(&b).map(|(x, y)| (x.to_f64_exact() - y.to_f64_exact()).abs());
+    let diffs = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x.to_f64_exact() - y.to_f64_exact()).abs());
     diffs.fold(0.0, f64::max)
 }
 
@@ -88,11 +93,17 @@ fn check_blocks<T: Scalar>(model: &mut BertModel<T>, r: &Reference<T>, prefix: &
         Input::Ids(r.id(&format!("{prefix}input_ids"))),
         Input::Ids(r.id(&format!("{prefix}token_type_ids"))),
     ];
-    let emb = model.child_mut("embeddings").unwrap().forward(&ids).unwrap();
+    let emb = model
+        .child_mut("embeddings")
+        .unwrap()
+        .forward(&ids)
+        .unwrap();
     let err = max_abs_valid(&emb, r.float(&format!("{prefix}embeddings_out")), &mask);
     assert!(err <= 1e-5, "{prefix}embeddings_out: {err}");
     let layer0 = model.child_mut("encoder.layer.0").unwrap();
-    let h0 = layer0.forward(&[Input::Float(&emb), Input::Mask(&mask)]).unwrap();
+    let h0 = layer0
+        .forward(&[Input::Float(&emb), Input::Mask(&mask)])
+        .unwrap();
     let err = max_abs_valid(&h0, r.float(&format!("{prefix}layer0_out")), &mask);
     assert!(err <= 1e-4, "{prefix}layer0_out: {err}");
 }
@@ -101,7 +112,11 @@ fn check_outputs<T: Scalar>(model: &mut BertModel<T>, r: &Reference<T>, prefix: 
     let mask = r.mask(prefix);
     let h = run(model, r, prefix);
     let suffix = if lora { "_lora" } else { "" };
-    let err = max_abs_valid(&h, r.float(&format!("{prefix}last_hidden_state{suffix}")), &mask);
+    let err = max_abs_valid(
+        &h,
+        r.float(&format!("{prefix}last_hidden_state{suffix}")),
+        &mask,
+    );
     assert!(err <= 1e-4, "{prefix}last_hidden_state{suffix}: {err}");
     let emb = l2_normalize(&mean_pool(&h, &mask).unwrap()).unwrap();
     let err = max_abs(&emb, r.float(&format!("{prefix}embeddings{suffix}")));
@@ -127,13 +142,24 @@ fn eager_reproduces_reference<T: Scalar>() {
     // PEFT adapter on query and value: unmerged, then merged into the base.
     let report = load_peft_adapter(&mut model, &fixture().join("adapter"), None).unwrap();
     assert_eq!(report.adapted.len(), 4, "{:?}", report.adapted);
-    assert!(report.adapted.contains(&"encoder.layer.1.attention.self.value".to_string()));
+    assert!(report
+        .adapted
+        .contains(&"encoder.layer.1.attention.self.value".to_string()));
     let mask = r.mask("");
     let h0 = {
-        let ids = [Input::Ids(r.id("input_ids")), Input::Ids(r.id("token_type_ids"))];
-        let emb = model.child_mut("embeddings").unwrap().forward(&ids).unwrap();
+        let ids = [
+            Input::Ids(r.id("input_ids")),
+            Input::Ids(r.id("token_type_ids")),
+        ];
+        let emb = model
+            .child_mut("embeddings")
+            .unwrap()
+            .forward(&ids)
+            .unwrap();
         let layer0 = model.child_mut("encoder.layer.0").unwrap();
-        layer0.forward(&[Input::Float(&emb), Input::Mask(&mask)]).unwrap()
+        layer0
+            .forward(&[Input::Float(&emb), Input::Mask(&mask)])
+            .unwrap()
     };
     let err = max_abs_valid(&h0, r.float("layer0_out_lora"), &mask);
     assert!(err <= 1e-4, "layer0_out_lora: {err}");
@@ -187,13 +213,18 @@ fn token_types_default_to_zero_and_bad_inputs_are_errors() {
     let ids = r.id("single_input_ids");
     let mask = r.mask("single_");
     let with = run(&mut model, &r, "single_");
-    let without = model.forward(&[Input::Ids(ids), Input::Mask(&mask)]).unwrap();
+    let without = model
+        .forward(&[Input::Ids(ids), Input::Mask(&mask)])
+        .unwrap();
     assert_eq!(with, without);
     let long = IdTensor::from_vec(vec![2; 65], &[1, 65]).unwrap();
     let msg = model.forward(&[Input::Ids(&long)]).unwrap_err().to_string();
     assert!(msg.contains("max_position_embeddings 64"), "{msg}");
     let bad_mask = Mask::from_vec(vec![true; 4], &[1, 4]).unwrap();
-    let msg = model.forward(&[Input::Ids(ids), Input::Mask(&bad_mask)]).unwrap_err().to_string();
+    let msg = model
+        .forward(&[Input::Ids(ids), Input::Mask(&bad_mask)])
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("attention_mask"), "{msg}");
     let msg = model.forward(&[]).unwrap_err().to_string();
     assert!(msg.contains("input_ids"), "{msg}");
@@ -207,7 +238,9 @@ fn load_error(name: &str, edit: impl FnOnce(&mut BTreeMap<String, Tensor<f32>>))
     let mut tensors = read_bert_weights::<f32>(&fixture().join("model.safetensors")).unwrap();
     edit(&mut tensors);
     write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
-    let err = BertModel::<f32>::from_pretrained(&dir).unwrap_err().to_string();
+    let err = BertModel::<f32>::from_pretrained(&dir)
+        .unwrap_err()
+        .to_string();
     std::fs::remove_dir_all(&dir).unwrap();
     err
 }
@@ -220,20 +253,31 @@ fn missing_extra_and_misshaped_keys_are_errors_naming_them() {
     });
     assert!(msg.contains(key) && msg.contains("missing"), "{msg}");
     let msg = load_error("extra", |t| {
-        t.insert("encoder.layer.2.output.dense.weight".into(), Tensor::zeros(&[2]));
+        t.insert(
+            "encoder.layer.2.output.dense.weight".into(),
+            Tensor::zeros(&[2]),
+        );
     });
     assert!(msg.contains("encoder.layer.2.output.dense.weight"), "{msg}");
     let msg = load_error("shape", |t| {
-        t.insert("encoder.layer.0.intermediate.dense.weight".into(), Tensor::zeros(&[32, 64]));
+        t.insert(
+            "encoder.layer.0.intermediate.dense.weight".into(),
+            Tensor::zeros(&[32, 64]),
+        );
     });
-    assert!(msg.contains("intermediate.dense.weight") && msg.contains("[64, 32]"), "{msg}");
+    assert!(
+        msg.contains("intermediate.dense.weight") && msg.contains("[64, 32]"),
+        "{msg}"
+    );
     // A `bert.` prefix (task checkpoints) loads the same weights; heads outside it are left out.
     let dir = std::env::temp_dir().join(format!("cranelora-bert-prefix-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
     let tensors = read_bert_weights::<f32>(&fixture().join("model.safetensors")).unwrap();
-    let mut prefixed: BTreeMap<String, Tensor<f32>> =
-        tensors.into_iter().map(|(k, v)| (format!("bert.{k}"), v)).collect();
+    let mut prefixed: BTreeMap<String, Tensor<f32>> = tensors
+        .into_iter()
+        .map(|(k, v)| (format!("bert.{k}"), v))
+        .collect();
     prefixed.insert("cls.predictions.bias".into(), Tensor::zeros(&[128]));
     write_safetensors(&dir.join("model.safetensors"), &prefixed).unwrap();
     let mut a = BertModel::<f32>::from_pretrained(&dir).unwrap();

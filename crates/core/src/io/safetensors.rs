@@ -110,7 +110,11 @@ pub fn read_safetensors_ids(path: &Path) -> Result<BTreeMap<String, IdTensor>> {
             Dtype::I32 => view
                 .data()
                 .chunks_exact(4)
-                .map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("internal: 4-byte chunk"))))
+                .map(|c| {
+                    i64::from(i32::from_le_bytes(
+                        c.try_into().expect("internal: 4-byte chunk"),
+                    ))
+                })
                 .collect(),
             _ => continue,
         };

@@ -94,11 +94,15 @@ impl<T: Scalar> BertModel<T> {
         );
         let mut layers = Sequential::new();
         for i in 0..config.num_hidden_layers {
-            let attention = BertAttention::new(d, config.num_attention_heads, eps, &mut zero_dense)?;
+            let attention =
+                BertAttention::new(d, config.num_attention_heads, eps, &mut zero_dense)?;
             let ffn = config.intermediate_size;
             let mut intermediate = Sequential::new();
             intermediate.push_boxed("dense", zero_dense(d, ffn, config.hidden_act)?)?;
-            let output = AddNorm::new(zero_dense(ffn, d, Activation::Identity)?, layer_norm(d, eps)?);
+            let output = AddNorm::new(
+                zero_dense(ffn, d, Activation::Identity)?,
+                layer_norm(d, eps)?,
+            );
             let layer = BertLayer::new(attention, Box::new(intermediate), output);
             layers.push(&i.to_string(), layer)?;
         }
@@ -166,14 +170,23 @@ impl<T: Scalar> BertModel<T> {
     /// [`Error::Config`] without a pooler; [`Error::Shape`] for a bad `h`.
     pub fn pooled_output(&mut self, h: &Tensor<T>) -> Result<Tensor<T>> {
         if !self.pooler {
-            return Err(Error::config(KIND, "the checkpoint has no pooler (pooler.dense)"));
+            return Err(Error::config(
+                KIND,
+                "the checkpoint has no pooler (pooler.dense)",
+            ));
         }
         let d = self.config.hidden_size;
         if !matches!(h.shape(), &[_, s, dd] if s > 0 && dd == d) {
-            return Err(Error::shape(KIND, "last_hidden_state", format!("[batch, seq>0, {d}]"), h.shape()));
+            return Err(Error::shape(
+                KIND,
+                "last_hidden_state",
+                format!("[batch, seq>0, {d}]"),
+                h.shape(),
+            ));
         }
         let first = h.array().index_axis(ndarray::Axis(1), 0).to_owned();
-        self.c.forward(2, &[Input::Float(&Tensor::from_array(first))])
+        self.c
+            .forward(2, &[Input::Float(&Tensor::from_array(first))])
     }
 
     /// The graph inputs of an export for `[batch, seq]`: `input_ids`,
@@ -198,7 +211,12 @@ impl<T: Scalar> Layer<T> for BertModel<T> {
         if let Some(m) = Inputs::new(inputs, KIND).mask() {
             let expected = &h.shape()[..2];
             if m.shape() != expected {
-                return Err(Error::shape(KIND, "attention_mask", format!("{expected:?}"), m.shape()));
+                return Err(Error::shape(
+                    KIND,
+                    "attention_mask",
+                    format!("{expected:?}"),
+                    m.shape(),
+                ));
             }
         }
         let mut next = vec![Input::Float(&h)];

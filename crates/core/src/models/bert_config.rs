@@ -56,16 +56,19 @@ impl BertConfig {
         let obj = value
             .as_object()
             .ok_or_else(|| bad("expected a JSON object".into()))?;
-        let size = |name: &str, default: Option<usize>| field_usize(obj, name, default).map_err(&bad);
+        let size =
+            |name: &str, default: Option<usize>| field_usize(obj, name, default).map_err(&bad);
         let act = match obj.get("hidden_act").and_then(Value::as_str) {
             None => return Err(bad("field `hidden_act`: missing or not a string".into())),
             Some(name) => activation(name).map_err(&bad)?,
         };
         let eps = match obj.get("layer_norm_eps") {
             None => 1e-12,
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| bad(format!("field `layer_norm_eps`: expected a number, got {v}")))?,
+            Some(v) => v.as_f64().ok_or_else(|| {
+                bad(format!(
+                    "field `layer_norm_eps`: expected a number, got {v}"
+                ))
+            })?,
         };
         unsupported_features(obj).map_err(&bad)?;
         let config = Self {
@@ -125,7 +128,10 @@ impl BertConfig {
             return Err(Error::config(KIND, msg));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            let msg = format!("layer_norm_eps {} must be finite and ≥ 0", self.layer_norm_eps);
+            let msg = format!(
+                "layer_norm_eps {} must be finite and ≥ 0",
+                self.layer_norm_eps
+            );
             return Err(Error::config(KIND, msg));
         }
         Ok(())
@@ -193,7 +199,10 @@ mod tests {
     #[test]
     fn parses_sizes_activation_and_defaults() {
         let c = BertConfig::from_json(TINY, Path::new("config.json")).unwrap();
-        assert_eq!((c.hidden_size, c.num_hidden_layers, c.head_dim()), (32, 2, 8));
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.head_dim()),
+            (32, 2, 8)
+        );
         assert_eq!(c.hidden_act, Activation::GeluErf);
         assert_eq!((c.layer_norm_eps, c.pad_token_id), (1e-12, 0));
         let tanh = TINY.replace("\"gelu\"", "\"gelu_new\"");
@@ -205,10 +214,22 @@ mod tests {
     fn bad_fields_are_errors_naming_file_and_field() {
         let cases = [
             (TINY.replace("\"gelu\"", "\"quick_gelu\""), "quick_gelu"),
-            (TINY.replace("\"hidden_size\": 32", "\"hidden_size\": -3"), "hidden_size"),
+            (
+                TINY.replace("\"hidden_size\": 32", "\"hidden_size\": -3"),
+                "hidden_size",
+            ),
             (TINY.replace("\"vocab_size\": 128,", ""), "vocab_size"),
-            (TINY.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"), "divide"),
-            (TINY.replace("\"use_cache\": true", "\"position_embedding_type\": \"relative_key\""), "relative_key"),
+            (
+                TINY.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"),
+                "divide",
+            ),
+            (
+                TINY.replace(
+                    "\"use_cache\": true",
+                    "\"position_embedding_type\": \"relative_key\"",
+                ),
+                "relative_key",
+            ),
             ("[1, 2]".to_string(), "object"),
         ];
         for (text, part) in cases {

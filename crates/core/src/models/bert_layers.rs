@@ -78,7 +78,11 @@ impl<T: Scalar> Children<T> {
     }
 
     pub(super) fn list_mut(&mut self) -> Vec<(&str, &mut Box<dyn Layer<T>>)> {
-        self.names.iter().copied().zip(self.layers.iter_mut()).collect()
+        self.names
+            .iter()
+            .copied()
+            .zip(self.layers.iter_mut())
+            .collect()
     }
 
     pub(super) fn all_jit(&self) -> bool {
@@ -188,7 +192,12 @@ impl<T: Scalar> BertEmbeddings<T> {
             return Err(Error::shape(EMB, "input_ids", "[batch, seq]", ids));
         };
         if let Some(t) = types.filter(|t| *t != ids) {
-            return Err(Error::shape(EMB, "token_type_ids", format!("[{b}, {l}]"), t));
+            return Err(Error::shape(
+                EMB,
+                "token_type_ids",
+                format!("[{b}, {l}]"),
+                t,
+            ));
         }
         if l > self.max_positions {
             let msg = format!(
@@ -245,7 +254,10 @@ impl<T: Scalar> Layer<T> for BertEmbeddings<T> {
         };
         let positions = ndarray::Array1::from_iter(0..l as i64).into_dyn();
         let positions = ctx.constant("position_ids", TensorData::I64(positions))?;
-        debug_assert_eq!(ctx.graph().node(positions).map(|n| n.dtype), Some(DType::I64));
+        debug_assert_eq!(
+            ctx.graph().node(positions).map(|n| n.dtype),
+            Some(DType::I64)
+        );
         let word = self.c.export(0, ctx, &[NodeInput::Ids(input_ids)])?;
         let pos = self.c.export(1, ctx, &[NodeInput::Ids(positions)])?;
         let typ = self.c.export(2, ctx, &[NodeInput::Ids(types)])?;
@@ -341,7 +353,9 @@ impl<T: Scalar> BertAttention<T> {
 
 /// A `[dim]` LayerNorm with γ = 1, β = 0.
 pub(super) fn layer_norm<T: Scalar>(dim: usize, eps: f64) -> Result<Box<dyn Layer<T>>> {
-    Ok(Box::new(crate::layers::LayerNorm::<T>::new(dim, eps, true)?))
+    Ok(Box::new(crate::layers::LayerNorm::<T>::new(
+        dim, eps, true,
+    )?))
 }
 
 impl<T: Scalar> Layer<T> for BertAttention<T> {
@@ -356,7 +370,8 @@ impl<T: Scalar> Layer<T> for BertAttention<T> {
         let mut self_inputs = vec![Input::Float(x)];
         self_inputs.extend(inp.masks());
         let context = self.c.forward(0, &self_inputs)?;
-        self.c.forward(1, &[Input::Float(&context), Input::Float(x)])
+        self.c
+            .forward(1, &[Input::Float(&context), Input::Float(x)])
     }
 
     container_methods!(&[]);
@@ -415,6 +430,7 @@ impl<T: Scalar> Layer<T> for BertLayer<T> {
     fn export_graph(&self, ctx: &mut ExportContext<'_>, inputs: &[NodeInput]) -> Result<NodeId> {
         let a = self.c.export(0, ctx, inputs)?;
         let h = self.c.export(1, ctx, &[NodeInput::Float(a)])?;
-        self.c.export(2, ctx, &[NodeInput::Float(h), NodeInput::Float(a)])
+        self.c
+            .export(2, ctx, &[NodeInput::Float(h), NodeInput::Float(a)])
     }
 }
