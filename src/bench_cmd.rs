@@ -13,12 +13,16 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     let mut quick = false;
     let mut json = None;
     let mut plot = None;
+    let mut model_dir = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match flag.as_str() {
+            "--model" => model_dir = Some(it.next().context("--model needs a folder")?.clone()),
             "--workload" => {
                 let v = it.next().context("--workload needs a value")?;
-                workloads = if v.eq_ignore_ascii_case("all") {
+                workloads = if v.eq_ignore_ascii_case("minilm") {
+                    Vec::new()
+                } else if v.eq_ignore_ascii_case("all") {
                     Workload::ALL.to_vec()
                 } else {
                     let w = Workload::parse(v);
@@ -32,6 +36,10 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
         }
     }
     let target = Duration::from_millis(if quick { 200 } else { 1000 });
+    if workloads.is_empty() {
+        let dir = model_dir.context("bench --workload minilm needs --model DIR")?;
+        return run_minilm(dir.as_ref(), target);
+    }
     let (cpu, cores) = bench::machine();
     println!("cranelora bench: {cpu}, {cores} cores, ~{target:?} per measurement");
     let report = bench::run(&workloads, target, &mut |w| {
@@ -55,6 +63,28 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
         bail!(
             "{} measurement(s) failed (listed above)",
             report.failures.len()
+        );
+    }
+    Ok(())
+}
+
+/// `bench --workload minilm --model DIR`: a whole BERT encoder, eager vs JIT.
+fn run_minilm(dir: &std::path::Path, target: Duration) -> Result<()> {
+    use bench::minilm::{self, BATCH, SEQ};
+    println!(
+        "minilm: {} (batch {BATCH} × seq {SEQ}), ~{target:?} per engine",
+        dir.display()
+    );
+    for r in minilm::run(dir, target)? {
+        let compile = r.compile.map_or(String::new(), |c| {
+            format!(", compiled in {:.2} s", c.as_secs_f64())
+        });
+        println!(
+            "  {:<5} {:>10} per batch (min {}), {:>8.1} sentences/s{compile}",
+            r.engine,
+            fmt_us(r.stats.median),
+            fmt_us(r.stats.min),
+            r.sentences_per_second()
         );
     }
     Ok(())

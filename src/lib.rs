@@ -22,6 +22,7 @@ pub use cranelora_kernels as kernels;
 
 pub mod bench;
 pub mod demo;
+pub mod embed;
 pub mod plot;
 pub mod serving;
 pub mod workloads;

@@ -635,6 +635,7 @@ pub fn to_json(report: &Report, cpu: &str, cores: usize) -> serde_json::Value {
 }
 
 pub mod baseline;
+pub mod minilm;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ pub mod layer;
 pub mod layers;
 pub mod lora;
 pub mod loss;
+pub mod models;
 pub mod optim;
 mod rng;
 pub mod tensor;

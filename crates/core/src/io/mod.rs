@@ -56,7 +56,8 @@ pub use peft::{
 };
 pub use peft_config::PeftConfig;
 pub use safetensors::{
-    load_safetensors, parse_safetensors, read_safetensors, save_safetensors, write_safetensors,
+    load_safetensors, load_tensors, parse_safetensors, parse_safetensors_except, read_safetensors,
+    read_safetensors_ids, save_safetensors, write_safetensors,
 };
 
 use crate::Error;

@@ -5,7 +5,7 @@ use super::atomic::write_file_atomically;
 use super::mapping::{entries, Entry, Naming};
 use super::{io_error, nearest};
 use crate::layer::Layer;
-use crate::{Result, Tensor};
+use crate::{IdTensor, Result, Tensor};
 use cranelora_kernels::{DType, Scalar};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
@@ -34,10 +34,24 @@ pub fn parse_safetensors<T: Scalar>(
     bytes: &[u8],
     origin: &Path,
 ) -> Result<BTreeMap<String, Tensor<T>>> {
+    parse_safetensors_except(bytes, origin, |_| false)
+}
+
+/// [`parse_safetensors`] leaving out the keys `skip` selects, before their
+/// dtype is looked at: how a loader passes over integer buffers such as
+/// BERT's `embeddings.position_ids`.
+///
+/// # Errors
+/// As [`read_safetensors`], for the keys kept. Never panics, whatever the bytes.
+pub fn parse_safetensors_except<T: Scalar>(
+    bytes: &[u8],
+    origin: &Path,
+    skip: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Tensor<T>>> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| io_error(origin, format!("not a valid safetensors file: {e}")))?;
     let mut out = BTreeMap::new();
-    for (name, view) in st.iter() {
+    for (name, view) in st.iter().filter(|(name, _)| !skip(name)) {
         let data = view.data();
         let bad = |what: String| io_error(origin, format!("key `{name}`: {what}"));
         let width = match view.dtype() {
@@ -69,6 +83,43 @@ pub fn parse_safetensors<T: Scalar>(
             .collect();
         debug_assert_eq!(values.len(), count);
         let t = Tensor::from_vec(values, view.shape()).map_err(|e| bad(e.to_string()))?;
+        out.insert(name.to_string(), t);
+    }
+    Ok(out)
+}
+
+/// The integer tensors (I64, I32) of a `.safetensors` file as ids, skipping
+/// every other dtype: how token ids and attention masks written by Python
+/// are read.
+///
+/// # Errors
+/// [`Error::Io`](crate::Error::Io) naming the file if it cannot be read or
+/// is not a valid safetensors file.
+pub fn read_safetensors_ids(path: &Path) -> Result<BTreeMap<String, IdTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, format!("cannot read: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| io_error(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.iter() {
+        let values: Vec<i64> = match view.dtype() {
+            Dtype::I64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("internal: 8-byte chunk")))
+                .collect(),
+            Dtype::I32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|c| {
+                    i64::from(i32::from_le_bytes(
+                        c.try_into().expect("internal: 4-byte chunk"),
+                    ))
+                })
+                .collect(),
+            _ => continue,
+        };
+        let t = IdTensor::from_vec(values, view.shape())
+            .map_err(|e| io_error(path, format!("key `{name}`: {e}")))?;
         out.insert(name.to_string(), t);
     }
     Ok(out)
@@ -218,6 +269,22 @@ pub fn load_safetensors<T: Scalar>(
     strict: bool,
 ) -> Result<()> {
     let file = read_safetensors::<T>(path)?;
+    load_tensors(model, &file, naming, strict, path)
+}
+
+/// [`load_safetensors`] from tensors already read (keyed as the file keys
+/// them); `origin` names the file in errors.
+///
+/// # Errors
+/// As [`load_safetensors`]. Nothing is changed when an error is returned.
+pub fn load_tensors<T: Scalar>(
+    model: &mut dyn Layer<T>,
+    file: &BTreeMap<String, Tensor<T>>,
+    naming: Naming,
+    strict: bool,
+    origin: &Path,
+) -> Result<()> {
+    let path = origin;
     let entries = entries(model, naming);
     let mut weights = HashMap::new();
     for e in &entries {
