@@ -147,13 +147,8 @@ pub(crate) fn compile_updating(
         .collect();
     report.memory = memory::plan(&g, &step_nodes, &internal, &param_names, &const_index);
     report.fused_groups = groups.len();
-    let updates = crate::inplace::place_updates(
-        &g,
-        &step_nodes,
-        &mut report.memory,
-        &specs.params,
-        updates,
-    )?;
+    let updates =
+        crate::inplace::place_updates(&g, &step_nodes, &mut report.memory, &specs.params, updates)?;
     report.nodes = g.len();
     report.planning = t.elapsed();
 

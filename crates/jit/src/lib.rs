@@ -49,8 +49,8 @@ mod jit;
 mod lower;
 pub mod memory;
 mod runtime;
-mod train;
 pub mod serve;
+mod train;
 
 pub use bindings::{Bindings, SharedBindings};
 pub use compile::{compile, CompileReport, JitOptions};
