@@ -220,6 +220,7 @@ fn lowerable_equals_the_graph_crates_list() {
         },
         Op::Concat { axis: 0 },
         Op::Gather,
+        Op::GatherMatMul,
         Op::ScatterAdd { rows: 2 },
         Op::Conv2d(p),
         Op::Conv2dInputGrad {
@@ -247,7 +248,7 @@ fn lowerable_equals_the_graph_crates_list() {
 }
 
 /// The number of variants of [`Op`].
-const OPS: usize = 52;
+const OPS: usize = 53;
 
 /// A distinct number per variant of [`Op`], by an exhaustive match.
 fn variant(op: &Op) -> usize {
@@ -305,6 +306,7 @@ fn variant(op: &Op) -> usize {
         Conv2d(_) => 49,
         Conv2dInputGrad { .. } => 50,
         Conv2dWeightGrad { .. } => 51,
+        GatherMatMul => 52,
     }
 }
 
