@@ -30,7 +30,7 @@ use super::loops::{broadcast_strides, contiguous, Access};
 use super::{clif_type, flags, Lowerer};
 use crate::memory::is_view;
 use crate::Result;
-use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelora_graph::passes::FusionPlan;
 use cranelora_graph::{DType, Graph, NodeId};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -201,30 +201,17 @@ pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
             size: on.dtype.size_bytes() as i64,
         });
     }
-    let dtype_of = |id: NodeId| g.node(id).expect("internal: live node").dtype;
     let d = first.dtype;
-    let uniform = grp.nodes.iter().chain(&inputs).all(|&n| dtype_of(n) == d);
+    let uniform = grp.nodes.iter().chain(&inputs).all(|&n| dtype(g, n) == d);
     let vectorizable = grp.nodes.iter().all(|&n| vector_capable(&l.node_of(n).op));
     let n_in = inputs.len();
     let mut scalar_body = |l: &mut Lowerer<'_>, ptrs: &[Value]| {
         let mut vals: HashMap<NodeId, Value> = HashMap::new();
         for (i, &o) in inputs.iter().enumerate() {
-            let v = l.b.ins().load(clif_type(dtype_of(o)), flags(), ptrs[i], 0);
+            let v = l.b.ins().load(clif_type(dtype(g, o)), flags(), ptrs[i], 0);
             vals.insert(o, v);
         }
-        for &id in &grp.nodes {
-            let node = l.node_of(id);
-            let ops = g.operands(id);
-            let args: Vec<Value> = ops.iter().map(|o| vals[o]).collect();
-            let r = match kernel_func(&node.op) {
-                Some(f) => super::math::emit_scalar(l, f, args[0]),
-                None => {
-                    let dts: Vec<DType> = ops.iter().map(|&o| dtype_of(o)).collect();
-                    scalar(l, &node.op, &dts, node.dtype, &args)?
-                }
-            };
-            vals.insert(id, r);
-        }
+        members_scalar(l, grp, &mut vals)?;
         for (k, o) in grp.outputs.iter().enumerate() {
             l.b.ins().store(flags(), vals[o], ptrs[n_in + k], 0);
         }
@@ -244,15 +231,7 @@ pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
                     };
                     vals.insert(o, v);
                 }
-                for &id in &grp.nodes {
-                    let op = &l.node_of(id).op;
-                    let args: Vec<Value> = g.operands(id).iter().map(|o| vals[o]).collect();
-                    let r = match kernel_func(op) {
-                        Some(f) => super::math::emit_vector(l, f, args[0]),
-                        None => vector(l, op, d, vt, &args),
-                    };
-                    vals.insert(id, r);
-                }
+                members_vector(l, grp, d, vt, &mut vals);
                 for (k, o) in grp.outputs.iter().enumerate() {
                     l.b.ins().store(vector_flags(), vals[o], ptrs[n_in + k], 0);
                 }
@@ -261,5 +240,52 @@ pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
             l.nest_vector(&dims, &accs, lanes, &mut vector_body, &mut scalar_body)
         }
         _ => l.nest(&dims, &accs, &mut scalar_body),
+    }
+}
+
+fn dtype(g: &Graph, id: NodeId) -> DType {
+    g.node(id).expect("internal: live node").dtype
+}
+
+/// Computes every member's scalar value from `vals` (inputs loaded), in order.
+fn members_scalar(
+    l: &mut Lowerer<'_>,
+    grp: &LoopGroup,
+    vals: &mut HashMap<NodeId, Value>,
+) -> Result<()> {
+    let g = l.graph;
+    for &id in &grp.nodes {
+        let node = l.node_of(id);
+        let ops = g.operands(id);
+        let args: Vec<Value> = ops.iter().map(|o| vals[o]).collect();
+        let r = match kernel_func(&node.op) {
+            Some(f) => super::math::emit_scalar(l, f, args[0]),
+            None => {
+                let dts: Vec<DType> = ops.iter().map(|&o| dtype(g, o)).collect();
+                scalar(l, &node.op, &dts, node.dtype, &args)?
+            }
+        };
+        vals.insert(id, r);
+    }
+    Ok(())
+}
+
+/// Computes every member's vector value (type `vt`, dtype `d`) from `vals`.
+fn members_vector(
+    l: &mut Lowerer<'_>,
+    grp: &LoopGroup,
+    d: DType,
+    vt: Type,
+    vals: &mut HashMap<NodeId, Value>,
+) {
+    let g = l.graph;
+    for &id in &grp.nodes {
+        let op = &l.node_of(id).op;
+        let args: Vec<Value> = g.operands(id).iter().map(|o| vals[o]).collect();
+        let r = match kernel_func(op) {
+            Some(f) => super::math::emit_vector(l, f, args[0]),
+            None => vector(l, op, d, vt, &args),
+        };
+        vals.insert(id, r);
     }
 }
