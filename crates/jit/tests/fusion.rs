@@ -215,3 +215,35 @@ fn vector_row_reductions_stay_within_the_reassociation_bound() {
         }
     }
 }
+
+/// An explicit Broadcast inside a chain is a stride-0 read, not a copy:
+/// in `relu(x + broadcast(b)) · broadcast(s)` the plan puts the first
+/// broadcast, add, relu and mul in one group; `broadcast(s)` starts a group
+/// of its own (plan rule 3: none of its operands is grouped) and is copied.
+#[test]
+fn explicit_broadcasts_fuse_as_strided_reads() {
+    for d in FLOATS {
+        for n in [1, 5, 17] {
+            let mut g = Graph::new();
+            let x = g.input("x", vec![3, n], d);
+            let b = g.input("b", vec![n], d);
+            let s = g.input("s", vec![3, 1], d);
+            let bb = g.broadcast(b, vec![3, n]).expect("broadcast");
+            let z = g.add(x, bb).expect("add");
+            let r = g.relu(z).expect("relu");
+            let sb = g.broadcast(s, vec![3, n]).expect("broadcast");
+            let y = g.mul(r, sb).expect("mul");
+            g.set_outputs(&[y]).expect("node");
+            let ins = [
+                data(&[3, n], d, 1, true),
+                data(&[n], d, 2, true),
+                data(&[3, 1], d, 3, false),
+            ];
+            let (fused, unfused) = check(&g, &ins);
+            assert_eq!(fused.report().fused_groups, 1);
+            let buffers = |c: &CompiledGraph| c.report().memory.slots.len();
+            assert!(buffers(&fused) <= 1, "{}", fused.report().memory);
+            assert!(buffers(&unfused) >= 3, "{}", unfused.report().memory);
+        }
+    }
+}

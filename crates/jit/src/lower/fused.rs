@@ -3,7 +3,8 @@
 //! The graph crate's `plan_fusion` (crates/graph/src/passes/fuse.rs) groups
 //! elementwise, Broadcast and row-wise nodes of equal shape. [`loop_groups`]
 //! keeps of each group the runs of consecutive members this file can emit
-//! in one loop: elementwise ops that are not views. A run of two or more is
+//! in one loop: elementwise ops that are not views, and Broadcast (read
+//! through stride-0 dims instead of copied). A run of two or more is
 //! a [`LoopGroup`]; everything else is lowered node by node.
 //!
 //! [`lower_group`] emits one loop nest over the group's shape: each
@@ -32,7 +33,7 @@ use crate::memory::is_view;
 use crate::Result;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelora_graph::passes::FusionPlan;
-use cranelora_graph::{DType, Graph, NodeId};
+use cranelora_graph::{DType, Graph, NodeId, Op};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Elementwise nodes of one shape computed in one loop nest.
@@ -68,10 +69,14 @@ pub enum Step {
     Group(usize),
 }
 
-/// Whether `id` can be a member of a loop group.
+/// Whether `id` can be a member of a loop group: elementwise ops that are
+/// not views, and Broadcast (its operand is read with stride-0 dims, so the
+/// broadcast copy is never made).
 fn loopable(g: &Graph, id: NodeId) -> bool {
     let node = g.node(id).expect("internal: live node");
-    node.op.is_elementwise() && !is_view(&node.op) && node.shape.numel() > 0
+    let op = &node.op;
+    (op.is_elementwise() && !is_view(op) || matches!(op, Op::Broadcast { .. }))
+        && node.shape.numel() > 0
 }
 
 /// The loop groups of `plan` (see the module docs).
@@ -203,7 +208,10 @@ pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
     }
     let d = first.dtype;
     let uniform = grp.nodes.iter().chain(&inputs).all(|&n| dtype(g, n) == d);
-    let vectorizable = grp.nodes.iter().all(|&n| vector_capable(&l.node_of(n).op));
+    let vectorizable = grp.nodes.iter().all(|&n| {
+        let op = &l.node_of(n).op;
+        vector_capable(op) || matches!(op, Op::Broadcast { .. })
+    });
     let n_in = inputs.len();
     let mut scalar_body = |l: &mut Lowerer<'_>, ptrs: &[Value]| {
         let mut vals: HashMap<NodeId, Value> = HashMap::new();
@@ -260,6 +268,8 @@ fn members_scalar(
         let args: Vec<Value> = ops.iter().map(|o| vals[o]).collect();
         let r = match kernel_func(&node.op) {
             Some(f) => super::math::emit_scalar(l, f, args[0]),
+            // The operand was read broadcast: this element is its value.
+            None if matches!(node.op, Op::Broadcast { .. }) => args[0],
             None => {
                 let dts: Vec<DType> = ops.iter().map(|&o| dtype(g, o)).collect();
                 scalar(l, &node.op, &dts, node.dtype, &args)?
@@ -284,6 +294,7 @@ fn members_vector(
         let args: Vec<Value> = g.operands(id).iter().map(|o| vals[o]).collect();
         let r = match kernel_func(op) {
             Some(f) => super::math::emit_vector(l, f, args[0]),
+            None if matches!(op, Op::Broadcast { .. }) => args[0],
             None => vector(l, op, d, vt, &args),
         };
         vals.insert(id, r);
