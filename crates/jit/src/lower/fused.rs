@@ -300,3 +300,85 @@ fn members_vector(
         vals.insert(id, r);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cranelora_graph::passes::plan_fusion;
+    use cranelora_graph::ReduceKind;
+
+    /// e = exp(x), s = sum(e), y = tanh(e) − s: the sum (not fusible) reads
+    /// a member of the elementwise chain and feeds a later member.
+    fn chain() -> (Graph, [NodeId; 5]) {
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 3], DType::F32);
+        let e = g.exp(x).expect("exp");
+        let s = g.reduce(e, ReduceKind::Sum, &[1], true).expect("sum");
+        let t = g.tanh(e).expect("tanh");
+        let y = g.sub(t, s).expect("sub");
+        g.set_outputs(&[y]).expect("node");
+        (g, [x, e, s, t, y])
+    }
+
+    #[test]
+    fn schedule_contracts_groups_in_topological_order() {
+        let (g, [x, e, s, t, y]) = chain();
+        let plan = plan_fusion(&g).expect("acyclic");
+        let groups = loop_groups(&g, &plan);
+        let order = g.topo_order().expect("acyclic");
+        let steps = schedule(&g, &order, &groups).expect("acyclic contraction");
+        // Every node appears once, operands' steps before users' steps.
+        let step_of = |n: NodeId| {
+            steps
+                .iter()
+                .position(|st| match *st {
+                    Step::Node(id) => id == n,
+                    Step::Group(gi) => groups[gi].nodes.contains(&n),
+                })
+                .expect("scheduled")
+        };
+        for n in [x, e, s, t, y] {
+            for o in g.operands(n) {
+                // Equal steps: both in one group, computed in order inside it.
+                assert!(step_of(o) <= step_of(n), "{o} before {n}");
+            }
+        }
+        // exp feeds the sum outside its group, so it is a stored output.
+        let ge = groups.iter().find(|gr| gr.nodes.contains(&e));
+        if let Some(gr) = ge {
+            assert!(gr.outputs.contains(&e), "{gr:?}");
+            assert!(!gr.nodes.contains(&s));
+        }
+    }
+
+    #[test]
+    fn schedule_refuses_a_cyclic_contraction() {
+        // {e, y} as one group would have to run both before and after s.
+        let (g, [_, e, s, _, y]) = chain();
+        let bad = LoopGroup {
+            nodes: vec![e, y],
+            outputs: vec![e, y],
+            anchor: None,
+        };
+        let order = g.topo_order().expect("acyclic");
+        assert!(g.operands(s).contains(&e));
+        assert_eq!(schedule(&g, &order, &[bad]), None);
+    }
+
+    #[test]
+    fn softmax_members_split_a_plan_group_into_runs() {
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 4], DType::F32);
+        let a = g.exp(x).expect("exp");
+        let b = g.scale(a, 2.0).expect("scale");
+        let sm = g.softmax(b, 1).expect("softmax");
+        let c = g.tanh(sm).expect("tanh");
+        let d = g.relu(c).expect("relu");
+        g.set_outputs(&[d]).expect("node");
+        let plan = plan_fusion(&g).expect("acyclic");
+        let groups = loop_groups(&g, &plan);
+        let nodes: Vec<Vec<NodeId>> = groups.iter().map(|gr| gr.nodes.clone()).collect();
+        assert_eq!(nodes, vec![vec![a, b], vec![c, d]], "{plan:?}");
+        assert_eq!(groups[0].outputs, vec![b]);
+    }
+}
