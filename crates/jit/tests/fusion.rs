@@ -1,6 +1,8 @@
 //! Fused loop groups (crates/jit/src/lower/fused.rs): fused vs unfused vs
 //! the interpreter on elementwise chains with broadcast operands (per-row
 //! bias, scalars), odd sizes, f32 and f64; fewer arena bytes when fused.
+//! Also the vector row reductions that fused chains feed (reduce.rs):
+//! within their documented reassociation bound.
 
 mod common;
 
@@ -156,5 +158,92 @@ fn fused_chain_allocates_fewer_arena_bytes() {
             "{}",
             unfused.report().memory
         );
+    }
+}
+
+/// Row sums and means in vector accumulators: each row within
+/// (n/lanes + lanes)·ε·Σ|x| of the exact sum (f32: against the f64 sum;
+/// f64: against the interpreter, whose own left-to-right error n·ε·Σ|x| is
+/// added to the bound). Max is exact.
+#[test]
+fn vector_row_reductions_stay_within_the_reassociation_bound() {
+    for d in FLOATS {
+        let (eps, lanes) = match d {
+            DType::F32 => (f64::from(f32::EPSILON), 4.0),
+            _ => (f64::EPSILON, 2.0),
+        };
+        for (dims, axes) in [
+            (vec![3, 1023], vec![1]),
+            (vec![2, 3, 17], vec![1, 2]),
+            (vec![5, 4], vec![1]),
+        ] {
+            for kind in [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max] {
+                let mut g = Graph::new();
+                let x = g.input("x", dims.clone(), d);
+                let y = g.reduce(x, kind, &axes, false).expect("reduce");
+                g.set_outputs(&[y]).expect("node");
+                let input = data(&dims, d, 9, false);
+                let c = compiled(&g, true);
+                let got = c
+                    .run(std::slice::from_ref(&input), &Bindings::new())
+                    .expect("runs");
+                let want = interpret(&g, std::slice::from_ref(&input), &Default::default())
+                    .expect("interpreter");
+                let (got, want) = (got[0].to_f64_vec(), want[0].to_f64_vec());
+                let xs = input.to_f64_vec();
+                let n = xs.len() / got.len();
+                for (r, row) in xs.chunks(n).enumerate() {
+                    let scale = if kind == ReduceKind::Mean {
+                        n as f64
+                    } else {
+                        1.0
+                    };
+                    let abs_sum: f64 = row.iter().map(|v| v.abs()).sum::<f64>() / scale;
+                    let (reference, own) = match (kind, d) {
+                        (ReduceKind::Max, _) => (want[r], 0.0),
+                        (_, DType::F32) => (row.iter().sum::<f64>() / scale, 0.0),
+                        _ => (want[r], n as f64),
+                    };
+                    let bound = (n as f64 / lanes + lanes + own + 1.0) * eps * abs_sum;
+                    let err = (got[r] - reference).abs();
+                    assert!(
+                        err <= bound,
+                        "{kind:?} {d} {dims:?} row {r}: {err:e} > {bound:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// An explicit Broadcast inside a chain is a stride-0 read, not a copy:
+/// in `relu(x + broadcast(b)) · broadcast(s)` the plan puts the first
+/// broadcast, add, relu and mul in one group; `broadcast(s)` starts a group
+/// of its own (plan rule 3: none of its operands is grouped) and is copied.
+#[test]
+fn explicit_broadcasts_fuse_as_strided_reads() {
+    for d in FLOATS {
+        for n in [1, 5, 17] {
+            let mut g = Graph::new();
+            let x = g.input("x", vec![3, n], d);
+            let b = g.input("b", vec![n], d);
+            let s = g.input("s", vec![3, 1], d);
+            let bb = g.broadcast(b, vec![3, n]).expect("broadcast");
+            let z = g.add(x, bb).expect("add");
+            let r = g.relu(z).expect("relu");
+            let sb = g.broadcast(s, vec![3, n]).expect("broadcast");
+            let y = g.mul(r, sb).expect("mul");
+            g.set_outputs(&[y]).expect("node");
+            let ins = [
+                data(&[3, n], d, 1, true),
+                data(&[n], d, 2, true),
+                data(&[3, 1], d, 3, false),
+            ];
+            let (fused, unfused) = check(&g, &ins);
+            assert_eq!(fused.report().fused_groups, 1);
+            let buffers = |c: &CompiledGraph| c.report().memory.slots.len();
+            assert!(buffers(&fused) <= 1, "{}", fused.report().memory);
+            assert!(buffers(&unfused) >= 3, "{}", unfused.report().memory);
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! The graph crate's `plan_fusion` (crates/graph/src/passes/fuse.rs) groups
 //! elementwise, Broadcast and row-wise nodes of equal shape. [`loop_groups`]
 //! keeps of each group the runs of consecutive members this file can emit
-//! in one loop: elementwise ops that are not views. A run of two or more is
+//! in one loop: elementwise ops that are not views, and Broadcast (read
+//! through stride-0 dims instead of copied). A run of two or more is
 //! a [`LoopGroup`]; everything else is lowered node by node.
 //!
 //! [`lower_group`] emits one loop nest over the group's shape: each
@@ -30,9 +31,9 @@ use super::loops::{broadcast_strides, contiguous, Access};
 use super::{clif_type, flags, Lowerer};
 use crate::memory::is_view;
 use crate::Result;
-use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelora_graph::passes::FusionPlan;
-use cranelora_graph::{DType, Graph, NodeId};
+use cranelora_graph::{DType, Graph, NodeId, Op};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Elementwise nodes of one shape computed in one loop nest.
@@ -68,10 +69,14 @@ pub enum Step {
     Group(usize),
 }
 
-/// Whether `id` can be a member of a loop group.
+/// Whether `id` can be a member of a loop group: elementwise ops that are
+/// not views, and Broadcast (its operand is read with stride-0 dims, so the
+/// broadcast copy is never made).
 fn loopable(g: &Graph, id: NodeId) -> bool {
     let node = g.node(id).expect("internal: live node");
-    node.op.is_elementwise() && !is_view(&node.op) && node.shape.numel() > 0
+    let op = &node.op;
+    (op.is_elementwise() && !is_view(op) || matches!(op, Op::Broadcast { .. }))
+        && node.shape.numel() > 0
 }
 
 /// The loop groups of `plan` (see the module docs).
@@ -201,30 +206,20 @@ pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
             size: on.dtype.size_bytes() as i64,
         });
     }
-    let dtype_of = |id: NodeId| g.node(id).expect("internal: live node").dtype;
     let d = first.dtype;
-    let uniform = grp.nodes.iter().chain(&inputs).all(|&n| dtype_of(n) == d);
-    let vectorizable = grp.nodes.iter().all(|&n| vector_capable(&l.node_of(n).op));
+    let uniform = grp.nodes.iter().chain(&inputs).all(|&n| dtype(g, n) == d);
+    let vectorizable = grp.nodes.iter().all(|&n| {
+        let op = &l.node_of(n).op;
+        vector_capable(op) || matches!(op, Op::Broadcast { .. })
+    });
     let n_in = inputs.len();
     let mut scalar_body = |l: &mut Lowerer<'_>, ptrs: &[Value]| {
         let mut vals: HashMap<NodeId, Value> = HashMap::new();
         for (i, &o) in inputs.iter().enumerate() {
-            let v = l.b.ins().load(clif_type(dtype_of(o)), flags(), ptrs[i], 0);
+            let v = l.b.ins().load(clif_type(dtype(g, o)), flags(), ptrs[i], 0);
             vals.insert(o, v);
         }
-        for &id in &grp.nodes {
-            let node = l.node_of(id);
-            let ops = g.operands(id);
-            let args: Vec<Value> = ops.iter().map(|o| vals[o]).collect();
-            let r = match kernel_func(&node.op) {
-                Some(f) => super::math::emit_scalar(l, f, args[0]),
-                None => {
-                    let dts: Vec<DType> = ops.iter().map(|&o| dtype_of(o)).collect();
-                    scalar(l, &node.op, &dts, node.dtype, &args)?
-                }
-            };
-            vals.insert(id, r);
-        }
+        members_scalar(l, grp, &mut vals)?;
         for (k, o) in grp.outputs.iter().enumerate() {
             l.b.ins().store(flags(), vals[o], ptrs[n_in + k], 0);
         }
@@ -244,15 +239,7 @@ pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
                     };
                     vals.insert(o, v);
                 }
-                for &id in &grp.nodes {
-                    let op = &l.node_of(id).op;
-                    let args: Vec<Value> = g.operands(id).iter().map(|o| vals[o]).collect();
-                    let r = match kernel_func(op) {
-                        Some(f) => super::math::emit_vector(l, f, args[0]),
-                        None => vector(l, op, d, vt, &args),
-                    };
-                    vals.insert(id, r);
-                }
+                members_vector(l, grp, d, vt, &mut vals);
                 for (k, o) in grp.outputs.iter().enumerate() {
                     l.b.ins().store(vector_flags(), vals[o], ptrs[n_in + k], 0);
                 }
@@ -261,5 +248,137 @@ pub(crate) fn lower_group(l: &mut Lowerer<'_>, grp: &LoopGroup) -> Result<()> {
             l.nest_vector(&dims, &accs, lanes, &mut vector_body, &mut scalar_body)
         }
         _ => l.nest(&dims, &accs, &mut scalar_body),
+    }
+}
+
+fn dtype(g: &Graph, id: NodeId) -> DType {
+    g.node(id).expect("internal: live node").dtype
+}
+
+/// Computes every member's scalar value from `vals` (inputs loaded), in order.
+fn members_scalar(
+    l: &mut Lowerer<'_>,
+    grp: &LoopGroup,
+    vals: &mut HashMap<NodeId, Value>,
+) -> Result<()> {
+    let g = l.graph;
+    for &id in &grp.nodes {
+        let node = l.node_of(id);
+        let ops = g.operands(id);
+        let args: Vec<Value> = ops.iter().map(|o| vals[o]).collect();
+        let r = match kernel_func(&node.op) {
+            Some(f) => super::math::emit_scalar(l, f, args[0]),
+            // The operand was read broadcast: this element is its value.
+            None if matches!(node.op, Op::Broadcast { .. }) => args[0],
+            None => {
+                let dts: Vec<DType> = ops.iter().map(|&o| dtype(g, o)).collect();
+                scalar(l, &node.op, &dts, node.dtype, &args)?
+            }
+        };
+        vals.insert(id, r);
+    }
+    Ok(())
+}
+
+/// Computes every member's vector value (type `vt`, dtype `d`) from `vals`.
+fn members_vector(
+    l: &mut Lowerer<'_>,
+    grp: &LoopGroup,
+    d: DType,
+    vt: Type,
+    vals: &mut HashMap<NodeId, Value>,
+) {
+    let g = l.graph;
+    for &id in &grp.nodes {
+        let op = &l.node_of(id).op;
+        let args: Vec<Value> = g.operands(id).iter().map(|o| vals[o]).collect();
+        let r = match kernel_func(op) {
+            Some(f) => super::math::emit_vector(l, f, args[0]),
+            None if matches!(op, Op::Broadcast { .. }) => args[0],
+            None => vector(l, op, d, vt, &args),
+        };
+        vals.insert(id, r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cranelora_graph::passes::plan_fusion;
+    use cranelora_graph::ReduceKind;
+
+    /// e = exp(x), s = sum(e), y = tanh(e) − s: the sum (not fusible) reads
+    /// a member of the elementwise chain and feeds a later member.
+    fn chain() -> (Graph, [NodeId; 5]) {
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 3], DType::F32);
+        let e = g.exp(x).expect("exp");
+        let s = g.reduce(e, ReduceKind::Sum, &[1], true).expect("sum");
+        let t = g.tanh(e).expect("tanh");
+        let y = g.sub(t, s).expect("sub");
+        g.set_outputs(&[y]).expect("node");
+        (g, [x, e, s, t, y])
+    }
+
+    #[test]
+    fn schedule_contracts_groups_in_topological_order() {
+        let (g, [x, e, s, t, y]) = chain();
+        let plan = plan_fusion(&g).expect("acyclic");
+        let groups = loop_groups(&g, &plan);
+        let order = g.topo_order().expect("acyclic");
+        let steps = schedule(&g, &order, &groups).expect("acyclic contraction");
+        // Every node appears once, operands' steps before users' steps.
+        let step_of = |n: NodeId| {
+            steps
+                .iter()
+                .position(|st| match *st {
+                    Step::Node(id) => id == n,
+                    Step::Group(gi) => groups[gi].nodes.contains(&n),
+                })
+                .expect("scheduled")
+        };
+        for n in [x, e, s, t, y] {
+            for o in g.operands(n) {
+                // Equal steps: both in one group, computed in order inside it.
+                assert!(step_of(o) <= step_of(n), "{o} before {n}");
+            }
+        }
+        // exp feeds the sum outside its group, so it is a stored output.
+        let ge = groups.iter().find(|gr| gr.nodes.contains(&e));
+        if let Some(gr) = ge {
+            assert!(gr.outputs.contains(&e), "{gr:?}");
+            assert!(!gr.nodes.contains(&s));
+        }
+    }
+
+    #[test]
+    fn schedule_refuses_a_cyclic_contraction() {
+        // {e, y} as one group would have to run both before and after s.
+        let (g, [_, e, s, _, y]) = chain();
+        let bad = LoopGroup {
+            nodes: vec![e, y],
+            outputs: vec![e, y],
+            anchor: None,
+        };
+        let order = g.topo_order().expect("acyclic");
+        assert!(g.operands(s).contains(&e));
+        assert_eq!(schedule(&g, &order, &[bad]), None);
+    }
+
+    #[test]
+    fn softmax_members_split_a_plan_group_into_runs() {
+        let mut g = Graph::new();
+        let x = g.input("x", [2, 4], DType::F32);
+        let a = g.exp(x).expect("exp");
+        let b = g.scale(a, 2.0).expect("scale");
+        let sm = g.softmax(b, 1).expect("softmax");
+        let c = g.tanh(sm).expect("tanh");
+        let d = g.relu(c).expect("relu");
+        g.set_outputs(&[d]).expect("node");
+        let plan = plan_fusion(&g).expect("acyclic");
+        let groups = loop_groups(&g, &plan);
+        let nodes: Vec<Vec<NodeId>> = groups.iter().map(|gr| gr.nodes.clone()).collect();
+        assert_eq!(nodes, vec![vec![a, b], vec![c, d]], "{plan:?}");
+        assert_eq!(groups[0].outputs, vec![b]);
     }
 }

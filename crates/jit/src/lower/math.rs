@@ -212,11 +212,11 @@ impl<'l, 'a> Emit<'l, 'a> {
         self.l.b.ins().splat(self.it, s)
     }
 
-    fn to_int(&mut self, x: Value) -> Value {
+    fn as_int(&mut self, x: Value) -> Value {
         self.l.b.ins().bitcast(self.it, MemFlagsData::new(), x)
     }
 
-    fn from_int(&mut self, x: Value) -> Value {
+    fn as_float(&mut self, x: Value) -> Value {
         self.l.b.ins().bitcast(self.vt, MemFlagsData::new(), x)
     }
 
@@ -252,7 +252,7 @@ impl<'l, 'a> Emit<'l, 'a> {
     /// `a < b` as an all-ones / all-zeros lane mask of the float type.
     fn lt(&mut self, a: Value, b: Value) -> Value {
         let m = self.l.b.ins().fcmp(FloatCC::LessThan, a, b);
-        self.from_int(m)
+        self.as_float(m)
     }
 
     /// `m ? a : b` per lane.
@@ -282,34 +282,34 @@ impl<'l, 'a> Emit<'l, 'a> {
     /// |a| with the sign bit of `s`.
     fn copysign(&mut self, a: Value, s: Value) -> Value {
         let sign = 1u64 << (self.it.lane_bits() - 1);
-        let (ia, is) = (self.to_int(a), self.to_int(s));
+        let (ia, is) = (self.as_int(a), self.as_int(s));
         let keep = self.isplat(!sign);
         let sign = self.isplat(sign);
         let mag = self.l.b.ins().band(ia, keep);
         let sgn = self.l.b.ins().band(is, sign);
         let r = self.l.b.ins().bor(mag, sgn);
-        self.from_int(r)
+        self.as_float(r)
     }
 
     /// `x` with its low `n` mantissa bits cleared.
     fn clear_low_bits(&mut self, x: Value, n: u32) -> Value {
         let keep = self.isplat(u64::MAX << n);
-        let ix = self.to_int(x);
+        let ix = self.as_int(x);
         let r = self.l.b.ins().band(ix, keep);
-        self.from_int(r)
+        self.as_float(r)
     }
 
     /// 2^n for integral lanes in the normal range: `bits(n + magic) << p`.
     fn exp2i(&mut self, n: Value) -> Value {
         let magic = self.splat(self.c.exp2_magic);
         let biased = self.add(n, magic);
-        let ib = self.to_int(biased);
+        let ib = self.as_int(biased);
         let r = self
             .l
             .b
             .ins()
             .ishl_imm_u(ib, i64::from(self.c.mantissa_bits));
-        self.from_int(r)
+        self.as_float(r)
     }
 
     /// (m, e) with x = m·2^e, m ∈ [1, 2), for positive normal lanes.
@@ -323,7 +323,7 @@ impl<'l, 'a> Emit<'l, 'a> {
             ),
             _ => (1f64.to_bits(), self.c.exp2_magic.to_bits()),
         };
-        let ix = self.to_int(x);
+        let ix = self.as_int(x);
         let fmask = self.isplat(field);
         let one = self.isplat(one_bits);
         let mant = self.l.b.ins().band(ix, fmask);
@@ -331,7 +331,7 @@ impl<'l, 'a> Emit<'l, 'a> {
         let e_field = self.l.b.ins().ushr_imm_u(ix, i64::from(p));
         let two_p = self.isplat(magic_bits & !field);
         let e = self.l.b.ins().bor(e_field, two_p);
-        let (m, e) = (self.from_int(m), self.from_int(e));
+        let (m, e) = (self.as_float(m), self.as_float(e));
         let magic = self.splat(self.c.exp2_magic);
         (m, self.sub(e, magic))
     }
