@@ -15,7 +15,9 @@ use cranelora::core::lora::{apply_lora, ApplyConfig, LoraConfig, LoraInit};
 use cranelora::core::{Input, Layer, Rng, Tensor};
 use cranelora::demo::demo_mlp;
 use cranelora::graph::passes::{FusionPlan, PassManager, PassOptions};
-use cranelora::graph::{to_dot_with, Graph};
+use cranelora::graph::to_dot_with;
+use cranelora::jit::serve::{AdapterStrategy, ServingLoad};
+use cranelora::serving::{adapter_of, adapter_strategy, ServingConfig};
 use cranelora::workloads;
 
 /// Runs `cranelora graph --model M [--passes] [--mode MODE] (--dot FILE | --svg FILE)`.
@@ -54,7 +56,10 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     }
     let model = model.with_context(|| format!("graph: --model is required\n\n{usage}"))?;
     let path = dot.with_context(|| format!("graph: --dot FILE is required\n\n{usage}"))?;
-    let mut graph = build(&model, mode)?;
+    let (layers, x) = model_of(&model)?;
+    let specs = input_specs(&[Input::Float(&x)]);
+    let mut graph = export_model(layers.as_ref(), &specs, &ExportOptions::new(mode))
+        .with_context(|| format!("exporting {model}"))?;
     println!(
         "cranelora graph: {model} exported ({mode_name} mode): {} nodes",
         graph.len()
@@ -69,6 +74,7 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
         );
         print!("{report}");
         println!("after passes: {} nodes", graph.len());
+        print_adapter_strategy(layers.as_ref(), x.shape()[0])?;
         report.fusion.unwrap_or_default()
     } else {
         FusionPlan::default()
@@ -78,8 +84,38 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     Ok(())
 }
 
-/// Exports the built-in model `name` in `mode`.
-fn build(name: &str, mode: ExportMode) -> Result<Graph> {
+/// The serving cost model's merged / unmerged choice per adapted layer
+/// (docs/jit.md, "Serving many adapters"), for a stated load: `batch` rows,
+/// 8 resident adapters, 1000 calls per rebind, 1 GiB for merged copies.
+fn print_adapter_strategy(model: &dyn Layer<f32>, batch: usize) -> Result<()> {
+    let Ok(adapter) = adapter_of(model) else {
+        return Ok(()); // no adapters: nothing to choose
+    };
+    let rank = adapter
+        .layers
+        .values()
+        .map(|l| l.a.shape().dims()[1])
+        .max()
+        .unwrap_or(1);
+    let load = ServingLoad {
+        batch,
+        resident_adapters: 8,
+        calls_per_rebind: 1000.0,
+        memory_budget: 1 << 30,
+    };
+    let mut cfg = ServingConfig::new(rank);
+    cfg.strategy = AdapterStrategy::Auto(load);
+    println!(
+        "adapter strategy (Auto; batch {batch}, 8 resident adapters, 1000 calls per rebind, 1 GiB budget, rank {rank}):"
+    );
+    for choice in adapter_strategy(model, &cfg)? {
+        println!("  {choice}");
+    }
+    Ok(())
+}
+
+/// The built-in model `name` and its input.
+fn model_of(name: &str) -> Result<(Box<dyn Layer<f32>>, Tensor<f32>)> {
     let (model, x): (Box<dyn Layer<f32>>, Tensor<f32>) = match name {
         "mlp" => {
             let mut rng = Rng::new(7);
@@ -112,9 +148,7 @@ fn build(name: &str, mode: ExportMode) -> Result<Graph> {
         }
         _ => bail!("--model: `{name}` is not mlp, attention, w1 or w3"),
     };
-    let specs = input_specs(&[Input::Float(&x)]);
-    export_model(model.as_ref(), &specs, &ExportOptions::new(mode))
-        .with_context(|| format!("exporting {name}"))
+    Ok((model, x))
 }
 
 /// Writes `text` to `path` through a temporary file in the same directory.

@@ -6,6 +6,7 @@
 //! | --- | --- |
 //! | `folded` | the batch through a function compiled with one adapter folded into the weights |
 //! | `bound` | the batch through the serving function, the adapter a runtime binding (rank padded to r) |
+//! | `bound-merged` | the same, every layer merged (bound weight W + s·A·B, packed per call: `AdapterStrategy::Auto`'s alternative) |
 //! | `swap` | `set_active` between two bound adapters |
 //! | `mixed` | the batch with rows spread evenly over the N adapters (in N consecutive blocks), one call |
 //! | `mixed-interleaved` | the same with row i on adapter i mod N (every group gathered) |
@@ -21,6 +22,7 @@ use cranelora::core::layers::Sequential;
 use cranelora::core::lora::{LoraAdapter, LoraConfig};
 use cranelora::core::{Input, Layer, Rng, Tensor};
 use cranelora::graph::TensorData;
+use cranelora::jit::serve::AdapterStrategy;
 use cranelora::jit::{compile, Bindings, CompiledGraph, JitOptions};
 use cranelora::serving::{adapter_of, compile_server, ServingConfig};
 use cranelora::workloads;
@@ -202,6 +204,8 @@ fn measure_all(o: &Options) -> Result<Vec<(&'static str, Stats)>> {
         measure(o.target, &mut || Ok(srv.run_into(&xs, &mut y)?))?,
     ));
 
+    out.push(("bound-merged", bound_merged(o, &models, &x, &xs)?));
+
     let names = ["a0", if n > 1 { "a1" } else { "a0" }];
     let mut k = 0usize;
     out.push((
@@ -245,6 +249,30 @@ fn measure_all(o: &Options) -> Result<Vec<(&'static str, Stats)>> {
         .collect::<Result<_>>()?;
     out.push(("merged-per-adapter", time_each(o.target, &merged)?));
     Ok(out)
+}
+
+/// The batch through a server whose every layer is merged (the bound base
+/// weight is W + s·A·B, packed for the GEMM on every call): what
+/// `AdapterStrategy::Auto` trades against `bound` (its `MOVE_COST`).
+fn bound_merged(
+    o: &Options,
+    models: &[Sequential<f32>],
+    x: &Tensor<f32>,
+    xs: &[TensorData],
+) -> Result<Stats> {
+    let mut cfg = ServingConfig::new(o.rank);
+    cfg.strategy = AdapterStrategy::Merged;
+    let srv = compile_server(&models[0], &input_specs(&[Input::Float(x)]), &cfg)?;
+    if !srv.strategy().iter().all(|c| c.merged) {
+        bail!(
+            "bound-merged: the cost model kept a branch: {:?}",
+            srv.strategy()
+        );
+    }
+    srv.bind_adapter("a0", &adapter_of(&models[0])?)?;
+    srv.set_active(Some("a0"))?;
+    let mut y = srv.run(xs)?;
+    measure(o.target, &mut || Ok(srv.run_into(xs, &mut y)?))
 }
 
 /// One call of each function in turn, as one timed unit.

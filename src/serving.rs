@@ -27,10 +27,11 @@ use cranelora_core::export::WeightBinding;
 use cranelora_core::export::{export_model, tensor_to_data, ExportMode, ExportOptions, InputSpec};
 use cranelora_core::io::load_peft_adapter;
 use cranelora_core::layer::{visit, Layer};
-use cranelora_core::lora::LoraGeometry;
 use cranelora_core::lora::{LoraAdapter, LoraConfig};
+use cranelora_core::lora::{LoraGeometry, LoraTarget};
 use cranelora_jit::serve::{
-    choose, Adapter, AdapterServer, AdapterStrategy, LayerAdapter, LayerSlot, ServeOptions,
+    choose, Adapter, AdapterServer, AdapterStrategy, LayerAdapter, LayerChoice, LayerSlot,
+    ServeOptions,
 };
 use cranelora_jit::JitOptions;
 use cranelora_kernels::Scalar;
@@ -93,58 +94,24 @@ pub fn compile_server<T: Scalar>(
     cfg: &ServingConfig,
 ) -> Result<AdapterServer> {
     let found = adapters(model);
-    if found.is_empty() {
-        bail!("the model has no LoRA adapter: apply the adapters to serve (or one of them) first");
-    }
-    if cfg.dora && cfg.lora_bias {
-        bail!("ServingConfig: DoRA and a LoRA bias cannot share a layer (as in PEFT); compile two servers");
-    }
+    let mut slots = slots_of(&found, cfg)?;
     let mut template = model.clone_box();
-    let mut slots = Vec::new();
-    for (path, a) in &found {
-        let geometry = a.lora_layer().geometry();
-        // No adapter of a layer has a rank above min(fan_in, fan_out) (LoraConfig::validate).
-        let rank = cfg.max_rank.min(geometry.fan_in().min(geometry.fan_out()));
-        let config = LoraConfig::new(rank)
-            .with_alpha(rank as f64)
+    for ((path, a), slot) in found.iter().zip(&slots) {
+        let config = LoraConfig::new(slot.rank)
+            .with_alpha(slot.rank as f64)
             .with_dora(cfg.dora)
             .with_lora_bias(cfg.lora_bias);
         let wide = LoraAdapter::new(a.base_layer().clone_box(), config)
-            .with_context(|| format!("building the rank-{rank} template of `{path}`"))?;
+            .with_context(|| format!("building the rank-{} template of `{path}`", slot.rank))?;
         template.replace_child(path, Box::new(wide))?;
-        let dora_base = match cfg.dora {
-            false => None,
-            true => {
-                let target = a
-                    .base_layer()
-                    .as_lora_target()
-                    .context("internal: an adapter's base is a LoRA target")?;
-                let w = geometry.to_fan_in_out(target.lora_weight().value())?;
-                Some(Arc::new(tensor_to_data(&w)))
-            }
-        };
-        slots.push(LayerSlot {
-            path: path.clone(),
-            fan_in: geometry.fan_in(),
-            fan_out: geometry.fan_out(),
-            rank,
-            dtype: T::DTYPE,
-            bias: cfg.lora_bias,
-            dora_base,
-            linear: matches!(geometry, LoraGeometry::Linear { .. }),
-            merged_base: None,
-        });
     }
     // Merged slots read their base weight as a Parameter (bound to W + s·A·B).
     let mut export = ExportOptions::new(ExportMode::Serving);
     let choices = choose(&slots, cfg.strategy, cfg.mixed_capacity > 0);
     for ((slot, choice), (_, a)) in slots.iter_mut().zip(&choices).zip(&found) {
         if choice.merged {
-            let target = a
-                .base_layer()
-                .as_lora_target()
-                .context("internal: a LoRA target")?;
-            slot.merged_base = Some(Arc::new(tensor_to_data(target.lora_weight().value())));
+            let w = target(a)?.lora_weight().value();
+            slot.merged_base = Some(Arc::new(tensor_to_data(w)));
             export = export.with_override(&slot.base_param(), WeightBinding::Parameter);
         }
     }
@@ -156,6 +123,62 @@ pub fn compile_server<T: Scalar>(
         strategy: cfg.strategy,
     };
     Ok(AdapterServer::new(&graph, slots, &opts)?)
+}
+
+fn target<T: Scalar>(a: &LoraAdapter<T>) -> Result<&dyn LoraTarget<T>> {
+    a.base_layer()
+        .as_lora_target()
+        .context("internal: an adapter's base is a LoRA target")
+}
+
+/// The slots of the adapters `found` (none merged yet).
+fn slots_of<T: Scalar>(
+    found: &[(String, LoraAdapter<T>)],
+    cfg: &ServingConfig,
+) -> Result<Vec<LayerSlot>> {
+    if found.is_empty() {
+        bail!("the model has no LoRA adapter: apply the adapters to serve (or one of them) first");
+    }
+    if cfg.dora && cfg.lora_bias {
+        bail!("ServingConfig: DoRA and a LoRA bias cannot share a layer (as in PEFT); compile two servers");
+    }
+    let mut slots = Vec::new();
+    for (path, a) in found {
+        let geometry = a.lora_layer().geometry();
+        let dora_base = match cfg.dora {
+            false => None,
+            true => {
+                let w = geometry.to_fan_in_out(target(a)?.lora_weight().value())?;
+                Some(Arc::new(tensor_to_data(&w)))
+            }
+        };
+        slots.push(LayerSlot {
+            path: path.clone(),
+            fan_in: geometry.fan_in(),
+            fan_out: geometry.fan_out(),
+            // No adapter of a layer has a rank above min(fan_in, fan_out) (LoraConfig::validate).
+            rank: cfg.max_rank.min(geometry.fan_in().min(geometry.fan_out())),
+            dtype: T::DTYPE,
+            bias: cfg.lora_bias,
+            dora_base,
+            linear: matches!(geometry, LoraGeometry::Linear { .. }),
+            merged_base: None,
+        });
+    }
+    Ok(slots)
+}
+
+/// The per-layer merged / unmerged choice [`compile_server`] would make for
+/// `model` under `cfg` (with the cost model's numbers), without compiling.
+///
+/// # Errors
+/// A model without adapters; DoRA together with a LoRA bias.
+pub fn adapter_strategy<T: Scalar>(
+    model: &dyn Layer<T>,
+    cfg: &ServingConfig,
+) -> Result<Vec<LayerChoice>> {
+    let slots = slots_of(&adapters(model), cfg)?;
+    Ok(choose(&slots, cfg.strategy, cfg.mixed_capacity > 0))
 }
 
 /// The adapters of `model` as an [`Adapter`] (every adapted layer's A, B,

@@ -50,6 +50,7 @@ fn serve_bench_writes_every_mode_in_the_bench_schema() {
     let expected = [
         "folded",
         "bound",
+        "bound-merged",
         "swap",
         "mixed",
         "mixed-interleaved",

@@ -29,7 +29,7 @@ mod strategy;
 
 pub use adapters::{bind_layers, Adapter, LayerAdapter, LayerSlot};
 pub use rewrite::ADAPTER_IDS;
-pub use strategy::{choose, AdapterStrategy, LayerChoice, ServingLoad};
+pub use strategy::{choose, AdapterStrategy, LayerChoice, ServingLoad, MOVE_COST};
 
 use crate::{compile, Bindings, CompiledGraph, Error, JitOptions, Result};
 use cranelora_graph::{Graph, TensorData};

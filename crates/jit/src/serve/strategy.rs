@@ -14,16 +14,24 @@
 //!   weight is a Parameter, so it cannot be prepacked at compile time);
 //!   memory `n·i·o·e` (one merged copy per resident adapter).
 //!
-//! Merged is chosen when its per-call work (`i·o + i·o·(r + 1)/c`) is below
-//! the unmerged branch's and the merged copies fit the budget. A layer with
-//! DoRA or a LoRA bias slot, or any layer of a server with mixed batches
+//! Merged is chosen when its per-call work (`K·i·o + i·o·(r + 1)/c`) is
+//! below the unmerged branch's and the merged copies fit the budget. A layer
+//! with DoRA or a LoRA bias slot, or any layer of a server with mixed batches
 //! (rows with different adapters share one weight), stays unmerged.
-//! Element moves are counted like multiply-adds: both are one
-//! vector-lane operation, and packing is memory-bound as the branch's
-//! small products are.
+//!
+//! `K` ([`MOVE_COST`] = 8) is the cost of packing one weight element in
+//! units of one branch multiply-add: packing is memory-bound, the branch's
+//! products run at GEMM speed. It comes from `cranelora serve-bench`'s
+//! `bound` and `bound-merged` modes on W1 (docs/benchmarks.md: packing cost
+//! 4–40 multiply-adds per element over the minimum and median times of one
+//! noisy run; 8 is the rounded middle), so W1's layers (rank 16) merge only
+//! from about 256 rows per call.
 
 use super::adapters::LayerSlot;
 use std::fmt;
+
+/// The cost of packing one weight element, in branch multiply-adds (module docs).
+pub const MOVE_COST: f64 = 8.0;
 
 /// How adapted layers run in an [`AdapterServer`](super::AdapterServer).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -31,6 +39,9 @@ pub enum AdapterStrategy {
     /// Every layer keeps the low-rank branch (runtime-bound A and B).
     #[default]
     Unmerged,
+    /// Every layer that can be merged is (Linear, no DoRA / LoRA bias, no
+    /// mixed batches).
+    Merged,
     /// Per layer, by the cost model of the module docs.
     Auto(ServingLoad),
 }
@@ -70,13 +81,17 @@ impl fmt::Display for LayerChoice {
 pub fn choose(slots: &[LayerSlot], strategy: AdapterStrategy, mixed: bool) -> Vec<LayerChoice> {
     let mut left = match strategy {
         AdapterStrategy::Auto(load) => load.memory_budget,
-        AdapterStrategy::Unmerged => 0,
+        AdapterStrategy::Unmerged | AdapterStrategy::Merged => 0,
     };
     slots
         .iter()
         .map(|s| {
             let (merged, reason) = match strategy {
                 AdapterStrategy::Unmerged => (false, "strategy Unmerged".to_string()),
+                AdapterStrategy::Merged => match unmergeable(s, mixed) {
+                    Some(why) => (false, why.to_string()),
+                    None => (true, "strategy Merged".to_string()),
+                },
                 AdapterStrategy::Auto(load) => decide(s, &load, mixed, &mut left),
             };
             LayerChoice {
@@ -86,6 +101,19 @@ pub fn choose(slots: &[LayerSlot], strategy: AdapterStrategy, mixed: bool) -> Ve
             }
         })
         .collect()
+}
+
+/// Why `s` cannot be merged, if it cannot.
+fn unmergeable(s: &LayerSlot, mixed: bool) -> Option<&'static str> {
+    if mixed {
+        Some("mixed batches need the per-row low-rank branch")
+    } else if s.dora_base.is_some() || s.bias {
+        Some("DoRA / LoRA-bias slots keep the branch")
+    } else if !s.linear {
+        Some("only Linear layers are merged")
+    } else {
+        None
+    }
 }
 
 /// One layer's decision; `left` is the budget not yet used.
@@ -104,7 +132,7 @@ fn decide(s: &LayerSlot, load: &ServingLoad, mixed: bool, left: &mut usize) -> (
     }
     let (i, o, r) = (s.fan_in as f64, s.fan_out as f64, s.rank as f64);
     let unmerged = load.batch as f64 * r * (i + o);
-    let merged = i * o + i * o * (r + 1.0) / load.calls_per_rebind.max(1.0);
+    let merged = MOVE_COST * i * o + i * o * (r + 1.0) / load.calls_per_rebind.max(1.0);
     let bytes = load.resident_adapters * s.fan_in * s.fan_out * s.dtype.size_bytes();
     let numbers = format!(
         "per call: branch {unmerged:.3e} vs repack + amortized fold {merged:.3e} madds; merged copies {bytes} B, budget left {left} B",
@@ -150,31 +178,25 @@ mod tests {
 
     #[test]
     fn w1_layers_stay_unmerged_at_batch_64_and_merge_at_large_batches() {
-        // W1: 1024×1024, r 16, batch 64: branch 64·16·2048 = 2.10e6 per call
-        // vs repack 1.05e6 + fold 1.78e7/c → merged only for c > ~17.
+        // W1: 1024×1024, r 16. Batch 64: branch 64·16·2048 = 2.1e6 per call
+        // < the repack alone, 8·1024² = 8.4e6: never merged.
         let s = [slot(1024, 1024, 16)];
         let big = usize::MAX;
-        assert!(!choose(&s, AdapterStrategy::Auto(load(64, 10.0, big)), false)[0].merged);
-        assert!(choose(&s, AdapterStrategy::Auto(load(64, 1e6, big)), false)[0].merged);
-        // Batch 16: 5.2e5 < the repack alone: never merged.
-        assert!(
-            !choose(
-                &s,
-                AdapterStrategy::Auto(load(16, f64::INFINITY, big)),
-                false
-            )[0]
-            .merged
-        );
+        let auto = |b, c| AdapterStrategy::Auto(load(b, c, big));
+        assert!(!choose(&s, auto(64, f64::INFINITY), false)[0].merged);
+        // Batch 512: branch 1.68e7 vs 8.4e6 + 1.78e7/c → merged for c > ~2.1.
+        assert!(!choose(&s, auto(512, 2.0), false)[0].merged);
+        assert!(choose(&s, auto(512, 3.0), false)[0].merged);
     }
 
     #[test]
     fn the_budget_and_mixed_batches_keep_the_branch() {
         let s = [slot(1024, 1024, 16), slot(1024, 1024, 16)];
         // Two resident copies of one 4 MiB layer fit 8 MiB once.
-        let c = choose(&s, AdapterStrategy::Auto(load(64, 1e6, 8 << 20)), false);
+        let c = choose(&s, AdapterStrategy::Auto(load(512, 1e6, 8 << 20)), false);
         assert_eq!((c[0].merged, c[1].merged), (true, false));
         assert!(c[1].reason.contains("budget"), "{}", c[1]);
-        let c = choose(&s, AdapterStrategy::Auto(load(64, 1e6, usize::MAX)), true);
+        let c = choose(&s, AdapterStrategy::Auto(load(512, 1e6, usize::MAX)), true);
         assert!(c.iter().all(|c| !c.merged && c.reason.contains("mixed")));
         assert!(choose(&s, AdapterStrategy::Unmerged, false)
             .iter()
