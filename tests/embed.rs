@@ -7,7 +7,7 @@
 
 use cranelora::core::io::read_safetensors;
 use cranelora::core::io::{load_peft_adapter, parse_safetensors_except, read_safetensors_ids};
-use cranelora::core::models::BertModel;
+use cranelora::core::models::{cosine_similarity_matrix, BertModel};
 use cranelora::core::{IdTensor, Tensor};
 use cranelora::embed::tokenize::{encode, load_tokenizer, Text};
 use cranelora::embed::{Embedder, EncodedBatch, Engine};
@@ -213,7 +213,7 @@ fn minilm_jit_matches_eager_when_available() {
         .unwrap()
         .embed(&b)
         .unwrap();
-    let jit = Embedder::new(m, Engine::Jit { fold_lora: true })
+    let jit = Embedder::new(m.clone(), Engine::Jit { fold_lora: true })
         .unwrap()
         .embed(&b)
         .unwrap();
@@ -233,4 +233,23 @@ fn minilm_jit_matches_eager_when_available() {
     };
     // Paraphrases are closer than unrelated sentences.
     assert!(cos(0, 1) > cos(0, 2) + 0.3, "{} {}", cos(0, 1), cos(0, 2));
+    // The similarity matrix sentence-transformers' README prints for this
+    // model (4 decimals): an independent check against PyTorch.
+    let texts = [
+        "The weather is lovely today.",
+        "It's so sunny outside!",
+        "He drove to the stadium.",
+    ];
+    let b = encode(&tok, &texts.map(Text::from)).unwrap();
+    let e = Embedder::new(m, Engine::Jit { fold_lora: true })
+        .unwrap()
+        .embed(&b)
+        .unwrap();
+    let sim = cosine_similarity_matrix(&e.embeddings).unwrap().to_vec();
+    let published = [
+        1.0, 0.6660, 0.1046, 0.6660, 1.0, 0.1411, 0.1046, 0.1411, 1.0,
+    ];
+    for (got, want) in sim.iter().zip(published) {
+        assert!((got - want).abs() <= 1e-4, "{sim:?}");
+    }
 }

@@ -286,3 +286,49 @@ fn missing_extra_and_misshaped_keys_are_errors_naming_them() {
     let r = Reference::<f32>::load();
     assert_eq!(run(&mut a, &r, ""), run(&mut b, &r, ""));
 }
+
+/// PEFT's `target_modules=["query", "key", "value", "dense"]` on a BERT:
+/// every projection of every layer plus the pooler, addressed by module path;
+/// the graph (LoRA kept, LoRA folded) and the merged model agree with the
+/// unmerged eager model.
+#[test]
+fn lora_on_query_key_value_and_dense_runs_unmerged_merged_and_exported() {
+    use cranelora_core::lora::{apply_lora, ApplyConfig, LoraConfig, LoraInit};
+    let r = Reference::<f32>::load();
+    let mut model = BertModel::<f32>::from_pretrained(&fixture()).unwrap();
+    let mut lora = LoraConfig::new(4).with_alpha(8.0);
+    lora.init = LoraInit::Random;
+    let cfg = ApplyConfig::new(&["query", "key", "value", "dense"], lora);
+    let report = apply_lora(&mut model, &cfg).unwrap();
+    // Per layer: query, key, value, attention.output.dense, intermediate.dense,
+    // output.dense (6 × 2 layers), plus pooler.dense.
+    assert_eq!(report.adapted.len(), 13, "{:?}", report.adapted);
+    assert!(report
+        .adapted
+        .contains(&"encoder.layer.0.attention.output.dense".to_string()));
+    let eager = run(&mut model, &r, "");
+    let base = run(
+        &mut BertModel::<f32>::from_pretrained(&fixture()).unwrap(),
+        &r,
+        "",
+    );
+    let mask = r.mask("");
+    assert!(
+        max_abs_valid(&eager, &base, &mask) > 1e-2,
+        "the adapters change the output"
+    );
+    let inputs = [
+        ids_to_data(r.id("input_ids")),
+        ids_to_data(r.id("token_type_ids")),
+        mask_to_data(&mask),
+    ];
+    for mode in [ExportMode::Serving, ExportMode::Inference] {
+        let specs = BertModel::<f32>::input_specs(4, 19);
+        let graph = export_model(&model, &specs, &ExportOptions::new(mode)).unwrap();
+        let out = interpret(&graph, &inputs, &bindings_for(&model, &graph).unwrap()).unwrap();
+        let h = tensor_from_data::<f32>(&out[0]).unwrap();
+        assert!(max_abs_valid(&h, &eager, &mask) <= 1e-4, "{mode:?}");
+    }
+    assert_eq!(merge_all(&mut model).unwrap(), 13);
+    assert!(max_abs_valid(&run(&mut model, &r, ""), &eager, &mask) <= 1e-4);
+}
