@@ -147,9 +147,18 @@ impl Trainer {
     /// state), checked against the compiled step's dtype and shape.
     ///
     /// # Errors
+    /// [`crate::Error::MissingBinding`] for a name the step neither reads
+    /// nor updates (a typo would otherwise be accepted and ignored);
     /// [`crate::Error::Mismatch`] / [`crate::Error::NotContiguous`]; the
     /// old value is kept.
     pub fn set(&mut self, name: &str, value: TensorData) -> Result<()> {
+        let known = self.compiled.parameters().iter().any(|p| p.name == name)
+            || self.compiled.updates().iter().any(|u| u.parameter == name);
+        if !known {
+            return Err(crate::Error::MissingBinding {
+                name: name.to_string(),
+            });
+        }
         let old = self.storage.get(name).cloned();
         self.storage.insert(name, value)?;
         if let Err(e) = self.compiled.check_storage(&self.storage) {

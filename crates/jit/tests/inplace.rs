@@ -28,8 +28,19 @@ fn compare(
     ins: &[TensorData],
     steps: usize,
 ) -> Trainer {
-    let mut t =
-        Trainer::with_updates(g, updates, start.clone(), &JitOptions::default()).expect("trainer");
+    compare_with(g, updates, start, ins, steps, &JitOptions::default())
+}
+
+/// [`compare`] with the given compile options.
+fn compare_with(
+    g: &Graph,
+    updates: &[(usize, String)],
+    start: &Bindings,
+    ins: &[TensorData],
+    steps: usize,
+    options: &JitOptions,
+) -> Trainer {
+    let mut t = Trainer::with_updates(g, updates, start.clone(), options).expect("trainer");
     let mut reference = start.to_map();
     for _ in 0..steps {
         let expected = interpret(g, ins, &reference).expect("interp");
@@ -64,8 +75,14 @@ fn an_update_computed_before_the_last_read_of_the_old_value_is_copied_at_the_end
     g.set_outputs(&[r, new]).expect("outputs");
     let start = bind(&[("p", data(&[4], DType::F64, 1, false))]);
     let ins = [data(&[4], DType::F64, 2, false)];
-    let t = compare(&g, &[(1, "p".into())], &start, &ins, 3);
+    // Node by node, `new` is stored before `p·new` reads p: copied at the end.
+    let unfused = JitOptions::default().with_fusion(false);
+    let t = compare_with(&g, &[(1, "p".into())], &start, &ins, 3, &unfused);
     assert!(!t.updates()[0].in_place, "the store must wait for p·new");
+    // Fused, half/new/prod are one loop whose iteration i loads p[i] before
+    // storing new[i]: the store may go straight into p.
+    let t = compare(&g, &[(1, "p".into())], &start, &ins, 3);
+    assert!(t.updates()[0].in_place, "one fused loop reads p[i] first");
 }
 
 #[test]
@@ -213,6 +230,12 @@ fn bad_updates_and_bindings_are_errors_naming_them() {
     assert_eq!(t.bindings().get("p"), good.get("p"));
     t.set("p", data(&[3], DType::F64, 9, false))
         .expect("same spec");
+    // A name the step neither reads nor updates (a typo) is refused.
+    match t.set("q", data(&[3], DType::F64, 9, false)) {
+        Err(Error::MissingBinding { name }) => assert_eq!(name, "q"),
+        other => panic!("{other:?}"),
+    }
+    assert!(t.bindings().get("q").is_none());
 }
 
 #[test]

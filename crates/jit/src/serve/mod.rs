@@ -89,11 +89,23 @@ impl AdapterServer {
     /// (DoRA at the slots with `dora_base`, a LoRA bias where `bias`).
     ///
     /// # Errors
-    /// [`Error::Adapter`] if the graph's Parameters are not exactly the
-    /// slots' (`P.lora_a`, `P.lora_b`, …) or a slot cannot take mixed
-    /// batches; compile errors.
+    /// [`Error::Adapter`] if a slot has rank, fan-in or fan-out 0, the
+    /// graph's Parameters are not exactly the slots' (`P.lora_a`,
+    /// `P.lora_b`, …) or a slot cannot take mixed batches; compile errors.
     pub fn new(graph: &Graph, slots: Vec<LayerSlot>, opts: &ServeOptions) -> Result<Self> {
         let jit = opts.jit.with_lora_fold(false);
+        if let Some(s) = slots
+            .iter()
+            .find(|s| s.rank == 0 || s.fan_in == 0 || s.fan_out == 0)
+        {
+            return Err(Error::Adapter {
+                adapter: s.path.clone(),
+                reason: format!(
+                    "a slot needs a rank and fan-in/fan-out of at least 1 (rank {}, {} × {})",
+                    s.rank, s.fan_in, s.fan_out
+                ),
+            });
+        }
         let choices = choose(&slots, opts.strategy, opts.mixed_capacity > 0);
         for (c, s) in choices.iter().zip(&slots) {
             if c.merged != s.merged_base.is_some() {
@@ -214,10 +226,13 @@ impl AdapterServer {
     /// # Errors
     /// [`Error::Adapter`] if no adapter of that name is bound.
     pub fn set_active(&self, name: Option<&str>) -> Result<()> {
+        // `bound` stays read-locked until `active` is replaced (lock order
+        // bound → active, as in bind/unbind): a concurrent rebind or unbind
+        // of `name` cannot slip between the lookup and the swap.
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
         let next = match name {
             None => self.no_adapter(),
             Some(n) => {
-                let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
                 let b = bound.get(n).ok_or_else(|| unknown(n))?;
                 Active {
                     name: Some(Arc::clone(&b.name)),
@@ -229,7 +244,8 @@ impl AdapterServer {
             &mut *self.active.write().unwrap_or_else(|e| e.into_inner()),
             next,
         );
-        drop(old); // outside the lock: the last reference may free an unbound set
+        drop(bound);
+        drop(old); // outside the locks: the last reference may free an unbound set
         Ok(())
     }
 
