@@ -269,6 +269,29 @@ fn missing_extra_and_misshaped_keys_are_errors_naming_them() {
         msg.contains("intermediate.dense.weight") && msg.contains("[64, 32]"),
         "{msg}"
     );
+    // A config whose sizes the file cannot back is refused before the model
+    // is allocated (here 2^40 × 2^40 would overflow), naming config.json.
+    let dir = std::env::temp_dir().join(format!("cranelora-bert-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = std::fs::read_to_string(fixture().join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    json["vocab_size"] = serde_json::json!(1u64 << 40);
+    json["hidden_size"] = serde_json::json!(1u64 << 40);
+    json["num_attention_heads"] = serde_json::json!(1);
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    std::fs::copy(
+        fixture().join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let msg = BertModel::<f32>::from_pretrained(&dir)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("config.json") && msg.contains("imply"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
     // A `bert.` prefix (task checkpoints) loads the same weights; heads outside it are left out.
     let dir = std::env::temp_dir().join(format!("cranelora-bert-prefix-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

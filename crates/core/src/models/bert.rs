@@ -134,7 +134,27 @@ impl<T: Scalar> BertModel<T> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let path = dir.join("model.safetensors");
         let tensors = read_bert_weights::<T>(&path)?;
-        let mut model = Self::new(&config, tensors.contains_key("pooler.dense.weight"))?;
+        let pooler = tensors.contains_key("pooler.dense.weight");
+        // Before allocating the model: sizes a (damaged or hostile) config
+        // states must be roughly backed by the file, else `new` could try to
+        // allocate far more than the checkpoint holds. Within twice the
+        // file's size the model is built and `load_tensors` names each
+        // missing or mis-shaped key precisely.
+        let held: usize = tensors.values().map(Tensor::len).sum();
+        match config.parameter_count(pooler) {
+            Some(n) if n <= held.saturating_mul(2) => {}
+            implied => {
+                let implied = implied.map_or("more than usize::MAX".into(), |n| n.to_string());
+                return Err(Error::Io {
+                    path: dir.join("config.json").display().to_string(),
+                    message: format!(
+                        "its sizes imply {implied} weights but {} holds {held}",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        let mut model = Self::new(&config, pooler)?;
         load_tensors(&mut model, &tensors, Naming::PyTorch, true, &path)?;
         Ok(model)
     }

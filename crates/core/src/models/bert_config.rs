@@ -104,6 +104,30 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The number of weights of a model of this configuration (with the
+    /// pooler when `pooler`), or `None` if it overflows `usize`.
+    pub fn parameter_count(&self, pooler: bool) -> Option<usize> {
+        let (d, ffn) = (self.hidden_size, self.intermediate_size);
+        let dense = |i: usize, o: usize| i.checked_mul(o)?.checked_add(o);
+        let tables = self
+            .vocab_size
+            .checked_add(self.max_position_embeddings)?
+            .checked_add(self.type_vocab_size)?
+            .checked_mul(d)?;
+        let norm = d.checked_mul(2)?;
+        let layer = dense(d, d)?
+            .checked_mul(4)?
+            .checked_add(dense(d, ffn)?)?
+            .checked_add(dense(ffn, d)?)?
+            .checked_add(norm.checked_mul(2)?)?;
+        let layers = layer.checked_mul(self.num_hidden_layers)?;
+        let pool = if pooler { dense(d, d)? } else { 0 };
+        tables
+            .checked_add(norm)?
+            .checked_add(layers)?
+            .checked_add(pool)
+    }
+
     /// Checks that the sizes are positive and consistent.
     ///
     /// # Errors
