@@ -2,6 +2,7 @@
 //! the table (and writes the JSON with `--json`, the SVG chart of
 //! `cranelora::plot` with `--plot`).
 
+use crate::files::write_atomic;
 use anyhow::{bail, Context, Result};
 use cranelora::bench::{self, Mode, Report, Workload};
 use cranelora::plot;
@@ -48,7 +49,7 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     print_table(&report);
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&bench::to_json(&report, &cpu, cores))?;
-        write_atomically(&path, &(text + "\n"))?;
+        write_atomic(&path, &(text + "\n"))?;
         println!("wrote {path}");
     }
     if let Some(path) = plot {
@@ -56,7 +57,7 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
             "{cpu}, {cores} cores; ~{target:?} per measurement{}",
             if quick { " (--quick)" } else { "" }
         );
-        write_atomically(&path, &plot::bench_svg(&report, &subtitle))?;
+        write_atomic(&path, &plot::bench_svg(&report, &subtitle))?;
         println!("wrote {path}");
     }
     if !report.failures.is_empty() {
@@ -88,16 +89,6 @@ fn run_minilm(dir: &std::path::Path, target: Duration) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Writes `text` to a temporary name beside `path`, then renames it over `path`.
-fn write_atomically(path: &str, text: &str) -> Result<()> {
-    let tmp = format!("{path}.tmp{}", std::process::id());
-    std::fs::write(&tmp, text).with_context(|| format!("writing {path} (via {tmp})"))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("renaming {tmp} to {path}")
-    })
 }
 
 fn fmt_us(d: Duration) -> String {

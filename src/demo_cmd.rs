@@ -8,7 +8,7 @@
 //! `jit-folded` from the Inference export with LoRA folding on, `merged`
 //! the eager forward after `merge_all`. Timing is [`bench::measure`].
 
-use crate::graph_cmd::write_atomic;
+use crate::files::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use cranelora::bench::{self, build_forward, Mode, Stats};
 use cranelora::core::export::{export_model, input_specs};

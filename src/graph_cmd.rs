@@ -8,6 +8,7 @@
 //! cluster_*` groups — the LoRA and fusion clusters that are the point of
 //! the picture — so it is not worth a dependency.
 
+use crate::files::write_atomic;
 use anyhow::{bail, Context, Result};
 use cranelora::core::export::{export_model, input_specs, ExportMode, ExportOptions};
 use cranelora::core::layers::MultiHeadAttention;
@@ -149,11 +150,4 @@ fn model_of(name: &str) -> Result<(Box<dyn Layer<f32>>, Tensor<f32>)> {
         _ => bail!("--model: `{name}` is not mlp, attention, w1 or w3"),
     };
     Ok((model, x))
-}
-
-/// Writes `text` to `path` through a temporary file in the same directory.
-pub(crate) fn write_atomic(path: &str, text: &str) -> Result<()> {
-    let tmp = format!("{path}.tmp{}", std::process::id());
-    std::fs::write(&tmp, text).with_context(|| format!("writing {tmp}"))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))
 }

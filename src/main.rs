@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 mod bench_cmd;
 mod demo_cmd;
 mod embed_cmd;
+mod files;
 mod graph_cmd;
 mod peft_cmd;
 mod serve_bench;

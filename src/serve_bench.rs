@@ -13,6 +13,7 @@
 //! | `separate` | N calls, one per adapter, each a function compiled for batch/N rows with that adapter folded, summed |
 //! | `merged-per-adapter` | N calls of the whole batch on per-adapter merged functions (a server keeping one merged copy per adapter; forward only, the merges not timed), summed |
 
+use crate::files::write_atomic;
 use anyhow::{bail, Context, Result};
 use cranelora::bench::{self, measure, Stats};
 use cranelora::core::export::{
@@ -159,9 +160,7 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     if let Some(path) = &o.json {
         let json = to_json(&results, &o, &cpu, cores);
         let text = serde_json::to_string_pretty(&json)? + "\n";
-        let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {tmp}"))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))?;
+        write_atomic(path, &text)?;
         println!("wrote {path}");
     }
     Ok(())
