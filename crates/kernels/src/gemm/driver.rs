@@ -161,6 +161,9 @@ impl<E> Chunks<E> {
     }
 }
 
+/// The epilogue hook: `post(i, j0, row)` with `row = C[i, j0..j0 + len]`.
+pub(super) type PostFn<'f, E> = dyn Fn(usize, usize, &mut [E]) + Sync + 'f;
+
 /// The operands and scalars of one product.
 pub(super) struct Problem<'a, E> {
     pub alpha: E,
@@ -169,7 +172,7 @@ pub(super) struct Problem<'a, E> {
     pub beta: E,
     pub k: usize,
     /// Called once per finished block row `C[i, j0..j0 + len]` (the epilogue).
-    pub post: Option<&'a (dyn Fn(usize, usize, &mut [E]) + Sync)>,
+    pub post: Option<&'a PostFn<'a, E>>,
 }
 
 /// `C ← α·A·B + β·C` with `fam`'s kernels; `c` is m×n at row stride `rs`.
