@@ -222,25 +222,12 @@ fn index_of(list: &[NodeId], id: NodeId) -> usize {
 pub fn scratch_bytes(g: &Graph, id: NodeId) -> usize {
     let node = g.node(id).expect("internal: live node");
     let size = node.dtype.size_bytes();
-    let ops = g.operands(id);
-    let dims = |i: usize| {
-        g.node(ops[i])
-            .expect("internal: live operand")
-            .shape
-            .dims()
-            .to_vec()
-    };
     let ws = |m, n, k, packed| match node.dtype {
         DType::F64 => workspace_len::<f64>(m, n, k, packed),
         _ => workspace_len::<f32>(m, n, k, packed),
     };
     match &node.op {
-        Op::MatMul => {
-            let (a, b) = (dims(0), dims(1));
-            let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
-            let packed = crate::lower::linalg::packable(g, ops[1]);
-            ws(m, n, k, packed) * size
-        }
+        Op::MatMul => crate::lower::linalg::matmul_scratch_bytes(g, id),
         Op::Conv2d(_) | Op::Conv2dInputGrad { .. } | Op::Conv2dWeightGrad { .. } => {
             let plan = crate::lower::linalg::conv_dims(g, id);
             let (rows, cols, o) = (plan.rows, plan.cols, plan.out_channels);

@@ -14,7 +14,10 @@
 //! errors become a nonzero status.
 
 use crate::lower::gather_matmul::GatherMatMulPlan;
-use cranelora_kernels::gemm::{gemm, MatMut, MatRef, PackedRhs, Rhs};
+use cranelora_kernels::gemm::{
+    gemm, gemm_batched, Batch, BatchRhs, Epilogue, EpilogueSpec, LoraTerm, MatMut, MatRef,
+    PackedRhs, Rhs,
+};
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::math::{apply_inplace, Func};
 use cranelora_kernels::Scalar;
@@ -26,7 +29,21 @@ pub const INDEX_OUT_OF_RANGE: i32 = 1;
 /// Status: a kernel failed (the failing node is in status word 0).
 pub const KERNEL_ERROR: i32 = 2;
 
-/// A (batched, broadcast) matrix product `c = a·b`.
+/// A (batched, broadcast) matrix product `c = epilogue(a·b)`.
+///
+/// The helper runs the whole batch in one call
+/// ([`gemm_batched`]): one large product when the entries of `a` are
+/// consecutive and share one `b` (a weight applied to `[batch, seq, d]`),
+/// else entries spread over the pool's threads.
+///
+/// **Epilogue.** With a non-empty [`epilogue`](Self::epilogue) the helper
+/// applies it to each block of the stacked `(batch·m) × n` output while it
+/// is in cache: LoRA term `s·XA·LB` (`XA` is `(batch·m) × r`, `LB` `r × n`),
+/// per-column scale and bias (`n`), activation, and `ρ·R` (`R` is
+/// `(batch·m) × n`), in that order (see `cranelora_kernels::gemm::Epilogue`).
+/// Their buffers are the helper's last five pointer arguments (null when
+/// the step is absent). `linalg::matmul_with_epilogue` is the lowering
+/// entry point that fills both.
 #[derive(Debug)]
 pub struct MatMulPlan<T> {
     /// Rows of each product.
@@ -43,6 +60,57 @@ pub struct MatMulPlan<T> {
     pub lens: (usize, usize),
     /// Workspace elements available in the scratch area.
     pub workspace: usize,
+    /// What follows the product (empty: plain `c = a·b`).
+    pub epilogue: EpilogueSpec,
+}
+
+/// The epilogue operands of a [`matmul`] call, as passed by generated code.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct EpiloguePtrs<T> {
+    /// `XA`, `(batch·m) × r`.
+    pub xa: *const T,
+    /// The adapter's `B`, `r × n`.
+    pub lora_b: *const T,
+    /// Per-column scale, `n`.
+    pub col_scale: *const T,
+    /// Per-column bias, `n`.
+    pub bias: *const T,
+    /// Residual, `(batch·m) × n`.
+    pub residual: *const T,
+}
+
+impl<T: Scalar> MatMulPlan<T> {
+    /// The epilogue of the plan over the buffers of `ptrs`.
+    ///
+    /// # Safety
+    /// Each pointer of a step the plan's epilogue has points to the number
+    /// of valid elements documented on [`EpiloguePtrs`], alive for `'a`.
+    unsafe fn bind_epilogue<'a>(&self, ptrs: &EpiloguePtrs<T>) -> Option<Epilogue<'a, T>> {
+        let (rows, n, spec) = (self.batch.len() * self.m, self.n, &self.epilogue);
+        // SAFETY: by this function's contract.
+        let slice = |p: *const T, len: usize| unsafe { std::slice::from_raw_parts(p, len) };
+        let mat = |p, r: usize, c: usize| MatRef::new(slice(p, r * c), r, c).ok();
+        let lora = match spec.lora {
+            Some((r, s)) => Some(LoraTerm {
+                xa: mat(ptrs.xa, rows, r)?,
+                b: mat(ptrs.lora_b, r, n)?,
+                scale: T::from_f64_lossy(s),
+            }),
+            None => None,
+        };
+        let residual = match spec.residual {
+            Some(rho) => Some((mat(ptrs.residual, rows, n)?, T::from_f64_lossy(rho))),
+            None => None,
+        };
+        Some(Epilogue {
+            lora,
+            col_scale: spec.col_scale.then(|| slice(ptrs.col_scale, n)),
+            bias: spec.bias.then(|| slice(ptrs.bias, n)),
+            activation: spec.activation,
+            residual,
+        })
+    }
 }
 
 /// What a [`ConvPlan`] computes.
@@ -117,54 +185,80 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
     ]
 }
 
-/// `c = a·b` for every batch entry of the plan.
+/// `c = epilogue(a·b)` for every batch entry of the plan, in one
+/// [`gemm_batched`] call.
 ///
 /// # Safety
 /// `plan` points to a live [`MatMulPlan<T>`]; `a`, `b` and `c` point to
 /// `lens.0`, `lens.1` and `batch.len()·m·n` valid elements (b may be null
-/// when the plan holds a packed B), c not overlapping a or b; `scratch`
-/// points to `workspace` writable elements used by nothing else during the call.
+/// when the plan holds a packed B), c not overlapping a, b or the epilogue
+/// operands; `scratch` points to `workspace` writable elements used by
+/// nothing else during the call; the epilogue pointers are as
+/// [`MatMulPlan::bind_epilogue`] requires (null for absent steps).
+#[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn matmul<T: Scalar>(
     plan: *const MatMulPlan<T>,
     a: *const T,
     b: *const T,
     c: *mut T,
     scratch: *mut T,
+    xa: *const T,
+    lora_b: *const T,
+    col_scale: *const T,
+    bias: *const T,
+    residual: *const T,
 ) -> i32 {
+    let ptrs = EpiloguePtrs {
+        xa,
+        lora_b,
+        col_scale,
+        bias,
+        residual,
+    };
     // SAFETY: the caller's contract above (the compiled code passes the
     // buffers the memory plan sized for this node).
-    let (p, a, c, ws) = unsafe {
-        let p = &*plan;
-        let a = std::slice::from_raw_parts(a, p.lens.0);
-        let c = std::slice::from_raw_parts_mut(c, p.batch.len() * p.m * p.n);
+    unsafe { matmul_call(&*plan, a, b, c, scratch, &ptrs) }
+}
+
+/// [`matmul`] with the epilogue pointers gathered (also called by tests).
+///
+/// # Safety
+/// As [`matmul`].
+pub(crate) unsafe fn matmul_call<T: Scalar>(
+    p: &MatMulPlan<T>,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+    scratch: *mut T,
+    ptrs: &EpiloguePtrs<T>,
+) -> i32 {
+    // SAFETY: the caller's contract (see `matmul`).
+    let (a, c, ws, ep) = unsafe {
         (
-            p,
-            a,
-            c,
+            std::slice::from_raw_parts(a, p.lens.0),
+            std::slice::from_raw_parts_mut(c, p.batch.len() * p.m * p.n),
             std::slice::from_raw_parts_mut(scratch, p.workspace),
+            p.bind_epilogue(ptrs),
         )
     };
-    let b: &[T] = match p.packed {
-        Some(_) => &[],
+    let rhs = match &p.packed {
+        Some(packed) => BatchRhs::Packed(packed),
         // SAFETY: as above; without a packed B, b points to lens.1 elements.
-        None => unsafe { std::slice::from_raw_parts(b, p.lens.1) },
+        None => BatchRhs::Entries(unsafe { std::slice::from_raw_parts(b, p.lens.1) }),
     };
-    let (m, k, n) = (p.m, p.k, p.n);
-    for (i, &(ao, bo)) in p.batch.iter().enumerate() {
-        let result = (|| {
-            let ai = MatRef::new(&a[ao..ao + m * k], m, k)?;
-            let rhs = match &p.packed {
-                Some(packed) => Rhs::Packed(packed),
-                None => Rhs::Mat(MatRef::new(&b[bo..bo + k * n], k, n)?),
-            };
-            let ci = MatMut::new(&mut c[i * m * n..(i + 1) * m * n], m, n)?;
-            gemm(T::one(), ai, rhs, T::zero(), ci, ws)
-        })();
-        if result.is_err() {
-            return KERNEL_ERROR;
-        }
+    let batch = Batch {
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        offsets: &p.batch,
+    };
+    let Some(ep) = ep else {
+        return KERNEL_ERROR; // not reached: each view is made to fit its slice
+    };
+    match gemm_batched(&batch, a, rhs, c, ws, &ep) {
+        Ok(()) => OK,
+        Err(_) => KERNEL_ERROR,
     }
-    OK
 }
 
 /// The convolution product of the plan, image by image.
@@ -393,3 +487,7 @@ unsafe extern "C" fn gather_matmul<T: Scalar>(
     };
     crate::lower::gather_matmul::run(p, buffers)
 }
+
+#[cfg(test)]
+#[path = "runtime_matmul_tests.rs"]
+mod matmul_tests;

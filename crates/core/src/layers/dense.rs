@@ -194,6 +194,61 @@ impl<T: Scalar> Dense<T> {
         dx.reshape(x.shape())
     }
 
+    /// `act(x·W + b)` as one GEMM whose epilogue adds the bias and applies
+    /// the activation to each block of the output while it is in cache
+    /// (eval mode: the pre-activation is not kept). ReLU stays a separate
+    /// pass, as [`Activation::apply_inplace`] defines it (NaN → 0).
+    fn forward_fused(&self, x: &Tensor<T>) -> Result<Tensor<T>> {
+        use cranelora_kernels::gemm::{self, Epilogue, MatMut, MatRef, Rhs};
+        self.check_input(x)?;
+        let (i, o) = (self.in_features(), self.out_features());
+        let rows = x.len() / i;
+        let contiguous =
+            |t: &Tensor<T>| t.as_slice().is_none().then(|| t.clone().into_contiguous());
+        let (xc, wc) = (contiguous(x), contiguous(self.weight.value()));
+        let xt = xc.as_ref().unwrap_or(x);
+        let wt = wc.as_ref().unwrap_or(self.weight.value());
+        let xs = xt.as_slice().expect("internal: contiguous tensor");
+        let ws = wt.as_slice().expect("internal: contiguous tensor");
+        let bias_copy;
+        let bias = match &self.bias {
+            None => None,
+            Some(b) => Some(match b.value().as_slice() {
+                Some(s) => s,
+                None => {
+                    bias_copy = b.value().to_vec();
+                    &bias_copy[..]
+                }
+            }),
+        };
+        let activation = kernel_activation(self.activation);
+        let ep = Epilogue {
+            bias,
+            activation,
+            ..Epilogue::none()
+        };
+        let mut out = vec![T::zero(); rows * o];
+        let mut work = vec![T::zero(); gemm::workspace_len::<T>(rows, o, i, false)];
+        gemm::gemm_ep(
+            T::one(),
+            MatRef::new(xs, rows, i)?,
+            Rhs::Mat(MatRef::new(ws, i, o)?),
+            T::zero(),
+            MatMut::new(&mut out, rows, o)?,
+            &mut work,
+            &ep,
+        )?;
+        let mut shape = x.shape().to_vec();
+        *shape
+            .last_mut()
+            .expect("internal: input was checked to have an axis") = o;
+        let mut y = Tensor::from_vec(out, &shape)?;
+        if activation.is_none() {
+            self.activation.apply_inplace(&mut y);
+        }
+        Ok(y)
+    }
+
     /// Appends the pre-activation `x·W + b` to the graph (nodes
     /// `<path>.matmul` and `<path>.bias_add`): [`Dense::forward_pre`] as a graph.
     ///
@@ -215,6 +270,22 @@ impl<T: Scalar> Dense<T> {
     }
 }
 
+/// The GEMM-epilogue form of `act`, for the activations computed by the
+/// kernels' vector functions (identity and ReLU are not).
+fn kernel_activation(act: Activation) -> Option<cranelora_kernels::gemm::Activation> {
+    use cranelora_kernels::gemm::Activation as Ep;
+    use cranelora_kernels::math::Func;
+    let f = match act {
+        Activation::Identity | Activation::Relu => return None,
+        Activation::GeluErf => Func::GeluErf,
+        Activation::GeluTanh => Func::GeluTanh,
+        Activation::Tanh => Func::Tanh,
+        Activation::Sigmoid => Func::Sigmoid,
+        Activation::Silu => Func::Silu,
+    };
+    Some(Ep::Func(f))
+}
+
 impl<T: Scalar> Layer<T> for Dense<T> {
     fn kind(&self) -> &'static str {
         "Dense"
@@ -222,6 +293,13 @@ impl<T: Scalar> Layer<T> for Dense<T> {
 
     fn forward(&mut self, inputs: &[Input<'_, T>]) -> Result<Tensor<T>> {
         let x = Inputs::new(inputs, self.kind()).float(0)?;
+        if !self.training {
+            // Nothing to cache for backward: one GEMM with the bias and the
+            // activation in its epilogue.
+            self.cache = None;
+            self.pre_input = None;
+            return self.forward_fused(x);
+        }
         let pre = self.forward_pre(x)?;
         let y = self.activation.apply(&pre);
         self.cache = self.training.then(|| (pre, y.clone()));
@@ -451,6 +529,38 @@ mod tests {
         // x·W = [1+4, -1+0, 0.5+2] = [5, -1, 2.5]; + b = [5.5, -0.5, -1.5]; relu.
         let expected = Tensor::from_vec(vec![5.5, 0.0, 0.0], &[1, 3]).unwrap();
         assert_tensor_close(&d.forward_float(&x).unwrap(), &expected, 0.0, 0.0);
+    }
+
+    /// The eval-mode forward (one GEMM with bias and activation in its
+    /// epilogue) equals the training-mode one (matmul, bias pass, activation pass).
+    fn check_fused_forward<T: Scalar>(tol: f64) {
+        let acts = [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::GeluErf,
+            Activation::GeluTanh,
+            Activation::Tanh,
+            Activation::Sigmoid,
+            Activation::Silu,
+        ];
+        let x = Tensor::<T>::random_normal(&[2, 9, 37], 0.0, 1.0, &mut Rng::new(5));
+        for act in acts {
+            for bias in [true, false] {
+                let mut d = Dense::<T>::new(37, 70, bias, act, &mut Rng::new(6)).unwrap();
+                d.set_training(true);
+                let unfused = d.forward_float(&x).unwrap();
+                d.set_training(false);
+                let fused = d.forward_float(&x).unwrap();
+                assert_eq!(fused.shape(), [2, 9, 70]);
+                assert_tensor_close(&fused, &unfused, tol, tol);
+            }
+        }
+    }
+
+    #[test]
+    fn eval_forward_fuses_bias_and_activation_f32_f64() {
+        check_fused_forward::<f32>(1e-5);
+        check_fused_forward::<f64>(1e-13);
     }
 
     #[test]

@@ -7,8 +7,8 @@ use super::Lowerer;
 use crate::runtime::{ConvKind, ConvPlan, MatMulPlan};
 use crate::Result;
 use cranelift_codegen::ir::{types, Value};
-use cranelora_graph::{DType, Graph, NodeId, Op};
-use cranelora_kernels::gemm::{MatRef, PackedRhs};
+use cranelora_graph::{DType, Graph, NodeId, Op, TensorData};
+use cranelora_kernels::gemm::{batched_workspace_len, EpilogueSpec, MatRef, PackedRhs};
 use cranelora_kernels::Scalar;
 
 /// Whether operand `b` of a MatMul is a 2-D constant, packed at compile time.
@@ -45,25 +45,50 @@ fn batch_offsets(a: &[usize], b: &[usize], out: &[usize]) -> Vec<(usize, usize)>
         .collect()
 }
 
+/// The prepacked B of a MatMul whose right operand is a 2-D constant,
+/// read in place when `typed` gives its row-major values (no copy, no f64
+/// round trip).
+fn packed_rhs<T: Scalar>(
+    g: &Graph,
+    b: NodeId,
+    typed: impl Fn(&TensorData) -> Option<&[T]>,
+) -> Option<PackedRhs<T>> {
+    let node = g.node(b)?;
+    let Op::Constant(data) = &node.op else {
+        return None;
+    };
+    if !packable(g, b) {
+        return None;
+    }
+    let (k, n) = (node.shape.dims()[0], node.shape.dims()[1]);
+    let converted: Vec<T>;
+    let values = match typed(data) {
+        Some(values) => values,
+        None => {
+            converted = data
+                .to_f64_vec()
+                .into_iter()
+                .map(T::from_f64_lossy)
+                .collect();
+            &converted
+        }
+    };
+    Some(PackedRhs::pack(MatRef::new(values, k, n).ok()?))
+}
+
 /// The plan of a MatMul of element type T.
-fn matmul_plan<T: Scalar>(g: &Graph, id: NodeId, workspace: usize) -> MatMulPlan<T> {
+fn matmul_plan<T: Scalar>(
+    g: &Graph,
+    id: NodeId,
+    workspace: usize,
+    packed: Option<PackedRhs<T>>,
+    epilogue: EpilogueSpec,
+) -> MatMulPlan<T> {
     let ops = g.operands(id);
     let node = |i: usize| g.node(ops[i]).expect("internal: live operand");
     let (a, b) = (node(0).shape.dims(), node(1).shape.dims());
     let out = g.node(id).expect("internal: live node").shape.dims();
     let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
-    let packed = match &node(1).op {
-        Op::Constant(data) if packable(g, ops[1]) => {
-            let values: Vec<T> = data
-                .to_f64_vec()
-                .into_iter()
-                .map(T::from_f64_lossy)
-                .collect();
-            let mat = MatRef::new(&values, k, n).expect("internal: k×n constant");
-            Some(PackedRhs::pack(mat))
-        }
-        _ => None,
-    };
     MatMulPlan {
         m,
         k,
@@ -72,24 +97,95 @@ fn matmul_plan<T: Scalar>(g: &Graph, id: NodeId, workspace: usize) -> MatMulPlan
         packed,
         lens: (node(0).shape.numel(), node(1).shape.numel()),
         workspace,
+        epilogue,
     }
+}
+
+/// Scratch bytes a MatMul's helper needs: the workspace of the whole
+/// batch ([`batched_workspace_len`]), so small entries can run on several
+/// threads at once.
+pub(crate) fn matmul_scratch_bytes(g: &Graph, id: NodeId) -> usize {
+    let node = g.node(id).expect("internal: live node");
+    let ops = g.operands(id);
+    let dims = |i: usize| g.node(ops[i]).expect("internal: live operand").shape.dims();
+    let (a, b, out) = (dims(0), dims(1), node.shape.dims());
+    let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
+    let count = out[..out.len() - 2].iter().product();
+    let packed = packable(g, ops[1]);
+    let elems = match node.dtype {
+        DType::F64 => batched_workspace_len::<f64>(count, m, n, k, packed),
+        _ => batched_workspace_len::<f32>(count, m, n, k, packed),
+    };
+    elems * node.dtype.size_bytes()
+}
+
+/// The operands of a MatMul epilogue: the nodes whose buffers the helper
+/// reads for each step of `spec` (see [`MatMulPlan`] for their shapes).
+#[derive(Clone, Debug, Default)]
+pub struct EpilogueOperands {
+    /// What the epilogue does.
+    pub spec: EpilogueSpec,
+    /// `X·A` of the LoRA term, `(batch·m) × r` elements.
+    pub lora_xa: Option<NodeId>,
+    /// The adapter's `B`, `r × n`.
+    pub lora_b: Option<NodeId>,
+    /// Per-column scale, `n` elements.
+    pub col_scale: Option<NodeId>,
+    /// Per-column bias, `n` elements.
+    pub bias: Option<NodeId>,
+    /// Residual, `(batch·m) × n` elements.
+    pub residual: Option<NodeId>,
 }
 
 /// Lowers a MatMul to one helper call.
 pub(crate) fn matmul(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
+    matmul_with_epilogue(l, id, &EpilogueOperands::default())
+}
+
+/// Lowers MatMul `id` followed by the epilogue `ep` to one helper call:
+/// the node's buffer receives `epilogue(a·b)`.
+///
+/// This is the entry point for fusing MatMul → Add(bias) → activation
+/// (→ Add(residual)) patterns: the caller checks the pattern (shapes,
+/// dtypes, that the operand nodes are computed before `id`, and that the
+/// fused nodes have no other readers) and then lowers only `id` here.
+///
+/// # Errors
+/// [`JitError::Unsupported`] if a step of `ep.spec` has no operand node.
+pub(crate) fn matmul_with_epilogue(
+    l: &mut Lowerer<'_>,
+    id: NodeId,
+    ep: &EpilogueOperands,
+) -> Result<()> {
+    let spec = ep.spec;
+    let needed = [
+        (spec.lora.is_some(), ep.lora_xa),
+        (spec.lora.is_some(), ep.lora_b),
+        (spec.col_scale, ep.col_scale),
+        (spec.bias, ep.bias),
+        (spec.residual.is_some(), ep.residual),
+    ];
+    if needed.iter().any(|(on, node)| *on && node.is_none()) {
+        return Err(crate::Error::Unsupported {
+            op: "MatMul epilogue without its operand".into(),
+            node: l.graph.desc(id),
+        });
+    }
     let d = l.node_of(id).dtype;
     let ws = crate::memory::scratch_bytes(l.graph, id) / d.size_bytes();
     let ops = l.graph.operands(id);
     let (name, plan, packed) = match d {
         DType::F64 => {
-            let p = Box::new(matmul_plan::<f64>(l.graph, id, ws));
+            let b = packed_rhs(l.graph, ops[1], |d| d.as_f64()?.as_slice());
+            let p = Box::new(matmul_plan::<f64>(l.graph, id, ws, b, spec));
             let packed = p.packed.is_some();
             let addr = &*p as *const MatMulPlan<f64> as usize;
             l.plans.matmul_f64.push(p);
             ("cranelora_matmul_f64", addr, packed)
         }
         _ => {
-            let p = Box::new(matmul_plan::<f32>(l.graph, id, ws));
+            let b = packed_rhs(l.graph, ops[1], |d| d.as_f32()?.as_slice());
+            let p = Box::new(matmul_plan::<f32>(l.graph, id, ws, b, spec));
             let packed = p.packed.is_some();
             let addr = &*p as *const MatMulPlan<f32> as usize;
             l.plans.matmul_f32.push(p);
@@ -105,7 +201,18 @@ pub(crate) fn matmul(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
     };
     let c = l.addr(id);
     let scratch = l.scratch();
-    call_checked(l, id, name, &[plan, a, b, c, scratch])
+    let mut args = vec![plan, a, b, c, scratch];
+    for node in [ep.lora_xa, ep.lora_b, ep.col_scale, ep.bias, ep.residual] {
+        let v = match node {
+            Some(n) => l.addr(n),
+            None => l.iconst_ptr(0),
+        };
+        args.push(v);
+    }
+    let ptr = l.ptr;
+    let r = l.call(name, &vec![ptr; args.len()], &[types::I32], &args)?;
+    l.check_status(id, r[0]);
+    Ok(())
 }
 
 /// Calls a `(plan, p, p, p, scratch) -> i32` helper and checks its status.

@@ -125,6 +125,18 @@ impl<E> CView<E> {
         assert!(last <= self.len, "internal: tile outside C");
         self.ptr.wrapping_add(i * self.rs + j)
     }
+
+    /// `C[i, j..j + cols]` as a slice; panics if outside the buffer.
+    ///
+    /// # Safety
+    /// The calling thread owns that part of `C` and holds no other
+    /// reference to it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row_mut(&self, i: usize, j: usize, cols: usize) -> &mut [E] {
+        let p = self.tile_ptr(i, j, 1, cols);
+        // SAFETY: `tile_ptr` checked the range lies in C; exclusive by contract.
+        unsafe { std::slice::from_raw_parts_mut(p, cols) }
+    }
 }
 
 /// The workspace cut into per-thread chunks.
@@ -149,6 +161,9 @@ impl<E> Chunks<E> {
     }
 }
 
+/// The epilogue hook: `post(i, j0, row)` with `row = C[i, j0..j0 + len]`.
+pub(super) type PostFn<'f, E> = dyn Fn(usize, usize, &mut [E]) + Sync + 'f;
+
 /// The operands and scalars of one product.
 pub(super) struct Problem<'a, E> {
     pub alpha: E,
@@ -156,6 +171,8 @@ pub(super) struct Problem<'a, E> {
     pub b: BSource<'a, E>,
     pub beta: E,
     pub k: usize,
+    /// Called once per finished block row `C[i, j0..j0 + len]` (the epilogue).
+    pub post: Option<&'a PostFn<'a, E>>,
 }
 
 /// `C ← α·A·B + β·C` with `fam`'s kernels; `c` is m×n at row stride `rs`.
@@ -246,6 +263,13 @@ fn block<E: Elem>(
                     size: (mc, nc),
                 };
                 at.run(fam, p.alpha, beta, c);
+                if let (Some(post), true) = (p.post, pc + kc == p.k) {
+                    for i in ic..ic + mc {
+                        // SAFETY: this task owns rows × cols of C, and the
+                        // microkernels that wrote it have returned.
+                        post(i, jc, unsafe { c.row_mut(i, jc, nc) });
+                    }
+                }
             }
         }
     }

@@ -22,24 +22,16 @@ pub(super) trait Elem:
     const ZERO: Self;
     /// One.
     const ONE: Self;
-    /// Converts from f64 (exact for values that came from `Self`).
-    fn from_f64(x: f64) -> Self;
 }
 
 impl Elem for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
 }
 
 impl Elem for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn from_f64(x: f64) -> Self {
-        x
-    }
 }
 
 /// A SIMD vector of `LANES` elements, as the microkernel uses it.

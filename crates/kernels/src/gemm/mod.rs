@@ -27,7 +27,11 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod batch;
 mod driver;
+mod epilogue;
+#[cfg(test)]
+mod epilogue_tests;
 mod kernel;
 mod pack;
 mod portable;
@@ -36,6 +40,8 @@ mod reference;
 mod select;
 mod view;
 
+pub use batch::{batched_workspace_len, gemm_batched, Batch, BatchRhs};
+pub use epilogue::{Activation, Epilogue, EpilogueSpec, LoraTerm};
 pub use view::{MatMut, MatRef};
 
 use crate::{DType, KernelError, Result, Scalar};
@@ -159,6 +165,25 @@ pub fn gemm<T: Scalar>(
     c: MatMut<'_, T>,
     workspace: &mut [T],
 ) -> Result<()> {
+    gemm_ep(alpha, a, b, beta, c, workspace, &Epilogue::none())
+}
+
+/// [`gemm`] followed by `epilogue` (bias, activation, LoRA term, …; see
+/// [`Epilogue`]), applied to each block of `C` as it is finished, while it
+/// is in cache.
+///
+/// # Errors
+/// As [`gemm`], and [`KernelError::Geometry`] if an epilogue operand does
+/// not fit the m×n output.
+pub fn gemm_ep<T: Scalar>(
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: Rhs<'_, T>,
+    beta: T,
+    c: MatMut<'_, T>,
+    workspace: &mut [T],
+    epilogue: &Epilogue<'_, T>,
+) -> Result<()> {
     let (k2, n) = b.dims();
     if a.cols() != k2 || c.rows() != a.rows() || c.cols() != n {
         return Err(KernelError::GemmShape {
@@ -167,10 +192,13 @@ pub fn gemm<T: Scalar>(
             c: (c.rows(), c.cols()),
         });
     }
-    gemm_on(b.isa(), alpha, a, b, beta, c, workspace)
+    epilogue.check(a.rows(), n)?;
+    gemm_on(b.isa(), alpha, a, b, beta, c, workspace, epilogue)
 }
 
-/// [`gemm`] with the microkernels of `isa` (tests force each one).
+/// [`gemm_ep`] with the microkernels of `isa` (tests force each one); the
+/// shapes have been checked.
+#[allow(clippy::too_many_arguments)]
 fn gemm_on<T: Scalar>(
     isa: Isa,
     alpha: T,
@@ -179,6 +207,7 @@ fn gemm_on<T: Scalar>(
     beta: T,
     mut c: MatMut<'_, T>,
     workspace: &mut [T],
+    ep: &Epilogue<'_, T>,
 ) -> Result<()> {
     let (m, n, k) = (a.rows(), c.cols(), a.cols());
     let bl = select::blocking::<T>(isa);
@@ -195,11 +224,15 @@ fn gemm_on<T: Scalar>(
     }
     if k == 0 || alpha == T::zero() {
         scale_rows(&mut c, beta);
+        if !ep.is_none() {
+            (0..m).for_each(|i| ep.apply_row(i, 0, c.row_mut(i)));
+        }
         return Ok(());
     }
+    let (ab, b) = ((alpha, beta), b);
     match T::DTYPE {
-        DType::F64 => typed::<T, f64>(isa, alpha, a, b, beta, c, workspace, Casts::F64),
-        _ => typed::<T, f32>(isa, alpha, a, b, beta, c, workspace, Casts::F32),
+        DType::F64 => typed::<T, f64>(isa, ab, a, b, c, workspace, ep, Casts::F64),
+        _ => typed::<T, f32>(isa, ab, a, b, c, workspace, ep, Casts::F32),
     }
     Ok(())
 }
@@ -240,26 +273,29 @@ const SAME_TYPE: &str = "internal: T::DTYPE names the type T is";
 
 /// Runs the product on `T`'s buffers seen as the concrete type `E` (= `T`).
 #[allow(clippy::too_many_arguments)]
-fn typed<T: Scalar, E: HasFamily>(
+fn typed<T: Scalar, E: HasFamily + Scalar>(
     isa: Isa,
-    alpha: T,
+    (alpha, beta): (T, T),
     a: MatRef<'_, T>,
     b: Rhs<'_, T>,
-    beta: T,
     c: MatMut<'_, T>,
     workspace: &mut [T],
+    ep: &Epilogue<'_, T>,
     cast: Casts<T, E>,
 ) {
     let view = |s| (cast.slice)(s).expect(SAME_TYPE);
+    let ep = ep.retype(view);
+    let post = |i: usize, j0: usize, row: &mut [E]| ep.apply_row(i, j0, row);
     let problem = Problem {
-        alpha: E::from_f64(alpha.to_f64_exact()),
+        alpha: E::from_f64_lossy(alpha.to_f64_exact()),
         a: a.retype(view(a.data)),
         b: match b {
             Rhs::Mat(m) => BSource::Mat(m.retype(view(m.data))),
             Rhs::Packed(p) => BSource::Packed(view(&p.data)),
         },
-        beta: E::from_f64(beta.to_f64_exact()),
+        beta: E::from_f64_lossy(beta.to_f64_exact()),
         k: a.cols(),
+        post: if ep.is_none() { None } else { Some(&post) },
     };
     let dims = (c.rows, c.cols, c.row_stride);
     let c_data = (cast.slice_mut)(c.data).expect(SAME_TYPE);
@@ -289,19 +325,19 @@ mod tests {
     use crate::testing::{check_close, Nan};
 
     /// A small deterministic generator (xorshift64*), so tests need no crate.
-    struct Rng(u64);
+    pub(super) struct Rng(pub(super) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(super) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
-        fn below(&mut self, n: usize) -> usize {
+        pub(super) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
-        fn unit(&mut self) -> f64 {
+        pub(super) fn unit(&mut self) -> f64 {
             (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
         }
     }
@@ -352,7 +388,7 @@ mod tests {
         let cv = MatMut::with_row_stride(&mut actual, m, n, ldc).expect("fits");
         let len = workspace_len_on::<T>(isa, m, n, k, matches!(rhs, Rhs::Packed(_)));
         let mut ws = vec![T::nan(); len];
-        gemm_on(isa, alpha, a, rhs, beta, cv, &mut ws).expect("valid product");
+        gemm_on(isa, alpha, a, rhs, beta, cv, &mut ws, &Epilogue::none()).expect("valid product");
         // A dot product of k terms in [-1, 1]: error ≲ k·eps·k, plus rounding of β·C.
         let tol = 4.0 * (k as f64 + 2.0) * T::EPSILON_F64 * (k as f64 + 1.0);
         let case = format!("{isa:?} {m}×{n}×{k} layouts {la},{lb} α={alpha} β={beta} {rhs:?}");

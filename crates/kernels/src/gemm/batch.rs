@@ -1,0 +1,241 @@
+//! Batched products `C_i = A_i·B_i` of one shape, in one call.
+//!
+//! The JIT's batched MatMul (attention: 96 products of 128×32×128 in W3)
+//! used to make one [`gemm`](super::gemm) call per entry; each entry is
+//! below the threading threshold, so the whole batch ran on one thread.
+//! [`gemm_batched`] instead:
+//!
+//! - runs **one product** of `(count·m) × k × n` when the entries of `A`
+//!   are consecutive and every entry shares one `B` (a 2-D weight applied
+//!   to a `[batch, seq, d]` activation), which threads and blocks better
+//!   than `count` small ones;
+//! - otherwise, when each entry is too small to split, hands **whole
+//!   entries** to the pool's threads, each packing into its own part of the
+//!   workspace;
+//! - otherwise (large entries) runs them in turn, each split over threads.
+
+use super::driver::per_thread_len;
+use super::{gemm_ep, select, Epilogue, Isa, MatMut, MatRef, PackedRhs, Rhs};
+use crate::{pool, KernelError, Result, Scalar};
+use std::sync::Mutex;
+
+/// The shape of a batch and where its entries are.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// Rows of each `A_i` and `C_i`.
+    pub m: usize,
+    /// Columns of each `B_i` and `C_i`.
+    pub n: usize,
+    /// Columns of `A_i`, rows of `B_i`.
+    pub k: usize,
+    /// Element offsets of each entry's `A_i` (row-major m×k) and `B_i`
+    /// (row-major k×n; ignored with a packed `B`). `C_i` starts at `i·m·n`.
+    pub offsets: &'a [(usize, usize)],
+}
+
+/// The right-hand operands of a batch.
+#[derive(Clone, Copy, Debug)]
+pub enum BatchRhs<'a, T> {
+    /// Row-major `B_i` at the batch's offsets in this buffer.
+    Entries(&'a [T]),
+    /// One prepacked `B` for every entry.
+    Packed(&'a PackedRhs<T>),
+}
+
+impl Batch<'_> {
+    /// Whether all `A_i` are consecutive and all share one `B`: then the
+    /// batch is one `(count·m) × k × n` product.
+    fn is_one_product<T>(&self, b: &BatchRhs<'_, T>) -> bool {
+        let (m, k) = (self.m, self.k);
+        let b0 = self.offsets.first().map_or(0, |o| o.1);
+        let same_b = matches!(b, BatchRhs::Packed(_)) || self.offsets.iter().all(|o| o.1 == b0);
+        same_b
+            && self
+                .offsets
+                .iter()
+                .enumerate()
+                .all(|(i, o)| o.0 == i * m * k)
+    }
+
+    /// Whether each entry is below the threading threshold.
+    fn entries_are_small(&self) -> bool {
+        let flops = 2usize
+            .saturating_mul(self.m)
+            .saturating_mul(self.n)
+            .saturating_mul(self.k);
+        flops < pool::PARALLEL_MIN_FLOPS
+    }
+}
+
+/// Workspace elements [`gemm_batched`] needs for `count` m×k by k×n products.
+pub fn batched_workspace_len<T: Scalar>(
+    count: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    packed: bool,
+) -> usize {
+    let one = per_thread_len::<T>(select::blocking::<T>(Isa::detect()), m, n, k, packed);
+    super::workspace_len::<T>(count.saturating_mul(m), n, k, packed)
+        .max(super::workspace_len::<T>(m, n, k, packed))
+        .max(one.saturating_mul(pool::threads().min(count)))
+}
+
+fn out_of_range(what: &'static str, needed: usize, len: usize) -> KernelError {
+    KernelError::Length {
+        what,
+        expected: needed,
+        actual: len,
+    }
+}
+
+/// Checks that every entry lies in its buffer.
+fn check<T: Scalar>(batch: &Batch<'_>, a: &[T], b: &BatchRhs<'_, T>, c: &[T]) -> Result<()> {
+    let (m, n, k) = (batch.m, batch.n, batch.k);
+    let a_end = batch.offsets.iter().map(|o| o.0 + m * k).max().unwrap_or(0);
+    if a_end > a.len() {
+        return Err(out_of_range("gemm_batched A", a_end, a.len()));
+    }
+    match b {
+        BatchRhs::Entries(b) => {
+            let b_end = batch.offsets.iter().map(|o| o.1 + k * n).max().unwrap_or(0);
+            if b_end > b.len() {
+                return Err(out_of_range("gemm_batched B", b_end, b.len()));
+            }
+        }
+        BatchRhs::Packed(p) if (p.k(), p.n()) != (k, n) => {
+            return Err(KernelError::GemmShape {
+                a: (m, k),
+                b: (p.k(), p.n()),
+                c: (m, n),
+            });
+        }
+        BatchRhs::Packed(_) => {}
+    }
+    let c_len = batch.offsets.len() * m * n;
+    if c_len > c.len() {
+        return Err(out_of_range("gemm_batched C", c_len, c.len()));
+    }
+    Ok(())
+}
+
+/// `C_i = A_i·B_i` for every entry of `batch`, then `epilogue` over the
+/// stacked `(count·m) × n` output (`C` is overwritten, NaN included).
+///
+/// # Errors
+/// [`KernelError::Length`] if an entry reaches past its buffer,
+/// [`KernelError::GemmShape`] for a packed `B` of the wrong shape,
+/// [`KernelError::Geometry`] for epilogue operands that do not fit, and
+/// [`KernelError::Workspace`] if `workspace` is shorter than one entry needs.
+pub fn gemm_batched<T: Scalar>(
+    batch: &Batch<'_>,
+    a: &[T],
+    b: BatchRhs<'_, T>,
+    c: &mut [T],
+    workspace: &mut [T],
+    epilogue: &Epilogue<'_, T>,
+) -> Result<()> {
+    let (m, n, k, count) = (batch.m, batch.n, batch.k, batch.offsets.len());
+    check(batch, a, &b, c)?;
+    epilogue.check(count * m, n)?;
+    if count == 0 {
+        return Ok(());
+    }
+    let rhs = |bo: usize| -> Result<Rhs<'_, T>> {
+        Ok(match b {
+            BatchRhs::Entries(b) => Rhs::Mat(MatRef::new(&b[bo..bo + k * n], k, n)?),
+            BatchRhs::Packed(p) => Rhs::Packed(p),
+        })
+    };
+    if batch.is_one_product(&b) {
+        let a = MatRef::new(&a[..count * m * k], count * m, k)?;
+        let c = MatMut::new(&mut c[..count * m * n], count * m, n)?;
+        return gemm_ep(
+            T::one(),
+            a,
+            rhs(batch.offsets[0].1)?,
+            T::zero(),
+            c,
+            workspace,
+            epilogue,
+        );
+    }
+    let isa = match b {
+        BatchRhs::Packed(p) => p.isa,
+        BatchRhs::Entries(_) => Isa::detect(),
+    };
+    let per = per_thread_len::<T>(
+        select::blocking::<T>(isa),
+        m,
+        n,
+        k,
+        matches!(b, BatchRhs::Packed(_)),
+    );
+    let slots = pool::threads().min(count).min(workspace.len() / per.max(1));
+    let entry = |i: usize, c_i: &mut [T], ws: &mut [T]| -> Result<()> {
+        let (ao, bo) = batch.offsets[i];
+        let a_i = MatRef::new(&a[ao..ao + m * k], m, k)?;
+        let c_i = MatMut::new(c_i, m, n)?;
+        gemm_ep(
+            T::one(),
+            a_i,
+            rhs(bo)?,
+            T::zero(),
+            c_i,
+            ws,
+            &epilogue.rows(i * m, m),
+        )
+    };
+    if !batch.entries_are_small() || slots < 2 {
+        for i in 0..count {
+            entry(i, &mut c[i * m * n..(i + 1) * m * n], workspace)?;
+        }
+        return Ok(());
+    }
+    let shared = Shared {
+        c: c.as_mut_ptr(),
+        ws: workspace.as_mut_ptr(),
+    };
+    let failed = Mutex::new(None);
+    pool::parallel_for_slots(count, slots, &|i, slot| {
+        // SAFETY: entry i's C (i·m·n .. (i+1)·m·n ≤ c.len(), checked above) is
+        // written by task i only; workspace chunk `slot` (slot < slots ≤
+        // workspace.len() / per) is used by one running task at a time
+        // (parallel_for_slots' guarantee).
+        let (c_i, ws) = unsafe { shared.parts((i * m * n, m * n), (slot * per, per)) };
+        if let Err(e) = entry(i, c_i, ws) {
+            *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        }
+    });
+    failed
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .map_or(Ok(()), Err)
+}
+
+/// The output and workspace as raw pointers, so tasks can take disjoint parts.
+struct Shared<T> {
+    c: *mut T,
+    ws: *mut T,
+}
+
+// SAFETY: tasks only make disjoint slices of the two buffers (see the use),
+// and the pointers do not outlive the `&mut` borrows they come from.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// `c[c_at.0..][..c_at.1]` and `ws[ws_at.0..][..ws_at.1]`.
+    ///
+    /// # Safety
+    /// Both ranges lie in their buffers, and no other live slice overlaps them.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn parts(&self, c_at: (usize, usize), ws_at: (usize, usize)) -> (&mut [T], &mut [T]) {
+        // SAFETY: in bounds and exclusive by this function's contract.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.c.add(c_at.0), c_at.1),
+                std::slice::from_raw_parts_mut(self.ws.add(ws_at.0), ws_at.1),
+            )
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! GEMM epilogues: work applied to each block of `C` right after the
+//! product, while the block is still in cache, instead of separate passes
+//! over memory.
+//!
+//! For output element `(i, j)`, with `t = α·(A·B)[i, j] + β·C[i, j]`:
+//!
+//! ```text
+//! t ← t + s·Σ_p XA[i, p]·LB[p, j]     LoRA accumulation (XA is m×r, LB r×n)
+//! t ← t · scale[j]                    per-column scale (DoRA magnitude)
+//! t ← t + bias[j]                     per-column bias
+//! t ← act(t)                          activation (ReLU or a `math::Func`)
+//! t ← t + ρ·R[i, j]                   scaled residual add (after the activation)
+//! ```
+//!
+//! Every step is optional. [`EpilogueSpec`] is the closed, data-free
+//! description (what a compiled plan stores); [`Epilogue`] binds it to the
+//! operands of one call and is what [`gemm_ep`](super::gemm_ep) takes.
+
+use super::MatRef;
+use crate::math::{apply_inplace, Func};
+use crate::{KernelError, Result, Scalar};
+
+/// The activation of an epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x` if `x > 0` or NaN, else `0` (the interpreter's ReLU).
+    Relu,
+    /// One of the kernels' vector functions (GELU erf/tanh, SiLU, tanh, …).
+    Func(Func),
+}
+
+/// What an epilogue does, without its data (see the module docs for the order).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EpilogueSpec {
+    /// LoRA accumulation `s·XA·LB`: `Some((rank, s))`.
+    pub lora: Option<(usize, f64)>,
+    /// Multiply each column by `scale[j]`.
+    pub col_scale: bool,
+    /// Add `bias[j]` to each column.
+    pub bias: bool,
+    /// Apply an activation.
+    pub activation: Option<Activation>,
+    /// Add `ρ·R`: `Some(ρ)`.
+    pub residual: Option<f64>,
+}
+
+impl EpilogueSpec {
+    /// The empty epilogue: `C` is the plain product.
+    pub const NONE: Self = Self {
+        lora: None,
+        col_scale: false,
+        bias: false,
+        activation: None,
+        residual: None,
+    };
+
+    /// Whether the epilogue does nothing.
+    pub fn is_none(&self) -> bool {
+        *self == Self::NONE
+    }
+}
+
+/// The LoRA term of an epilogue: `s·XA·LB`.
+#[derive(Clone, Copy, Debug)]
+pub struct LoraTerm<'a, T> {
+    /// `X·A`, m×r (computed beforehand: a thin product).
+    pub xa: MatRef<'a, T>,
+    /// `B` of the adapter, r×n.
+    pub b: MatRef<'a, T>,
+    /// The scaling `s` (α/r).
+    pub scale: T,
+}
+
+/// An epilogue bound to the operands of one m×n product.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a, T> {
+    /// LoRA accumulation.
+    pub lora: Option<LoraTerm<'a, T>>,
+    /// Per-column scale, `n` elements.
+    pub col_scale: Option<&'a [T]>,
+    /// Per-column bias, `n` elements.
+    pub bias: Option<&'a [T]>,
+    /// The activation.
+    pub activation: Option<Activation>,
+    /// Residual `R` (m×n) and its factor `ρ`.
+    pub residual: Option<(MatRef<'a, T>, T)>,
+}
+
+impl<T> Default for Epilogue<'_, T> {
+    fn default() -> Self {
+        Self {
+            lora: None,
+            col_scale: None,
+            bias: None,
+            activation: None,
+            residual: None,
+        }
+    }
+}
+
+fn mismatch(what: &'static str, expected: (usize, usize), actual: (usize, usize)) -> KernelError {
+    KernelError::Geometry {
+        what: "gemm epilogue",
+        message: format!("{what} is {actual:?}, the product needs {expected:?}"),
+    }
+}
+
+impl<'a, T: Scalar> Epilogue<'a, T> {
+    /// Nothing after the product.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether the epilogue does nothing.
+    pub fn is_none(&self) -> bool {
+        self.spec().is_none()
+    }
+
+    /// The data-free description of this epilogue.
+    pub fn spec(&self) -> EpilogueSpec {
+        EpilogueSpec {
+            lora: self.lora.map(|l| (l.xa.cols(), l.scale.to_f64_exact())),
+            col_scale: self.col_scale.is_some(),
+            bias: self.bias.is_some(),
+            activation: self.activation,
+            residual: self.residual.map(|(_, r)| r.to_f64_exact()),
+        }
+    }
+
+    /// Checks every operand against an m×n product.
+    ///
+    /// # Errors
+    /// [`KernelError::Geometry`] naming the operand whose shape is wrong.
+    pub fn check(&self, m: usize, n: usize) -> Result<()> {
+        if let Some(l) = &self.lora {
+            let r = l.xa.cols();
+            if l.xa.rows() != m {
+                return Err(mismatch("LoRA X·A", (m, r), (l.xa.rows(), r)));
+            }
+            if (l.b.rows(), l.b.cols()) != (r, n) {
+                return Err(mismatch("LoRA B", (r, n), (l.b.rows(), l.b.cols())));
+            }
+        }
+        for (what, v) in [("column scale", self.col_scale), ("bias", self.bias)] {
+            if let Some(v) = v.filter(|v| v.len() != n) {
+                return Err(mismatch(what, (1, n), (1, v.len())));
+            }
+        }
+        if let Some((r, _)) = &self.residual {
+            if (r.rows(), r.cols()) != (m, n) {
+                return Err(mismatch("residual", (m, n), (r.rows(), r.cols())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The epilogue of rows `first..first + rows` of the product (for a
+    /// product computed in row blocks, e.g. the entries of a batch); the
+    /// shapes must have been [`check`](Self::check)ed for the whole.
+    pub(super) fn rows(&self, first: usize, rows: usize) -> Self {
+        let skip = |v: MatRef<'a, T>| MatRef {
+            data: &v.data[(first * v.row_stride).min(v.data.len())..],
+            rows,
+            ..v
+        };
+        Self {
+            lora: self.lora.map(|l| LoraTerm {
+                xa: skip(l.xa),
+                ..l
+            }),
+            residual: self.residual.map(|(r, rho)| (skip(r), rho)),
+            ..*self
+        }
+    }
+
+    /// The same epilogue over the same buffers seen as type `U` (= `T`).
+    pub(super) fn retype<U: Scalar>(&self, view: impl Fn(&'a [T]) -> &'a [U]) -> Epilogue<'a, U> {
+        let conv = |x: T| U::from_f64_lossy(x.to_f64_exact());
+        Epilogue {
+            lora: self.lora.map(|l| LoraTerm {
+                xa: l.xa.retype(view(l.xa.data)),
+                b: l.b.retype(view(l.b.data)),
+                scale: conv(l.scale),
+            }),
+            col_scale: self.col_scale.map(&view),
+            bias: self.bias.map(&view),
+            activation: self.activation,
+            residual: self
+                .residual
+                .map(|(r, rho)| (r.retype(view(r.data)), conv(rho))),
+        }
+    }
+
+    /// Applies the epilogue to `row`, which is `C[i, j0..j0 + row.len()]`.
+    ///
+    /// The caller has [`check`](Self::check)ed the shapes.
+    pub(super) fn apply_row(&self, i: usize, j0: usize, row: &mut [T]) {
+        let cols = j0..j0 + row.len();
+        if let Some(l) = &self.lora {
+            for p in 0..l.xa.cols() {
+                let w = l.scale * l.xa.at(i, p);
+                add_scaled(row, w, l.b, p, cols.clone());
+            }
+        }
+        if let Some(s) = self.col_scale {
+            row.iter_mut()
+                .zip(&s[cols.clone()])
+                .for_each(|(x, &s)| *x *= s);
+        }
+        if let Some(b) = self.bias {
+            row.iter_mut()
+                .zip(&b[cols.clone()])
+                .for_each(|(x, &b)| *x += b);
+        }
+        match self.activation {
+            Some(Activation::Relu) => row.iter_mut().for_each(|x| {
+                if !(*x > T::zero() || x.is_nan()) {
+                    *x = T::zero();
+                }
+            }),
+            Some(Activation::Func(f)) => apply_inplace(f, row),
+            None => {}
+        }
+        if let Some((r, rho)) = &self.residual {
+            add_scaled(row, *rho, *r, i, cols);
+        }
+    }
+}
+
+/// `row[j] += w·m[p, cols.start + j]`.
+#[inline]
+fn add_scaled<T: Scalar>(
+    row: &mut [T],
+    w: T,
+    m: MatRef<'_, T>,
+    p: usize,
+    cols: std::ops::Range<usize>,
+) {
+    if m.col_stride == 1 {
+        let start = p * m.row_stride;
+        let src = &m.data[start + cols.start..start + cols.end];
+        row.iter_mut().zip(src).for_each(|(x, &b)| *x += w * b);
+    } else {
+        for (x, j) in row.iter_mut().zip(cols) {
+            *x += w * m.at(p, j);
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Epilogues and batched products against the reference loop followed by
+//! separate passes, one per epilogue step, f32 and f64.
+
+use super::tests::Rng;
+use super::*;
+use crate::math::{apply_inplace, Func};
+use crate::testing::{check_close, Nan};
+
+fn random<T: Scalar>(rng: &mut Rng, len: usize) -> Vec<T> {
+    (0..len).map(|_| T::from_f64_lossy(rng.unit())).collect()
+}
+
+/// The operands of one epilogue: XA (m×r), LB (r×n), scale, bias, R (m×n).
+struct Data<T> {
+    xa: Vec<T>,
+    lb: Vec<T>,
+    scale: Vec<T>,
+    bias: Vec<T>,
+    res: Vec<T>,
+    r: usize,
+}
+
+impl<T: Scalar> Data<T> {
+    fn new(rng: &mut Rng, m: usize, n: usize) -> Self {
+        let r = 1 + rng.below(5);
+        Self {
+            xa: random(rng, m * r),
+            lb: random(rng, r * n),
+            scale: random(rng, n),
+            bias: random(rng, n),
+            res: random(rng, m * n),
+            r,
+        }
+    }
+
+    /// The epilogue with the steps of `mask` (bits: lora, scale, bias, act, residual).
+    fn epilogue(&self, mask: u32, act: Activation, (m, n): (usize, usize)) -> Epilogue<'_, T> {
+        let on = |bit: u32| mask & (1 << bit) != 0;
+        Epilogue {
+            lora: on(0).then(|| LoraTerm {
+                xa: MatRef::new(&self.xa, m, self.r).expect("fits"),
+                b: MatRef::new(&self.lb, self.r, n).expect("fits"),
+                scale: T::from_f64_lossy(2.0),
+            }),
+            col_scale: on(1).then_some(&self.scale[..]),
+            bias: on(2).then_some(&self.bias[..]),
+            activation: on(3).then_some(act),
+            residual: on(4).then(|| {
+                (
+                    MatRef::new(&self.res, m, n).expect("fits"),
+                    T::from_f64_lossy(0.5),
+                )
+            }),
+        }
+    }
+}
+
+/// The epilogue applied to a finished `c` (m×n, contiguous) in separate passes.
+fn separate_passes<T: Scalar>(ep: &Epilogue<'_, T>, c: &mut [T], n: usize) {
+    let rows = c.len() / n.max(1);
+    if let Some(l) = &ep.lora {
+        for i in 0..rows {
+            for j in 0..n {
+                let dot = (0..l.xa.cols()).fold(T::zero(), |s, p| s + l.xa.at(i, p) * l.b.at(p, j));
+                c[i * n + j] += l.scale * dot;
+            }
+        }
+    }
+    let each = |c: &mut [T], f: &dyn Fn(usize, T) -> T| {
+        c.iter_mut().enumerate().for_each(|(e, x)| *x = f(e, *x));
+    };
+    if let Some(s) = ep.col_scale {
+        each(c, &|e, x| x * s[e % n]);
+    }
+    if let Some(b) = ep.bias {
+        each(c, &|e, x| x + b[e % n]);
+    }
+    match ep.activation {
+        Some(Activation::Relu) => each(c, &|_, x| {
+            if x > T::zero() || x.is_nan() {
+                x
+            } else {
+                T::zero()
+            }
+        }),
+        Some(Activation::Func(f)) => apply_inplace(f, c),
+        None => {}
+    }
+    if let Some((r, rho)) = &ep.residual {
+        each(c, &|e, x| x + *rho * r.at(e / n, e % n));
+    }
+}
+
+const ACTS: [Activation; 4] = [
+    Activation::Relu,
+    Activation::Func(Func::GeluTanh),
+    Activation::Func(Func::GeluErf),
+    Activation::Func(Func::Silu),
+];
+
+fn check_epilogues<T: Scalar>(seed: u64) {
+    let mut rng = Rng(seed);
+    // Edge sizes, several cache blocks in k, m and n, and threaded sizes.
+    let shapes = [
+        (1, 1, 1),
+        (7, 33, 5),
+        (150, 40, 300),
+        (3, 1100, 5),
+        (64, 200, 100),
+        (13, 70, 600),
+    ];
+    for (s, &(m, n, k)) in shapes.iter().enumerate() {
+        let (a, b) = (random::<T>(&mut rng, m * k), random::<T>(&mut rng, k * n));
+        let (a, b) = (
+            MatRef::new(&a, m, k).expect("fits"),
+            MatRef::new(&b, k, n).expect("fits"),
+        );
+        let packed = PackedRhs::pack(b);
+        let data = Data::<T>::new(&mut rng, m, n);
+        for mask in 0..32u32 {
+            let ep = data.epilogue(mask, ACTS[(mask as usize + s) % 4], (m, n));
+            let beta = T::from_f64_lossy([0.0, 1.0][rng.below(2)]);
+            let c0 = random::<T>(&mut rng, m * n);
+            let mut expected = c0.clone();
+            reference::gemm(
+                T::one(),
+                a,
+                b,
+                beta,
+                &mut MatMut::new(&mut expected, m, n).expect("fits"),
+            );
+            separate_passes(&ep, &mut expected, n);
+            let rhs = if mask % 2 == 0 {
+                Rhs::Packed(&packed)
+            } else {
+                Rhs::Mat(b)
+            };
+            let mut actual = c0.clone();
+            let cv = MatMut::new(&mut actual, m, n).expect("fits");
+            let mut ws = vec![T::nan(); workspace_len::<T>(m, n, k, mask % 2 == 0)];
+            gemm_ep(T::one(), a, rhs, beta, cv, &mut ws, &ep).expect("valid product");
+            let tol = 8.0 * (k as f64 + 8.0) * T::EPSILON_F64 * (k as f64 + 1.0);
+            check_close(&actual, &expected, tol, tol, Nan::Mismatch)
+                .unwrap_or_else(|e| panic!("{m}×{n}×{k} epilogue {:?}: {e}", ep.spec()));
+        }
+    }
+}
+
+#[test]
+fn epilogue_matches_separate_passes_f32() {
+    check_epilogues::<f32>(0x1234_5678_9abc_def1);
+}
+
+#[test]
+fn epilogue_matches_separate_passes_f64() {
+    check_epilogues::<f64>(0x0fed_cba9_8765_4321);
+}
+
+#[test]
+fn epilogue_shapes_are_checked() {
+    let (a, b) = (vec![1.0f32; 4 * 3], vec![1.0f32; 3 * 5]);
+    let (a, b) = (
+        MatRef::new(&a, 4, 3).expect("fits"),
+        MatRef::new(&b, 3, 5).expect("fits"),
+    );
+    let bias = [0.0f32; 4];
+    let mut c = vec![0.0f32; 20];
+    let mut ws = vec![0.0f32; workspace_len::<f32>(4, 5, 3, false)];
+    let ep = Epilogue {
+        bias: Some(&bias[..]),
+        ..Epilogue::none()
+    };
+    let cv = MatMut::new(&mut c, 4, 5).expect("fits");
+    let err = gemm_ep(1.0, a, Rhs::Mat(b), 0.0, cv, &mut ws, &ep).unwrap_err();
+    assert!(err.to_string().contains("bias"), "{err}");
+}
+
+/// Batches of every kind against one reference product per entry.
+fn check_batches<T: Scalar>(seed: u64) {
+    let mut rng = Rng(seed);
+    // (count, m, n, k, offsets kind): 0 consecutive A + shared B (one
+    // product), 1 per-entry B (split by entries), 2 shared B but A reused
+    // (a broadcast), 3 large entries run in turn.
+    let cases = [
+        (6, 5, 7, 3, 0),
+        (96, 16, 16, 8, 1),
+        (9, 9, 4, 11, 2),
+        (3, 70, 90, 200, 1),
+        (1, 3, 3, 3, 1),
+    ];
+    for &(count, m, n, k, kind) in &cases {
+        let offsets: Vec<(usize, usize)> = (0..count)
+            .map(|i| match kind {
+                0 => (i * m * k, 0),
+                1 => (i * m * k, i * k * n),
+                _ => ((i % 3) * m * k, 0),
+            })
+            .collect();
+        let (a, b) = (
+            random::<T>(&mut rng, count * m * k),
+            random::<T>(&mut rng, count * k * n),
+        );
+        let data = Data::<T>::new(&mut rng, count * m, n);
+        let ep = data.epilogue(0b11111, Activation::Func(Func::GeluTanh), (count * m, n));
+        let mut expected = vec![T::zero(); count * m * n];
+        for (i, &(ao, bo)) in offsets.iter().enumerate() {
+            let ai = MatRef::new(&a[ao..ao + m * k], m, k).expect("fits");
+            let bi = MatRef::new(&b[bo..bo + k * n], k, n).expect("fits");
+            let mut ci =
+                MatMut::new(&mut expected[i * m * n..(i + 1) * m * n], m, n).expect("fits");
+            reference::gemm(T::one(), ai, bi, T::zero(), &mut ci);
+        }
+        separate_passes(&ep, &mut expected, n);
+        let batch = Batch {
+            m,
+            n,
+            k,
+            offsets: &offsets,
+        };
+        let packed = PackedRhs::pack(MatRef::new(&b[..k * n], k, n).expect("fits"));
+        let rhs = if kind == 1 {
+            BatchRhs::Entries(&b)
+        } else {
+            BatchRhs::Packed(&packed)
+        };
+        let mut actual = vec![T::nan(); count * m * n];
+        let mut ws = vec![T::nan(); batched_workspace_len::<T>(count, m, n, k, kind != 1)];
+        gemm_batched(&batch, &a, rhs, &mut actual, &mut ws, &ep).expect("valid batch");
+        let tol = 8.0 * (k as f64 + 8.0) * T::EPSILON_F64 * (k as f64 + 1.0);
+        check_close(&actual, &expected, tol, tol, Nan::Mismatch)
+            .unwrap_or_else(|e| panic!("batch {count}×{m}×{n}×{k} kind {kind}: {e}"));
+    }
+}
+
+#[test]
+fn batched_products_match_per_entry_reference_f32() {
+    check_batches::<f32>(0x5555_aaaa_1234_0001);
+}
+
+#[test]
+fn batched_products_match_per_entry_reference_f64() {
+    check_batches::<f64>(0x5555_aaaa_1234_0002);
+}
+
+#[test]
+fn batched_rejects_entries_past_their_buffers() {
+    let a = vec![0.0f64; 8];
+    let mut c = vec![0.0f64; 8];
+    let mut ws = vec![0.0f64; batched_workspace_len::<f64>(2, 2, 2, 2, false)];
+    let batch = Batch {
+        m: 2,
+        n: 2,
+        k: 2,
+        offsets: &[(0, 0), (6, 4)],
+    };
+    let err = gemm_batched(
+        &batch,
+        &a,
+        BatchRhs::Entries(&a),
+        &mut c,
+        &mut ws,
+        &Epilogue::none(),
+    );
+    assert!(matches!(err, Err(KernelError::Length { .. })), "{err:?}");
+}
