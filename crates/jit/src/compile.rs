@@ -3,7 +3,7 @@
 use crate::compiled::{CompiledGraph, Parts, Spec};
 use crate::jit::Jit;
 use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
-use crate::lower::{entry_signature, Lowerer, Plans};
+use crate::lower::{entry_signature, epilogue, Lowerer, Plans};
 use crate::memory::{self, MemoryPlan};
 use crate::{Error, Result};
 use cranelift_frontend::FunctionBuilder;
@@ -73,6 +73,8 @@ pub struct CompileReport {
     pub nodes: usize,
     /// Fused loop groups (two or more nodes in one loop nest).
     pub fused_groups: usize,
+    /// Loop groups lowered as a MatMul's epilogue instead (`lower/epilogue.rs`).
+    pub matmul_epilogues: usize,
 }
 
 impl CompileReport {
@@ -133,8 +135,13 @@ pub(crate) fn compile_updating(
         }
     }
     let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
-    let (groups, steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
-    let mut internal = HashSet::new();
+    let (groups, mut steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
+    // Groups that become GEMM epilogues: their MatMul runs at the group's
+    // step, into the group's output, with no buffer of its own.
+    let epilogues = epilogue::plan(&g, &groups);
+    let absorbed: HashSet<NodeId> = epilogues.values().map(|e| e.matmul).collect();
+    steps.retain(|s| !matches!(s, Step::Node(id) if absorbed.contains(id)));
+    let mut internal = absorbed.clone();
     for grp in &groups {
         internal.extend(grp.nodes.iter().filter(|n| !grp.outputs.contains(n)));
     }
@@ -142,9 +149,15 @@ pub(crate) fn compile_updating(
         .iter()
         .map(|s| match *s {
             Step::Node(id) => vec![id],
-            Step::Group(gi) => groups[gi].nodes.clone(),
+            Step::Group(gi) => {
+                let mm = epilogues.get(&gi).map(|e| e.matmul);
+                mm.into_iter()
+                    .chain(groups[gi].nodes.iter().copied())
+                    .collect()
+            }
         })
         .collect();
+    report.matmul_epilogues = epilogues.len();
     report.memory = memory::plan(&g, &step_nodes, &internal, &param_names, &const_index);
     report.fused_groups = groups.len();
     let updates =
@@ -173,7 +186,7 @@ pub(crate) fn compile_updating(
         &addrs,
         &mut plans,
     );
-    lowerer.lower_all(&steps, &groups)?;
+    lowerer.lower_all(&steps, &groups, &epilogues)?;
     let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
     if dump {
         let text = jit.ctx.func.display().to_string();

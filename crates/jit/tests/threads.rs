@@ -320,7 +320,16 @@ fn compile_reports_phases_and_the_memory_plan() {
     let r = c.report();
     let clif = r.clif.as_deref().expect("dumped");
     assert!(clif.contains("call"), "helpers are called");
-    assert!(clif.contains("f32x4"), "the bias add runs on f32x4 vectors");
+    assert_eq!(
+        r.matmul_epilogues, 1,
+        "bias add and GELU run in the product's epilogue"
+    );
+    let unfused = compile(&graph(), &o.with_fusion(false)).expect("compile");
+    let clif = unfused.report().clif.as_deref().expect("dumped");
+    assert!(
+        clif.contains("f32x4"),
+        "unfused, the bias add runs on f32x4 vectors"
+    );
     assert!(r.total() >= r.codegen);
     assert_eq!(c.arena_bytes(), r.memory.arena_bytes);
     assert!(r.memory.to_string().contains("arena"));

@@ -135,6 +135,10 @@ pub struct EpilogueOperands {
     pub bias: Option<NodeId>,
     /// Residual, `(batch·m) × n` elements.
     pub residual: Option<NodeId>,
+    /// The node whose buffer receives the result (the last node the
+    /// epilogue stands for, see `lower/epilogue.rs`); the MatMul's own
+    /// buffer when `None`.
+    pub dest: Option<NodeId>,
 }
 
 /// Lowers a MatMul to one helper call.
@@ -199,7 +203,7 @@ pub(crate) fn matmul_with_epilogue(
     } else {
         l.addr(ops[1])
     };
-    let c = l.addr(id);
+    let c = l.addr(ep.dest.unwrap_or(id));
     let scratch = l.scratch();
     let mut args = vec![plan, a, b, c, scratch];
     for node in [ep.lora_xa, ep.lora_b, ep.col_scale, ep.bias, ep.residual] {

@@ -22,6 +22,7 @@
 //! `fn(inputs, params, outputs: *const ptr, arena: *mut u8, status: *mut i64) -> i32`.
 
 pub(crate) mod elementwise;
+pub(crate) mod epilogue;
 pub(crate) mod fused;
 pub(crate) mod gather_matmul;
 pub(crate) mod index;
@@ -150,11 +151,19 @@ impl<'a> Lowerer<'a> {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for an op without a lowering; Cranelift errors.
-    pub fn lower_all(mut self, steps: &[Step], groups: &[LoopGroup]) -> Result<()> {
+    pub fn lower_all(
+        mut self,
+        steps: &[Step],
+        groups: &[LoopGroup],
+        epilogues: &HashMap<usize, epilogue::EpilogueGroup>,
+    ) -> Result<()> {
         for step in steps {
             match *step {
                 Step::Node(id) => self.node(id)?,
-                Step::Group(gi) => fused::lower_group(&mut self, &groups[gi])?,
+                Step::Group(gi) => match epilogues.get(&gi) {
+                    Some(e) => linalg::matmul_with_epilogue(&mut self, e.matmul, &e.operands)?,
+                    None => fused::lower_group(&mut self, &groups[gi])?,
+                },
             }
         }
         let outputs = self.graph.outputs().to_vec();
