@@ -52,14 +52,7 @@ fn lines(n: usize, size: usize) -> usize {
 /// The plan of node `id` (a GatherMatMul of `g`).
 pub(crate) fn plan(g: &Graph, id: NodeId) -> GatherMatMulPlan {
     let node = g.node(id).expect("internal: live node");
-    let ops = g.operands(id);
-    let dims = |i: usize| {
-        g.node(ops[i])
-            .expect("internal: live operand")
-            .shape
-            .dims()
-            .to_vec()
-    };
+    let dims = |i: usize| super::operand_dims(g, id, i);
     let (x, w) = (dims(0), dims(1));
     let (rows, k, stack, m) = (x[0], x[1], w[0], w[2]);
     let size = node.dtype.size_bytes();

@@ -107,7 +107,7 @@ fn matmul_plan<T: Scalar>(
 pub(crate) fn matmul_scratch_bytes(g: &Graph, id: NodeId) -> usize {
     let node = g.node(id).expect("internal: live node");
     let ops = g.operands(id);
-    let dims = |i: usize| g.node(ops[i]).expect("internal: live operand").shape.dims();
+    let dims = |i: usize| super::operand_dims(g, id, i);
     let (a, b, out) = (dims(0), dims(1), node.shape.dims());
     let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
     let count = out[..out.len() - 2].iter().product();
@@ -230,14 +230,7 @@ fn call_checked(l: &mut Lowerer<'_>, id: NodeId, name: &'static str, args: &[Val
 /// The plan of a Conv2d, Conv2dInputGrad or Conv2dWeightGrad node.
 pub(crate) fn conv_dims(g: &Graph, id: NodeId) -> ConvPlan {
     let node = g.node(id).expect("internal: live node");
-    let ops = g.operands(id);
-    let dims = |i: usize| {
-        g.node(ops[i])
-            .expect("internal: live operand")
-            .shape
-            .dims()
-            .to_vec()
-    };
+    let dims = |i: usize| super::operand_dims(g, id, i);
     let (x, y, out) = (dims(0), dims(1), node.shape.dims().to_vec());
     // (kind, params, [N, C, H, W] of the conv input, O, (kh, kw))
     let (kind, params, input, o, kernel) = match &node.op {

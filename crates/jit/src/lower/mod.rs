@@ -84,6 +84,13 @@ pub(crate) struct Lowerer<'a> {
     funcs: HashMap<&'static str, FuncRef>,
 }
 
+/// The dims of operand `i` of node `id` (for the plans built at compile time).
+pub(crate) fn operand_dims(g: &Graph, id: NodeId, i: usize) -> Vec<usize> {
+    let op = g.operands(id)[i];
+    let node = g.node(op).expect("internal: live operand");
+    node.shape.dims().to_vec()
+}
+
 /// Flags of every load and store: in bounds (checked before the call or by
 /// the generated code) and naturally aligned.
 pub(crate) fn flags() -> MemFlagsData {
