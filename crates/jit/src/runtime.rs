@@ -20,6 +20,7 @@ use cranelora_kernels::gemm::{
 };
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::math::{apply_inplace, Func};
+use cranelora_kernels::pool::{parallel_for, threads, PARALLEL_MIN_FLOPS};
 use cranelora_kernels::Scalar;
 
 /// Status returned by the generated function: success.
@@ -369,6 +370,10 @@ unsafe extern "C" fn softmax<T: Scalar>(plan: *const RowPlan, x: *const T, out: 
             std::slice::from_raw_parts_mut(out, n),
         )
     };
+    if p.inner == 1 && p.len > 0 {
+        softmax_rows(x, out, p.len);
+        return;
+    }
     let (len, inner) = (p.len, p.inner);
     for o in 0..p.outer {
         let base = o * len * inner;
@@ -398,6 +403,58 @@ unsafe extern "C" fn softmax<T: Scalar>(plan: *const RowPlan, x: *const T, out: 
             }
         }
     }
+}
+
+/// Softmax over contiguous rows of `len` (the last axis): each row in one
+/// pass of max, one of x − max, the kernels' vector exp and one division
+/// pass while it is in cache; rows split over the kernels' pool when the
+/// whole is large. The same operations per element as the strided path
+/// (max, subtraction, the kernels' exp, one sum in row order, division).
+fn softmax_rows<T: Scalar>(x: &[T], out: &mut [T], len: usize) {
+    let rows = x.len() / len;
+    let row = |x: &[T], out: &mut [T]| {
+        let mut max = T::neg_infinity();
+        for &v in x {
+            if max.is_nan() {
+                break;
+            }
+            if v.is_nan() || v > max {
+                max = v;
+            }
+        }
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = v - max);
+        apply_inplace(Func::Exp, out);
+        let sum = out.iter().fold(T::zero(), |s, &v| s + v);
+        out.iter_mut().for_each(|o| *o /= sum);
+    };
+    // ~20 operations per element decide whether threads pay off.
+    let tasks = if 20 * x.len() >= PARALLEL_MIN_FLOPS {
+        threads().min(rows)
+    } else {
+        1
+    };
+    if tasks <= 1 {
+        x.chunks_exact(len)
+            .zip(out.chunks_exact_mut(len))
+            .for_each(|(x, o)| row(x, o));
+        return;
+    }
+    let per = rows.div_ceil(tasks);
+    let out_addr = out.as_mut_ptr() as usize;
+    parallel_for(tasks, &|t| {
+        let (start, end) = ((t * per).min(rows), ((t + 1) * per).min(rows));
+        let span = start * len..end * len;
+        // SAFETY: task `t` alone touches rows start..end of `out`
+        // (disjoint ranges for distinct t, all within `out`, whose borrow
+        // outlives `parallel_for`, which returns only when every task is done).
+        let out = unsafe {
+            std::slice::from_raw_parts_mut((out_addr as *mut T).add(span.start), span.len())
+        };
+        x[span]
+            .chunks_exact(len)
+            .zip(out.chunks_exact_mut(len))
+            .for_each(|(x, o)| row(x, o));
+    });
 }
 
 /// (x − mean)/√(var + eps)·γ + β over rows of `len` (biased variance), as

@@ -192,6 +192,27 @@ fn jit_matches_interp_on_softmax_and_layer_norm() {
 }
 
 #[test]
+fn jit_matches_interp_on_large_last_axis_softmax() {
+    // Large enough for the row kernel to split rows over the pool; odd row
+    // count and length; special values (±0, ±∞, NaN) in some rows.
+    for d in FLOATS {
+        for (rows, len) in [(131, 1031), (8 * 12 * 128, 128)] {
+            let mut g = Graph::new();
+            let x = g.input("x", [rows, len], d);
+            let y = g.softmax(x, 1).expect("valid");
+            g.set_outputs(&[y]).expect("node");
+            let specials = rows == 131;
+            check(
+                &g,
+                &[data(&[rows, len], d, 11, specials)],
+                &Bindings::new(),
+                tol(d),
+            );
+        }
+    }
+}
+
+#[test]
 fn jit_matches_interp_on_data_movement() {
     for d in [DType::F32, DType::F64, DType::I64] {
         let mut g = Graph::new();
