@@ -188,15 +188,7 @@ impl CompiledGraph {
     ) -> Result<()> {
         count("inputs", self.inputs.len(), inputs.len())?;
         count("outputs", self.outputs.len(), outputs.len())?;
-        let mut state = self.take_state();
-        state.ptrs.clear();
-        let result = self.fill_ptrs(&mut state, inputs, bindings, outputs);
-        let result = result.and_then(|()| self.call(&mut state));
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(state);
-        result
+        self.with_state(|state| self.fill_ptrs(state, inputs, bindings, outputs))
     }
 
     /// Runs the graph updating Parameters in place: the new value of each
@@ -217,10 +209,16 @@ impl CompiledGraph {
         count("inputs", self.inputs.len(), inputs.len())?;
         let plain = self.outputs.len() - self.updates.len();
         count("outputs", plain, outputs.len())?;
+        self.with_state(|state| self.fill_ptrs_updating(state, inputs, storage, outputs))
+    }
+
+    /// One call: takes an arena from the pool, lets `fill` check the
+    /// buffers and record their pointers, enters the code if that succeeded,
+    /// and gives the arena back.
+    fn with_state(&self, fill: impl FnOnce(&mut CallState) -> Result<()>) -> Result<()> {
         let mut state = self.take_state();
         state.ptrs.clear();
-        let result = self.fill_ptrs_updating(&mut state, inputs, storage, outputs);
-        let result = result.and_then(|()| self.call(&mut state));
+        let result = fill(&mut state).and_then(|()| self.call(&mut state));
         self.pool
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -62,20 +62,7 @@ fn check_all(m: &Sequential<f64>, inputs: &[Input<'_, f64>]) {
 
 #[test]
 fn dense_layer_norm_mlp_in_every_mode() {
-    let mut rng = Rng::new(1);
-    let mut m = Sequential::new()
-        .with(
-            "fc1",
-            Dense::new(6, 8, true, Activation::Relu, &mut rng).expect("fc1"),
-        )
-        .and_then(|m| m.with("ln", LayerNorm::new(8, 1e-5, true).expect("ln")))
-        .and_then(|m| {
-            m.with(
-                "fc2",
-                Dense::new(8, 4, true, Activation::GeluErf, &mut rng).expect("fc2"),
-            )
-        })
-        .expect("mlp");
+    let mut m = dense_mlp();
     lora(&mut m, &["fc1", "fc2"]);
     let x = Tensor::random_normal(&[3, 6], 0.0, 1.0, &mut Rng::new(7));
     check_all(&m, &[Input::Float(&x)]);

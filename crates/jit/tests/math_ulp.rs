@@ -23,7 +23,7 @@
 use cranelora_graph::{DType, Graph, Op, TensorData};
 use cranelora_jit::{compile, Bindings, JitOptions};
 use cranelora_kernels::math::{apply, max_error, Func, Isa};
-use std::f64::consts::{FRAC_1_SQRT_2, PI};
+use cranelora_kernels::testing::math_reference;
 
 /// Every function with its op.
 const FUNCS: [(Func, Op); 10] = [
@@ -54,44 +54,6 @@ fn ulp_bound(f: Func, d: DType) -> Option<f64> {
         Func::Tanh => Some(2.0),
         Func::Sigmoid => Some(if f32 { 3.0 } else { 2.0 }),
         _ => None,
-    }
-}
-
-/// The f64 reference with the functions' limits at ±∞ (where the formula
-/// would give ∞·0).
-fn reference(f: Func, x: f64) -> f64 {
-    let sigmoid = |v: f64| {
-        if v >= 0.0 {
-            1.0 / (1.0 + libm::exp(-v))
-        } else {
-            let e = libm::exp(v);
-            e / (1.0 + e)
-        }
-    };
-    let gelu_v = |x: f64| 2.0 * (2.0 / PI).sqrt() * (x + 0.044715 * x * x * x);
-    let cdf = |x: f64| 0.5 * libm::erfc(-x * FRAC_1_SQRT_2);
-    // SiLU, the GELUs and the derivatives at ±∞: their limits.
-    let limit = |lo: f64, hi: f64| if x < 0.0 { lo } else { hi };
-    match f {
-        Func::Exp => libm::exp(x),
-        Func::Log => libm::log(x),
-        Func::Tanh => libm::tanh(x),
-        Func::Erf => libm::erf(x),
-        Func::Sigmoid => sigmoid(x),
-        _ if x.is_infinite() => match f {
-            Func::Silu | Func::GeluErf | Func::GeluTanh => limit(-0.0, x),
-            _ => limit(0.0, 1.0),
-        },
-        Func::Silu => x * sigmoid(x),
-        Func::GeluErf => x * cdf(x),
-        Func::GeluTanh => x * sigmoid(gelu_v(x)),
-        Func::GeluErfGrad => cdf(x) + x * libm::exp(-0.5 * x * x) / (2.0 * PI).sqrt(),
-        Func::GeluTanhGrad => {
-            let x = x.clamp(-1e4, 1e4);
-            let v = gelu_v(x);
-            let dv = 2.0 * (2.0 / PI).sqrt() * (1.0 + 3.0 * 0.044715 * x * x);
-            sigmoid(v) + x * sigmoid(v) * sigmoid(-v) * dv
-        }
     }
 }
 
@@ -223,7 +185,7 @@ fn measure(f: Func, d: DType, x: &[f64], y: &[f64]) -> Worst {
     };
     let mut w = Worst::default();
     for (&xi, &yi) in x.iter().zip(y) {
-        let r = reference(f, xi);
+        let r = math_reference(f, xi);
         let rounded = from_bits(d, bits(d, r));
         let what = format!("{f:?} {d} at {xi:e}: jit {yi:e}, reference {r:e}");
         if r.is_nan() {

@@ -75,6 +75,50 @@ pub fn assert_close<T: Scalar>(actual: &[T], expected: &[T], rtol: f64, atol: f6
     }
 }
 
+/// The f64 reference of a vector-math function, for accuracy tests of the
+/// kernels and of code generated from the same coefficients: libm where it
+/// has the function, otherwise the definition in a form without
+/// cancellation (erfc for the GELU tails), and the functions' limits at
+/// ±∞ (where the formula would give ∞·0).
+pub fn math_reference(f: crate::math::Func, x: f64) -> f64 {
+    use crate::math::Func;
+    use std::f64::consts::{FRAC_1_SQRT_2, PI};
+    let sigmoid = |v: f64| {
+        if v >= 0.0 {
+            1.0 / (1.0 + libm::exp(-v))
+        } else {
+            let e = libm::exp(v);
+            e / (1.0 + e)
+        }
+    };
+    let gelu_v = |x: f64| 2.0 * (2.0 / PI).sqrt() * (x + 0.044715 * x * x * x);
+    let cdf = |x: f64| 0.5 * libm::erfc(-x * FRAC_1_SQRT_2);
+    let limit = |lo: f64, hi: f64| if x < 0.0 { lo } else { hi };
+    match f {
+        Func::Exp => libm::exp(x),
+        Func::Log => libm::log(x),
+        Func::Tanh => libm::tanh(x),
+        Func::Erf => libm::erf(x),
+        Func::Sigmoid => sigmoid(x),
+        _ if x.is_infinite() => match f {
+            Func::Silu | Func::GeluErf | Func::GeluTanh => limit(-0.0, x),
+            _ => limit(0.0, 1.0),
+        },
+        Func::Silu => x * sigmoid(x),
+        Func::GeluErf => x * cdf(x),
+        Func::GeluTanh => x * sigmoid(gelu_v(x)),
+        Func::GeluErfGrad => cdf(x) + x * libm::exp(-0.5 * x * x) / (2.0 * PI).sqrt(),
+        Func::GeluTanhGrad => {
+            // Beyond ±1e4 the derivative is 0 or 1 to far below f64
+            // precision; the clamp avoids 0·∞ in the formula below.
+            let x = x.clamp(-1e4, 1e4);
+            let v = gelu_v(x);
+            let dv = 2.0 * (2.0 / PI).sqrt() * (1.0 + 3.0 * 0.044715 * x * x);
+            sigmoid(v) + x * sigmoid(v) * sigmoid(-v) * dv
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,41 +2,7 @@
 //! between instruction sets.
 
 use super::*;
-use std::f64::consts::{FRAC_1_SQRT_2, PI};
-
-/// The f64 reference: libm where it has the function, otherwise the
-/// definition in a form without cancellation (erfc for the GELU tails).
-fn reference(f: Func, x: f64) -> f64 {
-    let sigmoid = |v: f64| {
-        if v >= 0.0 {
-            1.0 / (1.0 + libm::exp(-v))
-        } else {
-            let e = libm::exp(v);
-            e / (1.0 + e)
-        }
-    };
-    let gelu_v = |x: f64| 2.0 * (2.0 / PI).sqrt() * (x + 0.044715 * x * x * x);
-    let cdf = |x: f64| 0.5 * libm::erfc(-x * FRAC_1_SQRT_2);
-    match f {
-        Func::Exp => libm::exp(x),
-        Func::Log => libm::log(x),
-        Func::Tanh => libm::tanh(x),
-        Func::Erf => libm::erf(x),
-        Func::Sigmoid => sigmoid(x),
-        Func::Silu => x * sigmoid(x),
-        Func::GeluErf => x * cdf(x),
-        Func::GeluTanh => x * sigmoid(gelu_v(x)),
-        Func::GeluErfGrad => cdf(x) + x * libm::exp(-0.5 * x * x) / (2.0 * PI).sqrt(),
-        Func::GeluTanhGrad => {
-            // Beyond ±1e4 the derivative is 0 or 1 to far below f64
-            // precision; the clamp avoids 0·∞ in the formula below.
-            let x = x.clamp(-1e4, 1e4);
-            let v = gelu_v(x);
-            let dv = 2.0 * (2.0 / PI).sqrt() * (1.0 + 3.0 * 0.044715 * x * x);
-            sigmoid(v) + x * sigmoid(v) * sigmoid(-v) * dv
-        }
-    }
-}
+use crate::testing::math_reference;
 
 /// Test inputs, all finite: a dense grid on [−20, 20], a wide grid over the
 /// exp range, and ±m·10^k down to subnormals.
@@ -86,7 +52,7 @@ fn measure(isa: Isa, f: Func, dtype: DType, x: &[f64], rel: f64) -> (f64, f64, f
     let y = run(isa, f, dtype, x);
     let (mut max_rel, mut abs, mut worst) = (0.0f64, 0.0f64, 0.0);
     for (&xi, &yi) in x.iter().zip(&y) {
-        let r = reference(f, xi);
+        let r = math_reference(f, xi);
         let rounded = if dtype == DType::F32 {
             r as f32 as f64
         } else {
@@ -182,7 +148,7 @@ fn special_values_give_limits() {
                 assert_eq!(y[0], lo, "{:?}", at(0));
                 assert_eq!(y[1], hi, "{:?}", at(1));
                 assert!(y[2].is_nan(), "{:?}", at(2));
-                let at_zero = reference(f, 0.0);
+                let at_zero = math_reference(f, 0.0);
                 assert_eq!(y[3], at_zero, "{:?}", at(3));
                 assert_eq!(y[4], at_zero, "{:?}", at(4));
                 if at_zero == 0.0 {
