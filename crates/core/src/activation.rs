@@ -82,10 +82,14 @@ impl Activation {
     pub fn apply_inplace<T: Scalar>(self, x: &mut Tensor<T>) {
         match self {
             Activation::Identity => {}
-            Activation::Relu => {
-                x.array_mut()
-                    .mapv_inplace(|v| if v > T::zero() { v } else { T::zero() })
-            }
+            // max(x, 0) keeping NaN, as the graph's Relu (the spec) does.
+            Activation::Relu => x.array_mut().mapv_inplace(|v| {
+                if v > T::zero() || v.is_nan() {
+                    v
+                } else {
+                    T::zero()
+                }
+            }),
             Activation::GeluErf => apply_func(Func::GeluErf, x),
             Activation::GeluTanh => apply_func(Func::GeluTanh, x),
             Activation::Tanh => apply_func(Func::Tanh, x),
@@ -244,5 +248,56 @@ impl<T: Scalar> Layer<T> for ActivationLayer<T> {
             ("kind".into(), self.kind().into()),
             ("activation".into(), self.activation.name().into()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Eager ReLU follows the graph's Relu (the spec): NaN stays NaN, −0 and
+    /// negatives become +0, positives pass; in f32 and f64, alone and fused
+    /// into an eval-mode Dense's GEMM epilogue.
+    fn relu_keeps_nan<T: Scalar>() {
+        let nan = T::nan();
+        let x = Tensor::from_vec(
+            vec![
+                nan,
+                -T::one(),
+                -T::zero(),
+                T::one(),
+                T::infinity(),
+                T::neg_infinity(),
+            ],
+            &[6],
+        )
+        .unwrap();
+        let y = Activation::Relu.apply(&x);
+        let y = y.array().iter().copied().collect::<Vec<T>>();
+        assert!(y[0].is_nan());
+        assert_eq!(
+            &y[1..],
+            &[T::zero(), T::zero(), T::one(), T::infinity(), T::zero()]
+        );
+        assert!(y[2].is_sign_positive());
+
+        let mut dense = crate::layers::Dense::from_weights(
+            Tensor::from_vec(vec![T::one(), -T::one()], &[1, 2]).unwrap(),
+            None,
+            Activation::Relu,
+        )
+        .unwrap();
+        dense.set_training(false);
+        let x = Tensor::from_vec(vec![nan, -T::one()], &[2, 1]).unwrap();
+        let y = dense.forward(&[crate::layer::Input::Float(&x)]).unwrap();
+        let y = y.array().iter().copied().collect::<Vec<T>>();
+        assert!(y[0].is_nan() && y[1].is_nan(), "{y:?}");
+        assert_eq!(&y[2..], &[T::zero(), T::one()]);
+    }
+
+    #[test]
+    fn relu_keeps_nan_f32_f64() {
+        relu_keeps_nan::<f32>();
+        relu_keeps_nan::<f64>();
     }
 }

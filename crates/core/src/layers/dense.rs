@@ -270,13 +270,13 @@ impl<T: Scalar> Dense<T> {
     }
 }
 
-/// The GEMM-epilogue form of `act`, for the activations computed by the
-/// kernels' vector functions (identity and ReLU are not).
+/// The GEMM-epilogue form of `act` (`None` for the identity).
 fn kernel_activation(act: Activation) -> Option<cranelora_kernels::gemm::Activation> {
     use cranelora_kernels::gemm::Activation as Ep;
     use cranelora_kernels::math::Func;
     let f = match act {
-        Activation::Identity | Activation::Relu => return None,
+        Activation::Identity => return None,
+        Activation::Relu => return Some(Ep::Relu),
         Activation::GeluErf => Func::GeluErf,
         Activation::GeluTanh => Func::GeluTanh,
         Activation::Tanh => Func::Tanh,
