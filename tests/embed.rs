@@ -140,6 +140,50 @@ fn jit_cache_compiles_once_per_shape_bucket() {
 }
 
 #[test]
+fn jit_batch_bucket_pads_rows_and_drops_them() {
+    let (ids, floats) = reference();
+    let mut e = Embedder::new(model(false), Engine::Jit { fold_lora: true }).unwrap();
+    assert_eq!(
+        [1, 2, 3, 5, 8, 9, 17].map(|b| e.batch_bucket(b)),
+        [1, 2, 4, 8, 8, 16, 24]
+    );
+    // The fixture's 4-row batch cut to 3 rows runs at 4 rows (one filler
+    // row) and still reproduces transformers' embeddings of those 3 rows.
+    let full = batch(&ids, "");
+    let (b, s) = full.dims();
+    let cut =
+        |t: &IdTensor| IdTensor::from_vec(t.to_vec()[..(b - 1) * s].to_vec(), &[b - 1, s]).unwrap();
+    let three = EncodedBatch::new(
+        cut(&full.input_ids),
+        cut(&full.token_type_ids),
+        cut(&full.attention_mask),
+    )
+    .unwrap();
+    let out = e.embed(&three).unwrap();
+    assert_eq!(e.compiles().last().unwrap().0, (4, e.bucket(s)));
+    assert_eq!(out.embeddings.shape(), &[b - 1, 32]);
+    let want = floats["embeddings"].to_vec();
+    let got = out.embeddings.to_vec();
+    assert_eq!(got.len(), want.len() / b * (b - 1));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 1e-5, "max |Δ| {worst}");
+    let hidden = max_abs_valid(
+        &out.last_hidden_state,
+        &Tensor::from_vec(
+            floats["last_hidden_state"].to_vec()[..(b - 1) * s * 32].to_vec(),
+            &[b - 1, s, 32],
+        )
+        .unwrap(),
+        &three.attention_mask,
+    );
+    assert!(hidden <= 1e-4, "hidden max |Δ| {hidden}");
+}
+
+#[test]
 fn cli_input_output_contract() {
     let (ids, floats) = reference();
     let dir = std::env::temp_dir().join(format!("cranelora-embed-cli-{}", std::process::id()));

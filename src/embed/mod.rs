@@ -3,13 +3,15 @@
 //! model eager or JIT-compiled, mean pooling and L2 normalization out, as
 //! sentence-transformers computes them for all-MiniLM-L6-v2 and its kin.
 //!
-//! The JIT compiles one function per `(batch, padded sequence)` shape. The
+//! The JIT compiles one function per `(batch, sequence)` shape bucket. The
 //! sequence is padded up to a multiple of [`SEQ_BUCKET`] (at most
-//! `max_position_embeddings`) with pad tokens the attention mask hides, so
-//! inputs of varying length reuse a few compiled functions; the
+//! `max_position_embeddings`) with pad tokens the attention mask hides, and
+//! the batch up to the next power of two (multiples of [`BATCH_BUCKET`]
+//! above it) with one-token filler rows that are dropped again, so inputs
+//! of varying length and count reuse a few compiled functions; the
 //! [`Embedder`] keeps the [`CACHE_CAPACITY`] most recently used ones.
-//! Padding keys are masked, so the real tokens' states do not depend on the
-//! bucket (up to rounding in the softmax sums).
+//! Padding keys are masked and rows never mix, so the real tokens' states
+//! do not depend on the bucket (up to rounding in the softmax sums).
 //!
 //! ```no_run
 //! use cranelora::embed::{tokenize, Embedder, Engine};
@@ -40,6 +42,9 @@ use std::time::{Duration, Instant};
 
 /// Sequences are padded up to a multiple of this many tokens before the JIT runs them.
 pub const SEQ_BUCKET: usize = 16;
+/// Batches are padded up to the next power of two up to this many rows, and
+/// to a multiple of it above, before the JIT runs them.
+pub const BATCH_BUCKET: usize = 8;
 /// How many compiled shapes an [`Embedder`] keeps.
 pub const CACHE_CAPACITY: usize = 4;
 
@@ -103,20 +108,30 @@ impl EncodedBatch {
         )?)
     }
 
-    /// The batch padded on the right to `seq` tokens with `pad_id`, mask 0, type 0.
-    fn padded(&self, seq: usize, pad_id: i64) -> Result<Self> {
+    /// The batch padded on the right to `seq` tokens with `pad_id`, mask 0,
+    /// type 0, then below to `rows` rows with filler rows: `pad_id` tokens of
+    /// which only the first is real (a row the mask hides entirely would
+    /// divide by zero in the softmax); callers drop the filler rows.
+    fn padded(&self, rows: usize, seq: usize, pad_id: i64) -> Result<Self> {
         let (b, s) = self.dims();
-        let pad = |t: &IdTensor, value: i64| -> Result<IdTensor> {
+        let pad = |t: &IdTensor, value: i64, filler_first: i64| -> Result<IdTensor> {
             let v = t.to_vec();
-            let rows = v.chunks(s.max(1)).take(b);
-            let data =
-                rows.flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(value, seq - s)));
-            Ok(IdTensor::from_vec(data.collect(), &[b, seq])?)
+            let real = v
+                .chunks(s.max(1))
+                .take(b)
+                .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(value, seq - s)));
+            let filler = (b..rows).flat_map(|_| {
+                std::iter::once(filler_first).chain(std::iter::repeat_n(value, seq - 1))
+            });
+            Ok(IdTensor::from_vec(
+                real.chain(filler).collect(),
+                &[rows, seq],
+            )?)
         };
         Self::new(
-            pad(&self.input_ids, pad_id)?,
-            pad(&self.token_type_ids, 0)?,
-            pad(&self.attention_mask, 0)?,
+            pad(&self.input_ids, pad_id, pad_id)?,
+            pad(&self.token_type_ids, 0, 0)?,
+            pad(&self.attention_mask, 0, 1)?,
         )
     }
 }
@@ -201,6 +216,16 @@ impl Embedder {
             .max(seq)
     }
 
+    /// The number of rows a batch of `batch` rows runs at under the JIT: the
+    /// next power of two up to [`BATCH_BUCKET`], a multiple of it above.
+    pub fn batch_bucket(&self, batch: usize) -> usize {
+        if batch <= BATCH_BUCKET {
+            batch.max(1).next_power_of_two()
+        } else {
+            batch.div_ceil(BATCH_BUCKET) * BATCH_BUCKET
+        }
+    }
+
     /// The last hidden state and the sentence embeddings of `batch`.
     ///
     /// # Errors
@@ -230,9 +255,9 @@ impl Embedder {
 
     fn jit(&mut self, batch: &EncodedBatch, fold_lora: bool) -> Result<Tensor<f32>> {
         let (b, s) = batch.dims();
-        let seq = self.bucket(s);
-        let padded = batch.padded(seq, self.model.config().pad_token_id as i64)?;
-        let compiled = self.compiled((b, seq), fold_lora)?;
+        let (rows, seq) = (self.batch_bucket(b), self.bucket(s));
+        let padded = batch.padded(rows, seq, self.model.config().pad_token_id as i64)?;
+        let compiled = self.compiled((rows, seq), fold_lora)?;
         let inputs = [
             TensorData::I64(padded.input_ids.array().clone()),
             TensorData::I64(padded.token_type_ids.array().clone()),
@@ -240,11 +265,12 @@ impl Embedder {
         ];
         let out = compiled.function.run(&inputs, &compiled.bindings)?;
         let h = cranelora_core::export::tensor_from_data::<f32>(&out[0])?;
-        // Back to the caller's length: drop the bucket's extra pad positions.
+        // Back to the caller's shape: drop the bucket's filler rows and pad positions.
         let d = self.model.config().hidden_size;
-        let rows = h.to_vec();
-        let kept = rows
+        let all = h.to_vec();
+        let kept = all
             .chunks(seq * d)
+            .take(b)
             .flat_map(|r| r[..s * d].iter().copied());
         Ok(Tensor::from_vec(kept.collect(), &[b, s, d])?)
     }
