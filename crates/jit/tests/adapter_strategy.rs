@@ -186,7 +186,8 @@ fn auto_keeps_the_branch_when_many_adapters_exceed_the_budget_f64() {
     auto_keeps_the_branch_when_many_adapters_exceed_the_budget::<f64>();
 }
 
-/// The rebind frequency and the batch decide: at 16 rows fc0's branch
+/// The rebind frequency and the batch decide (with K = 8 stated, so the
+/// numbers do not move with the measured default): at 16 rows fc0's branch
 /// (16·4·32 = 2048 multiply-adds) is dearer than repacking (8·240 = 1920)
 /// when rebinds are rare, cheaper than repacking plus the fold (240·5 =
 /// 1200) when every call rebinds; at 2 rows the branch always wins.
@@ -196,8 +197,11 @@ fn frequent_rebinds_and_small_batches_keep_the_branch() {
     for (rows, calls, merged) in [(16, 1e9, true), (16, 1.0, false), (2, 1e9, false)] {
         let x = Tensor::<f64>::random_normal(&[rows, 12], 0.0, 1.0, &mut Rng::new(1));
         let g = serving_graph(&m, &[Input::Float(&x)]);
-        let auto = AdapterStrategy::Auto(ServingLoad::new(1, calls, usize::MAX));
-        let choices = cranelora_jit::serve::plan(&g, &auto);
+        let load = ServingLoad {
+            move_cost: 8.0,
+            ..ServingLoad::new(1, calls, usize::MAX)
+        };
+        let choices = cranelora_jit::serve::plan(&g, &AdapterStrategy::Auto(load));
         let why = if merged {
             "merged is cheaper"
         } else {
@@ -295,7 +299,7 @@ fn the_move_cost_is_measured() {
     assert!(k.pack_ns >= 0.0 && k.move_cost.is_finite(), "{k:?}");
 }
 
-/// W1's shapes (1024×1024, rank 16, 64 rows, f32), 200 calls each:
+/// W1's shapes (1024×1024, rank 16, 64 rows, f32), 200 calls each, three runs:
 /// `cargo test -p cranelora-jit --test adapter_strategy -- --ignored --nocapture`
 /// (docs/jit.md, "Merged or unmerged", records the results).
 #[test]
@@ -306,7 +310,11 @@ fn measure_move_cost_on_w1_shapes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    for rows in [64, 256] {
+    // W1's batch; at 256 rows the base GEMM's run-to-run noise on a
+    // shared machine exceeds the packing time (t_param − t_const ≤ 0 in
+    // two of four runs), so that shape does not measure K.
+    for _ in 0..3 {
+        let rows = 64;
         let shape = MoveCostShape {
             dtype: DType::F32,
             fan_in: 1024,
