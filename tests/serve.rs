@@ -630,3 +630,78 @@ fn concurrent_rebinds_and_mixed_calls_each_use_one_whole_set() {
     stop.store(true, Ordering::Relaxed);
     assert!(binder.join().expect("binder") > 0);
 }
+
+/// Embedding and Conv2d adapters: single-adapter serving equals the eager
+/// forward (an Embedding table merged by `AdapterStrategy::Merged`, the
+/// Conv2d keeping its branch with the reason), and asking either for mixed
+/// batches is an error naming the layer — never a panic.
+#[test]
+fn embedding_and_conv2d_adapters_merge_or_explain_and_mixed_batches_are_errors() {
+    use cranelora::core::export::ids_to_data;
+    use cranelora::core::layers::{Conv2d, Conv2dOptions, Embedding};
+    use cranelora::core::lora::{apply_lora, ApplyConfig, LoraInit};
+    use cranelora::core::{IdTensor, Input};
+    use cranelora::jit::serve::AdapterStrategy;
+    let lora = |seed| {
+        LoraConfig::new(2)
+            .with_alpha(6.0)
+            .with_init(LoraInit::Random)
+            .with_seed(seed)
+    };
+    let with_adapter = |m: &Sequential<f64>, path: &str, seed| {
+        let mut m = m.clone();
+        apply_lora(&mut m, &ApplyConfig::new(&[path], lora(seed))).expect("apply");
+        m.set_training(false);
+        m
+    };
+    let mut rng = Rng::new(4);
+    let emb = Embedding::<f64>::new(10, 6, None, &mut rng).expect("emb");
+    let base = Sequential::new().with("emb", emb).expect("seq");
+    let ids = IdTensor::from_vec(vec![0, 3, 9, 1, 3, 7], &[6]).expect("ids");
+    let spec = [InputSpec::ids("ids", &[6])];
+    let mut cfg = ServingConfig::new(2);
+    cfg.jit.adapter_strategy = AdapterStrategy::Merged;
+    let srv = compile_server(&with_adapter(&base, "emb", 1), &spec, &cfg).expect("server");
+    assert!(srv.strategy()[0].merged, "{:?}", srv.strategy());
+    let mut m = with_adapter(&base, "emb", 2);
+    srv.bind_adapter("a", &adapter_of(&m).expect("a"))
+        .expect("bind");
+    srv.set_active(Some("a")).expect("active");
+    let y = srv.run(&[ids_to_data(&ids)]).expect("run")[0].to_f64_vec();
+    let want = m.forward(&[Input::Ids(&ids)]).expect("eager").to_vec();
+    assert_close(&y, &want, 1e-12, 1e-12);
+    cfg.mixed_capacity = 2;
+    let Err(err) = compile_server(&with_adapter(&base, "emb", 1), &spec, &cfg) else {
+        panic!("mixed batches over `emb` compiled")
+    };
+    assert!(format!("{err:#}").contains("emb"), "{err:#}");
+
+    let opts = Conv2dOptions {
+        stride: (1, 1),
+        padding: (1, 1),
+        dilation: (1, 1),
+    };
+    let conv = Conv2d::<f64>::new(2, 3, (3, 3), opts, true, &mut rng).expect("conv");
+    let base = Sequential::new().with("conv", conv).expect("seq");
+    let x = Tensor::<f64>::random_normal(&[2, 2, 5, 5], 0.0, 1.0, &mut Rng::new(8));
+    let spec = [InputSpec::float("x", x.shape())];
+    let mut cfg = ServingConfig::new(2);
+    cfg.jit.adapter_strategy = AdapterStrategy::Merged;
+    let srv = compile_server(&with_adapter(&base, "conv", 1), &spec, &cfg).expect("server");
+    let choice = &srv.strategy()[0];
+    assert!(
+        !choice.merged && choice.reason.contains("Conv2d"),
+        "{choice}"
+    );
+    let mut m = with_adapter(&base, "conv", 3);
+    srv.bind_adapter("a", &adapter_of(&m).expect("a"))
+        .expect("bind");
+    srv.set_active(Some("a")).expect("active");
+    let y = srv.run(&[tensor_to_data(&x)]).expect("run")[0].to_f64_vec();
+    assert_close(&y, &eager(&mut m, &x), 1e-12, 1e-12);
+    cfg.mixed_capacity = 2;
+    let Err(err) = compile_server(&with_adapter(&base, "conv", 1), &spec, &cfg) else {
+        panic!("mixed batches over `conv` compiled")
+    };
+    assert!(format!("{err:#}").contains("conv"), "{err:#}");
+}
