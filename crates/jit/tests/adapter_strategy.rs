@@ -330,3 +330,46 @@ fn measure_move_cost_on_w1_shapes() {
         );
     }
 }
+
+/// A training step's graph (the gradients of A and B read the branch)
+/// never merges: merging would drop what the gradients need. The report
+/// says why; the step still gives the interpreter's outputs.
+#[test]
+fn a_training_graph_keeps_its_branches() {
+    use cranelora_graph::{autodiff::grad, ReduceKind};
+    let m = mlp::<f64>(false);
+    let x = Tensor::<f64>::random_normal(&[ROWS, 12], 0.0, 1.0, &mut Rng::new(9));
+    let inputs = [Input::Float(&x)];
+    let (mut g, values) = (serving_graph(&m, &inputs), input_values(&inputs));
+    let gb = bindings_for(&m, &g).expect("bindings");
+    let y = g.outputs()[0];
+    let loss = g.reduce(y, ReduceKind::Sum, &[0, 1], false).expect("loss");
+    let params: Vec<_> = g
+        .node_ids()
+        .into_iter()
+        .filter(|&id| {
+            matches!(
+                g.node(id).map(|n| &n.op),
+                Some(cranelora_graph::Op::Parameter { .. })
+            )
+        })
+        .collect();
+    let grads = grad(&mut g, loss, &params).expect("grad");
+    g.set_outputs(&[&[loss][..], &grads].concat())
+        .expect("outputs");
+    let auto = AdapterStrategy::Auto(ServingLoad::new(1, 1e6, usize::MAX));
+    let c = compile(&g, &options(auto)).expect("compile");
+    for choice in &c.report().adapters {
+        assert!(
+            !choice.merged && choice.reason.contains("outside"),
+            "{choice}"
+        );
+    }
+    let out = c
+        .run(&values, &Bindings::from_map(&gb).expect("b"))
+        .expect("run");
+    let expected = interpret(&g, &values, &gb).expect("interp");
+    for (o, e) in out.iter().zip(&expected) {
+        assert_same(o, e, 1e-10, 1e-12);
+    }
+}

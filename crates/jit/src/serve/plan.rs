@@ -41,11 +41,14 @@ struct Found {
 /// each, without changing the graph (what [`compile`](crate::compile) would
 /// do; `cranelora graph --passes` prints it).
 pub fn plan(g: &Graph, strategy: &AdapterStrategy) -> Vec<LayerChoice> {
-    let found = find(g);
+    plan_found(g, &find(g), strategy)
+}
+
+fn plan_found(g: &Graph, found: &[Found], strategy: &AdapterStrategy) -> Vec<LayerChoice> {
     let layers: Vec<AdaptedLayer> = found.iter().map(|f| f.layer.clone()).collect();
     choose(&layers, strategy)
         .into_iter()
-        .zip(&found)
+        .zip(found)
         .map(|((merged, reason), f)| LayerChoice {
             path: f.layer.path.clone(),
             merged,
@@ -60,8 +63,8 @@ pub fn plan(g: &Graph, strategy: &AdapterStrategy) -> Vec<LayerChoice> {
 /// # Errors
 /// Graph errors from the rewrite (none for an exported graph).
 pub(crate) fn apply(g: &mut Graph, strategy: &AdapterStrategy) -> Result<Vec<LayerChoice>> {
-    let choices = plan(g, strategy);
     let found = find(g);
+    let choices = plan_found(g, &found, strategy);
     for (c, f) in choices.iter().zip(&found) {
         if let (true, Some(base), Some(scale)) = (c.merged, f.base, f.scale) {
             merge(g, &f.layer, base, scale)?;
@@ -119,8 +122,10 @@ fn found(
     let p = |suffix: &str| params.get(&format!("{path}.{suffix}")).copied();
     let dims = |id: NodeId| g.node(id).map(|n| n.shape.dims().to_vec());
     let xab_node = g.node(xab)?;
+    let scale = names.get(&format!("{path}.lora_scale")).copied();
+    let mut private_branch = false;
     let (kind, fan_in, rank) = match (p("lora_a"), p("lora_b"), p("lora_a_stack")) {
-        (Some(a), Some(_), _) => {
+        (Some(a), Some(b), _) => {
             let &[i, r] = dims(a)?.as_slice() else {
                 return None;
             };
@@ -130,6 +135,9 @@ fn found(
                 (_, Some(Op::Gather)) => BranchKind::Embedding,
                 _ => BranchKind::Linear,
             };
+            let only = |id: NodeId, user: Option<NodeId>| user.is_some_and(|u| g.users(id) == [u]);
+            private_branch =
+                only(a, Some(xa)) && only(b, Some(xab)) && only(xa, Some(xab)) && only(xab, scale);
             (kind, i, r)
         }
         (_, _, Some(stack)) => {
@@ -170,8 +178,8 @@ fn found(
         dtype: xab_node.dtype,
         dora,
         constant_base: base.is_some(),
+        private_branch,
     };
-    let scale = names.get(&format!("{path}.lora_scale")).copied();
     Some(Found { layer, base, scale })
 }
 

@@ -135,6 +135,9 @@ pub struct AdaptedLayer {
     pub dora: bool,
     /// Whether the base weight is a Constant the compiler can replace.
     pub constant_base: bool,
+    /// Whether A, B and the branch's products are read by the branch only
+    /// (not, say, by the backward nodes of a training step).
+    pub private_branch: bool,
 }
 
 /// The choice for one layer and why.
@@ -165,6 +168,9 @@ fn unmergeable(l: &AdaptedLayer) -> Option<&'static str> {
         BranchKind::Conv2d => Some("Conv2d: merging a bound kernel is not implemented"),
         _ if l.dora => Some("DoRA: the per-feature scale needs the branch"),
         _ if !l.constant_base => Some("the base weight is not a Constant"),
+        _ if !l.private_branch => {
+            Some("A, B or the branch are read outside it (a training step's gradients?)")
+        }
         _ => None,
     }
 }
@@ -238,6 +244,7 @@ mod tests {
             dtype: DType::F32,
             dora: false,
             constant_base: true,
+            private_branch: true,
         }
     }
 
