@@ -124,6 +124,10 @@ impl AdapterServer {
         let mut g = graph.clone();
         rewrite::single(&mut g, &slots)?;
         let single = compile(&g, &jit)?;
+        // The compiler's choice decides which slots bind a merged weight.
+        for s in &mut slots {
+            s.merged_base = None;
+        }
         for c in single.report().adapters.iter().filter(|c| c.merged) {
             let slot = slots.iter_mut().find(|s| s.path == c.path);
             let (Some(slot), Some(base)) = (slot, &c.base) else {
