@@ -10,15 +10,14 @@
 
 use crate::files::write_atomic;
 use anyhow::{bail, Context, Result};
-use cranelora::core::export::{export_model, input_specs, ExportMode, ExportOptions};
+use cranelora::core::export::{export_model, input_specs, ExportMode, ExportOptions, InputSpec};
 use cranelora::core::layers::MultiHeadAttention;
 use cranelora::core::lora::{apply_lora, ApplyConfig, LoraConfig, LoraInit};
 use cranelora::core::{Input, Layer, Rng, Tensor};
 use cranelora::demo::demo_mlp;
 use cranelora::graph::passes::{FusionPlan, PassManager, PassOptions};
 use cranelora::graph::to_dot_with;
-use cranelora::jit::serve::{AdapterStrategy, ServingLoad};
-use cranelora::serving::{adapter_of, adapter_strategy, ServingConfig};
+use cranelora::jit::serve::{plan, AdapterStrategy, ServingLoad};
 use cranelora::workloads;
 
 /// Runs `cranelora graph --model M [--passes] [--mode MODE] (--dot FILE | --svg FILE)`.
@@ -75,7 +74,7 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
         );
         print!("{report}");
         println!("after passes: {} nodes", graph.len());
-        print_adapter_strategy(layers.as_ref(), x.shape()[0])?;
+        print_adapter_strategy(layers.as_ref(), &specs)?;
         report.fusion.unwrap_or_default()
     } else {
         FusionPlan::default()
@@ -85,31 +84,21 @@ pub fn run(args: &[String], usage: &str) -> Result<()> {
     Ok(())
 }
 
-/// The serving cost model's merged / unmerged choice per adapted layer
-/// (docs/jit.md, "Serving many adapters"), for a stated load: `batch` rows,
-/// 8 resident adapters, 1000 calls per rebind, 1 GiB for merged copies.
-fn print_adapter_strategy(model: &dyn Layer<f32>, batch: usize) -> Result<()> {
-    let Ok(adapter) = adapter_of(model) else {
+/// The compiler's merged / unmerged choice per runtime-bound adapted layer
+/// (`JitOptions::adapter_strategy`, docs/jit.md "Merged or unmerged") for
+/// the model's Serving-mode export under a stated load: 8 resident
+/// adapters, 1000 calls per rebind, 1 GiB for merged copies; the rows per
+/// call are the export's.
+fn print_adapter_strategy(model: &dyn Layer<f32>, specs: &[InputSpec]) -> Result<()> {
+    let graph = export_model(model, specs, &ExportOptions::new(ExportMode::Serving))
+        .context("exporting in serving mode for the adapter strategy")?;
+    let strategy = AdapterStrategy::Auto(ServingLoad::new(8, 1000.0, 1 << 30));
+    let choices = plan(&graph, &strategy);
+    if choices.is_empty() {
         return Ok(()); // no adapters: nothing to choose
-    };
-    let rank = adapter
-        .layers
-        .values()
-        .map(|l| l.a.shape().dims()[1])
-        .max()
-        .unwrap_or(1);
-    let load = ServingLoad {
-        batch,
-        resident_adapters: 8,
-        calls_per_rebind: 1000.0,
-        memory_budget: 1 << 30,
-    };
-    let mut cfg = ServingConfig::new(rank);
-    cfg.strategy = AdapterStrategy::Auto(load);
-    println!(
-        "adapter strategy (Auto; batch {batch}, 8 resident adapters, 1000 calls per rebind, 1 GiB budget, rank {rank}):"
-    );
-    for choice in adapter_strategy(model, &cfg)? {
+    }
+    println!("adapter strategy ({strategy}), as `compile` would choose in serving mode:");
+    for choice in choices {
         println!("  {choice}");
     }
     Ok(())

@@ -260,7 +260,7 @@ fn bound_merged(
     xs: &[TensorData],
 ) -> Result<Stats> {
     let mut cfg = ServingConfig::new(o.rank);
-    cfg.strategy = AdapterStrategy::Merged;
+    cfg.jit.adapter_strategy = AdapterStrategy::Merged;
     let srv = compile_server(&models[0], &input_specs(&[Input::Float(x)]), &cfg)?;
     if !srv.strategy().iter().all(|c| c.merged) {
         bail!(

@@ -23,15 +23,14 @@
 //! ```
 
 use anyhow::{bail, Context, Result};
-use cranelora_core::export::WeightBinding;
 use cranelora_core::export::{export_model, tensor_to_data, ExportMode, ExportOptions, InputSpec};
 use cranelora_core::io::load_peft_adapter;
 use cranelora_core::layer::{visit, Layer};
+use cranelora_core::lora::LoraTarget;
 use cranelora_core::lora::{LoraAdapter, LoraConfig};
-use cranelora_core::lora::{LoraGeometry, LoraTarget};
+use cranelora_graph::Graph;
 use cranelora_jit::serve::{
-    choose, Adapter, AdapterServer, AdapterStrategy, LayerAdapter, LayerChoice, LayerSlot,
-    ServeOptions,
+    plan, Adapter, AdapterServer, LayerAdapter, LayerChoice, LayerSlot, ServeOptions,
 };
 use cranelora_jit::JitOptions;
 use cranelora_kernels::Scalar;
@@ -51,11 +50,10 @@ pub struct ServingConfig {
     pub lora_bias: bool,
     /// Adapter slots of the mixed-batch function (0: none).
     pub mixed_capacity: usize,
-    /// JIT options (LoRA folding is turned off).
+    /// JIT options (LoRA folding is turned off). `jit.adapter_strategy`
+    /// decides which layers the compiler merges (`AdapterStrategy::Auto`:
+    /// the cost model of `cranelora_jit::serve::choose`).
     pub jit: JitOptions,
-    /// Merged or unmerged per layer (`AdapterStrategy::Auto`: the cost
-    /// model of `cranelora_jit::serve::choose`).
-    pub strategy: AdapterStrategy,
 }
 
 impl ServingConfig {
@@ -67,7 +65,6 @@ impl ServingConfig {
             lora_bias: false,
             mixed_capacity: 0,
             jit: JitOptions::default(),
-            strategy: AdapterStrategy::Unmerged,
         }
     }
 }
@@ -93,8 +90,23 @@ pub fn compile_server<T: Scalar>(
     inputs: &[InputSpec],
     cfg: &ServingConfig,
 ) -> Result<AdapterServer> {
+    let (graph, slots) = template(model, inputs, cfg)?;
+    let opts = ServeOptions {
+        jit: cfg.jit,
+        mixed_capacity: cfg.mixed_capacity,
+    };
+    Ok(AdapterServer::new(&graph, slots, &opts)?)
+}
+
+/// The Serving-mode export of `model`'s template (every adapter replaced by
+/// one of rank R and scaling 1) and its slots.
+fn template<T: Scalar>(
+    model: &dyn Layer<T>,
+    inputs: &[InputSpec],
+    cfg: &ServingConfig,
+) -> Result<(Graph, Vec<LayerSlot>)> {
     let found = adapters(model);
-    let mut slots = slots_of(&found, cfg)?;
+    let slots = slots_of(&found, cfg)?;
     let mut template = model.clone_box();
     for ((path, a), slot) in found.iter().zip(&slots) {
         let config = LoraConfig::new(slot.rank)
@@ -105,24 +117,13 @@ pub fn compile_server<T: Scalar>(
             .with_context(|| format!("building the rank-{} template of `{path}`", slot.rank))?;
         template.replace_child(path, Box::new(wide))?;
     }
-    // Merged slots read their base weight as a Parameter (bound to W + s·A·B).
-    let mut export = ExportOptions::new(ExportMode::Serving);
-    let choices = choose(&slots, cfg.strategy, cfg.mixed_capacity > 0);
-    for ((slot, choice), (_, a)) in slots.iter_mut().zip(&choices).zip(&found) {
-        if choice.merged {
-            let w = target(a)?.lora_weight().value();
-            slot.merged_base = Some(Arc::new(tensor_to_data(w)));
-            export = export.with_override(&slot.base_param(), WeightBinding::Parameter);
-        }
-    }
-    let graph = export_model(template.as_ref(), inputs, &export)
-        .context("exporting the serving template")?;
-    let opts = ServeOptions {
-        jit: cfg.jit,
-        mixed_capacity: cfg.mixed_capacity,
-        strategy: cfg.strategy,
-    };
-    Ok(AdapterServer::new(&graph, slots, &opts)?)
+    let graph = export_model(
+        template.as_ref(),
+        inputs,
+        &ExportOptions::new(ExportMode::Serving),
+    )
+    .context("exporting the serving template")?;
+    Ok((graph, slots))
 }
 
 fn target<T: Scalar>(a: &LoraAdapter<T>) -> Result<&dyn LoraTarget<T>> {
@@ -161,7 +162,6 @@ fn slots_of<T: Scalar>(
             dtype: T::DTYPE,
             bias: cfg.lora_bias,
             dora_base,
-            linear: matches!(geometry, LoraGeometry::Linear { .. }),
             merged_base: None,
         });
     }
@@ -169,16 +169,19 @@ fn slots_of<T: Scalar>(
 }
 
 /// The per-layer merged / unmerged choice [`compile_server`] would make for
-/// `model` under `cfg` (with the cost model's numbers), without compiling.
+/// `model` under `cfg.jit.adapter_strategy` (with the cost model's
+/// numbers): the compiler's own [`plan`] on the exported template, without
+/// compiling.
 ///
 /// # Errors
-/// A model without adapters; DoRA together with a LoRA bias.
+/// As [`compile_server`] before compiling.
 pub fn adapter_strategy<T: Scalar>(
     model: &dyn Layer<T>,
+    inputs: &[InputSpec],
     cfg: &ServingConfig,
 ) -> Result<Vec<LayerChoice>> {
-    let slots = slots_of(&adapters(model), cfg)?;
-    Ok(choose(&slots, cfg.strategy, cfg.mixed_capacity > 0))
+    let (graph, _) = template(model, inputs, cfg)?;
+    Ok(plan(&graph, &cfg.jit.adapter_strategy))
 }
 
 /// The adapters of `model` as an [`Adapter`] (every adapted layer's A, B,

@@ -88,8 +88,12 @@ fn eager<T: Scalar>(model: &mut Sequential<T>, x: &Tensor<T>) -> Vec<f64> {
 }
 
 fn server<T: Scalar>(cfg: &ServingConfig) -> AdapterServer {
+    server_for_rows::<T>(cfg, ROWS)
+}
+
+fn server_for_rows<T: Scalar>(cfg: &ServingConfig, rows: usize) -> AdapterServer {
     let template = adapted::<T>(LoraConfig::new(2), 1);
-    let spec = InputSpec::float("x", &[ROWS, SIZES[0]]);
+    let spec = InputSpec::float("x", &[rows, SIZES[0]]);
     compile_server(&template, &[spec], cfg).expect("compiles")
 }
 
@@ -484,14 +488,16 @@ fn peft_directories_are_served_from_one_compiled_model() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// `AdapterStrategy::Auto`: with many calls per rebind the tiny layers are
-/// merged (the bound weight is W + s·A·B, no branch); a budget that holds
-/// only the first layer's copies merges that one alone. Outputs still equal
-/// the eager forward of each adapter, across swaps.
+/// `JitOptions::adapter_strategy = Auto`: at 64 rows per call with many
+/// calls per rebind the tiny layers are merged (the bound weight is
+/// W + s·A·B, no branch); a budget that holds only the first layer's copies
+/// merges that one alone. Outputs still equal the eager forward of each
+/// adapter, across swaps and in mixed batches (which keep the branch).
 #[test]
 fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
     use cranelora::jit::serve::{AdapterStrategy, ServingLoad};
-    let x = input::<f32>();
+    let rows = 64;
+    let x = Tensor::<f32>::random_normal(&[rows, SIZES[0]], 0.0, 1.0, &mut Rng::new(5));
     let xs = [tensor_to_data(&x)];
     let per_copy = |i: usize, o: usize| 2 * i * o * 4; // 2 resident adapters, f32
     for (budget, merged) in [
@@ -499,17 +505,18 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
         (per_copy(12, 20), [true, false]),
     ] {
         let mut cfg = ServingConfig::new(8);
-        // A declared load of 64 rows per call: merging pays (branch
-        // 64·8·32 = 16384 vs 8·12·20 = 1920 multiply-adds per call).
-        cfg.strategy = AdapterStrategy::Auto(ServingLoad {
-            batch: 64,
-            resident_adapters: 2,
-            calls_per_rebind: 1e6,
-            memory_budget: budget,
-        });
-        let srv = server::<f32>(&cfg);
+        cfg.mixed_capacity = 4;
+        // 64 rows per call: merging pays (branch 64·8·32 = 16384 vs
+        // repack 8·12·20 = 1920 multiply-adds per call).
+        let load = ServingLoad::new(2, 1e6, budget);
+        cfg.jit.adapter_strategy = AdapterStrategy::Auto(load);
+        let srv = server_for_rows::<f32>(&cfg, rows);
         let got: Vec<bool> = srv.strategy().iter().map(|c| c.merged).collect();
         assert_eq!(got, merged, "{:?}", srv.strategy());
+        assert!(srv.strategy()[0].reason.contains("merged is cheaper"));
+        if !merged[1] {
+            assert!(srv.strategy()[1].reason.contains("over the memory budget"));
+        }
         let names: Vec<&str> = srv
             .compiled()
             .parameters()
@@ -522,6 +529,7 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
             "a merged layer has no branch: {names:?}"
         );
         assert_eq!(names.contains(&"fc1.lora_a"), !merged[1], "{names:?}");
+        let mut expected = Vec::new();
         for (i, (name, c)) in kinds()
             .into_iter()
             .filter(|(n, _)| ["lora", "rslora", "rank1"].contains(n))
@@ -532,7 +540,18 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
                 .expect("bind");
             srv.set_active(Some(name)).expect("active");
             let y = srv.run(&xs).expect("run")[0].to_f64_vec();
-            assert_close(&y, &eager(&mut model, &x), 2e-5, 2e-5);
+            let want = eager(&mut model, &x);
+            assert_close(&y, &want, 2e-5, 2e-5);
+            expected.push((name, want));
+        }
+        // The mixed-batch function keeps the branch and agrees.
+        let per_row: Vec<Option<&str>> = (0..rows).map(|r| Some(expected[r % 3].0)).collect();
+        let ids = srv.row_ids(&per_row).expect("ids");
+        let y = srv.run_batch(&[xs[0].clone(), ids]).expect("batch")[0].to_f64_vec();
+        let o = SIZES[2];
+        for (r, row) in y.chunks(o).enumerate() {
+            let want = &expected[r % 3].1[r * o..(r + 1) * o];
+            assert_close(row, want, 2e-5, 2e-5);
         }
         srv.set_active(None).expect("base");
         let y = srv.run(&xs).expect("run")[0].to_f64_vec();
@@ -540,15 +559,149 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
     }
     // Few rows per call: packing the merged weight does not pay, the branch stays.
     let mut cfg = ServingConfig::new(8);
-    cfg.strategy = AdapterStrategy::Auto(ServingLoad {
-        batch: ROWS,
-        resident_adapters: 2,
-        calls_per_rebind: 1.0,
-        memory_budget: usize::MAX,
-    });
+    let load = ServingLoad::new(2, 1.0, usize::MAX);
+    cfg.jit.adapter_strategy = AdapterStrategy::Auto(load);
     let srv = server::<f32>(&cfg);
     assert!(srv
         .strategy()
         .iter()
         .all(|c| !c.merged && c.reason.contains("branch is cheaper")));
+}
+
+/// Rebinding an adapter (a new copy of the mixed stacks) while other
+/// threads run mixed batches: every call sees one whole set — each batch
+/// equals the batch under the old or the new weights, bit for bit.
+#[test]
+fn concurrent_rebinds_and_mixed_calls_each_use_one_whole_set() {
+    let mut cfg = ServingConfig::new(8);
+    cfg.mixed_capacity = 3;
+    let srv = Arc::new(server::<f32>(&cfg));
+    let xs = tensor_to_data(&input::<f32>());
+    let versions: Vec<_> = (0..2)
+        .map(|i| adapter_of(&adapted::<f32>(LoraConfig::new(3 + i), 60 + i as u64)).expect("a"))
+        .collect();
+    let fixed = adapter_of(&adapted::<f32>(LoraConfig::new(5), 70)).expect("a");
+    srv.bind_adapter("fixed", &fixed).expect("bind");
+    let rows: Vec<Option<&str>> = (0..ROWS)
+        .map(|r| [Some("fixed"), Some("b"), None][r % 3])
+        .collect();
+    let mut expected = Vec::new();
+    for v in &versions {
+        srv.bind_adapter("b", v).expect("bind");
+        let ids = srv.row_ids(&rows).expect("ids");
+        expected.push(srv.run_batch(&[xs.clone(), ids]).expect("batch")[0].clone());
+    }
+    assert_ne!(expected[0], expected[1]);
+    let ids = srv.row_ids(&rows).expect("ids");
+    let stop = Arc::new(AtomicBool::new(false));
+    let binder = {
+        let (srv, stop) = (Arc::clone(&srv), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                srv.bind_adapter("b", &versions[n % 2]).expect("rebind");
+                n += 1;
+            }
+            n
+        })
+    };
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (srv, inputs, expected) = (
+                Arc::clone(&srv),
+                [xs.clone(), ids.clone()],
+                expected.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut out = srv.run_batch(&inputs).expect("batch");
+                for _ in 0..200 {
+                    srv.run_batch_into(&inputs, &mut out).expect("batch");
+                    assert!(
+                        out[0] == expected[0] || out[0] == expected[1],
+                        "a torn adapter set"
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.join().expect("caller");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(binder.join().expect("binder") > 0);
+}
+
+/// Embedding and Conv2d adapters: single-adapter serving equals the eager
+/// forward (an Embedding table merged by `AdapterStrategy::Merged`, the
+/// Conv2d keeping its branch with the reason), and asking either for mixed
+/// batches is an error naming the layer — never a panic.
+#[test]
+fn embedding_and_conv2d_adapters_merge_or_explain_and_mixed_batches_are_errors() {
+    use cranelora::core::export::ids_to_data;
+    use cranelora::core::layers::{Conv2d, Conv2dOptions, Embedding};
+    use cranelora::core::lora::{apply_lora, ApplyConfig, LoraInit};
+    use cranelora::core::{IdTensor, Input};
+    use cranelora::jit::serve::AdapterStrategy;
+    let lora = |seed| {
+        LoraConfig::new(2)
+            .with_alpha(6.0)
+            .with_init(LoraInit::Random)
+            .with_seed(seed)
+    };
+    let with_adapter = |m: &Sequential<f64>, path: &str, seed| {
+        let mut m = m.clone();
+        apply_lora(&mut m, &ApplyConfig::new(&[path], lora(seed))).expect("apply");
+        m.set_training(false);
+        m
+    };
+    let mut rng = Rng::new(4);
+    let emb = Embedding::<f64>::new(10, 6, None, &mut rng).expect("emb");
+    let base = Sequential::new().with("emb", emb).expect("seq");
+    let ids = IdTensor::from_vec(vec![0, 3, 9, 1, 3, 7], &[6]).expect("ids");
+    let spec = [InputSpec::ids("ids", &[6])];
+    let mut cfg = ServingConfig::new(2);
+    cfg.jit.adapter_strategy = AdapterStrategy::Merged;
+    let srv = compile_server(&with_adapter(&base, "emb", 1), &spec, &cfg).expect("server");
+    assert!(srv.strategy()[0].merged, "{:?}", srv.strategy());
+    let mut m = with_adapter(&base, "emb", 2);
+    srv.bind_adapter("a", &adapter_of(&m).expect("a"))
+        .expect("bind");
+    srv.set_active(Some("a")).expect("active");
+    let y = srv.run(&[ids_to_data(&ids)]).expect("run")[0].to_f64_vec();
+    let want = m.forward(&[Input::Ids(&ids)]).expect("eager").to_vec();
+    assert_close(&y, &want, 1e-12, 1e-12);
+    cfg.mixed_capacity = 2;
+    let Err(err) = compile_server(&with_adapter(&base, "emb", 1), &spec, &cfg) else {
+        panic!("mixed batches over `emb` compiled")
+    };
+    assert!(format!("{err:#}").contains("emb"), "{err:#}");
+
+    let opts = Conv2dOptions {
+        stride: (1, 1),
+        padding: (1, 1),
+        dilation: (1, 1),
+    };
+    let conv = Conv2d::<f64>::new(2, 3, (3, 3), opts, true, &mut rng).expect("conv");
+    let base = Sequential::new().with("conv", conv).expect("seq");
+    let x = Tensor::<f64>::random_normal(&[2, 2, 5, 5], 0.0, 1.0, &mut Rng::new(8));
+    let spec = [InputSpec::float("x", x.shape())];
+    let mut cfg = ServingConfig::new(2);
+    cfg.jit.adapter_strategy = AdapterStrategy::Merged;
+    let srv = compile_server(&with_adapter(&base, "conv", 1), &spec, &cfg).expect("server");
+    let choice = &srv.strategy()[0];
+    assert!(
+        !choice.merged && choice.reason.contains("Conv2d"),
+        "{choice}"
+    );
+    let mut m = with_adapter(&base, "conv", 3);
+    srv.bind_adapter("a", &adapter_of(&m).expect("a"))
+        .expect("bind");
+    srv.set_active(Some("a")).expect("active");
+    let y = srv.run(&[tensor_to_data(&x)]).expect("run")[0].to_f64_vec();
+    assert_close(&y, &eager(&mut m, &x), 1e-12, 1e-12);
+    cfg.mixed_capacity = 2;
+    let Err(err) = compile_server(&with_adapter(&base, "conv", 1), &spec, &cfg) else {
+        panic!("mixed batches over `conv` compiled")
+    };
+    assert!(format!("{err:#}").contains("conv"), "{err:#}");
 }

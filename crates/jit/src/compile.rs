@@ -5,6 +5,7 @@ use crate::jit::Jit;
 use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
 use crate::lower::{entry_signature, epilogue, Lowerer, Plans};
 use crate::memory::{self, MemoryPlan};
+use crate::serve::{AdapterStrategy, LayerChoice};
 use crate::{Error, Result};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{Linkage, Module};
@@ -25,6 +26,11 @@ pub struct JitOptions {
     /// Keep the CLIF text in the report and print it to stderr (also with
     /// the environment variable `CRANELORA_DUMP_CLIF=1`).
     pub dump_clif: bool,
+    /// Merged or unmerged, per runtime-bound adapted layer (A and B
+    /// Parameters): `serve/plan.rs` rewrites the merged ones before the
+    /// passes; the choices and their reasons are
+    /// [`CompileReport::adapters`].
+    pub adapter_strategy: AdapterStrategy,
 }
 
 impl Default for JitOptions {
@@ -34,6 +40,7 @@ impl Default for JitOptions {
             passes: PassOptions::default(),
             verify: cfg!(debug_assertions),
             dump_clif: false,
+            adapter_strategy: AdapterStrategy::Unmerged,
         }
     }
 }
@@ -42,6 +49,12 @@ impl JitOptions {
     /// These options with fusion (planning and fused loop nests) on or off.
     pub fn with_fusion(mut self, on: bool) -> Self {
         self.passes.fuse = on;
+        self
+    }
+
+    /// These options with `strategy` for runtime-bound adapters.
+    pub fn with_adapter_strategy(mut self, strategy: AdapterStrategy) -> Self {
+        self.adapter_strategy = strategy;
         self
     }
 
@@ -75,6 +88,9 @@ pub struct CompileReport {
     pub fused_groups: usize,
     /// Loop groups lowered as a MatMul's epilogue instead (`lower/epilogue.rs`).
     pub matmul_epilogues: usize,
+    /// The runtime-bound adapted layers, merged or not and why
+    /// ([`JitOptions::adapter_strategy`]).
+    pub adapters: Vec<LayerChoice>,
 }
 
 impl CompileReport {
@@ -109,6 +125,7 @@ pub(crate) fn compile_updating(
     let t = Instant::now();
     cranelora_graph::verify(graph)?;
     let mut g = graph.clone();
+    report.adapters = crate::serve::plan::apply(&mut g, &options.adapter_strategy)?;
     let mut pass_options = options.passes;
     pass_options.verify |= options.verify;
     report.pass_report = PassManager::new(pass_options).run(&mut g)?;

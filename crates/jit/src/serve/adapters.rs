@@ -38,12 +38,11 @@ pub struct LayerSlot {
     /// The base weight W̃ (`fan_in × fan_out`) when the graph has
     /// `P.lora_dora_scale` (DoRA layers); `None` otherwise.
     pub dora_base: Option<Arc<TensorData>>,
-    /// Whether the branch is `x·A·B` with the base weight `[fan_in, fan_out]`
-    /// (Linear layers): only those can be merged.
-    pub linear: bool,
-    /// The base weight W when the slot is merged ([`super::AdapterStrategy`]):
-    /// the graph reads `P.base_layer.weight` as a Parameter, bound to
-    /// `W + s·A·B`, and has no branch.
+    /// The base weight W `[fan_in, fan_out]` when the compiler merged the
+    /// layer ([`super::AdapterStrategy`], set by
+    /// [`AdapterServer::new`](super::AdapterServer::new)): the graph reads
+    /// `P.base_layer.weight` as a Parameter, bound to `W + s·A·B`, and has
+    /// no branch.
     pub merged_base: Option<Arc<TensorData>>,
 }
 
@@ -85,6 +84,7 @@ pub struct Adapter {
 
 /// The values of one layer's Parameters (see the module docs), as f64
 /// row-major vectors: A padded, s·B padded, bias, DoRA scale.
+#[derive(Clone, Debug)]
 pub(crate) struct LayerValues {
     pub a: Vec<f64>,
     pub b: Vec<f64>,
@@ -244,23 +244,43 @@ pub(crate) fn tensor(shape: &[usize], v: Vec<f64>, dtype: DType) -> TensorData {
 /// [`Error::Adapter`] naming the layer: a layer the model does not adapt,
 /// wrong shapes or dtype, a rank above R, a bias or magnitude without a slot.
 pub fn bind_layers(name: &str, slots: &[LayerSlot], adapter: &Adapter) -> Result<Bindings> {
+    bindings_of(slots, &adapter_values(name, slots, adapter)?)
+}
+
+/// Every slot's values for `adapter` (errors as [`bind_layers`]).
+pub(crate) fn adapter_values(
+    name: &str,
+    slots: &[LayerSlot],
+    adapter: &Adapter,
+) -> Result<Vec<LayerValues>> {
     check_paths(name, slots, adapter)?;
+    slots
+        .iter()
+        .map(|s| layer_values(name, s, adapter.layers.get(&s.path)))
+        .collect()
+}
+
+/// The single-adapter Parameters from every slot's values: `W + A·(s·B)`
+/// for a merged slot (and its LoRA bias), A, s·B, bias, DoRA scale otherwise.
+pub(crate) fn bindings_of(slots: &[LayerSlot], values: &[LayerValues]) -> Result<Bindings> {
     let mut out = Bindings::new();
-    for s in slots {
-        let v = layer_values(name, s, adapter.layers.get(&s.path))?;
+    for (s, v) in slots.iter().zip(values) {
         let (d, fo) = (s.dtype, s.fan_out);
+        if let Some(b) = &v.bias {
+            out.insert(s.param("lora_bias"), tensor(&[fo], b.clone(), d))?;
+        }
         if let Some(w) = &s.merged_base {
             let merged = merge(w, &v.a, &v.b, s.rank);
             out.insert(s.base_param(), tensor(&[s.fan_in, fo], merged, d))?;
             continue;
         }
-        out.insert(s.param("lora_a"), tensor(&[s.fan_in, s.rank], v.a, d))?;
-        out.insert(s.param("lora_b"), tensor(&[s.rank, fo], v.b, d))?;
-        if let Some(b) = v.bias {
-            out.insert(s.param("lora_bias"), tensor(&[fo], b, d))?;
-        }
-        if let Some(c) = v.dora_scale {
-            out.insert(s.param("lora_dora_scale"), tensor(&[fo], c, d))?;
+        out.insert(
+            s.param("lora_a"),
+            tensor(&[s.fan_in, s.rank], v.a.clone(), d),
+        )?;
+        out.insert(s.param("lora_b"), tensor(&[s.rank, fo], v.b.clone(), d))?;
+        if let Some(c) = &v.dora_scale {
+            out.insert(s.param("lora_dora_scale"), tensor(&[fo], c.clone(), d))?;
         }
     }
     Ok(out)

@@ -20,34 +20,44 @@
 //!   pair of small GEMMs per adapter present (SGMV).
 //!
 //! The graph rewrites are in `rewrite.rs`, the binding math in
-//! `adapters.rs`, the mixed-batch slot stacks in `stacks.rs`.
+//! `adapters.rs`, the mixed-batch slot stacks in `stacks.rs`. Merged or
+//! unmerged per layer is a compile option
+//! ([`JitOptions::adapter_strategy`]): the cost model in `strategy.rs`, the
+//! rewrite [`compile`] runs in `plan.rs`, the measurement of its `K` in
+//! `calibrate.rs`.
 
 mod adapters;
+mod calibrate;
+pub(crate) mod plan;
 mod rewrite;
 mod stacks;
 mod strategy;
 
 pub use adapters::{bind_layers, Adapter, LayerAdapter, LayerSlot};
+pub use calibrate::{measure_move_cost, MoveCost, MoveCostShape};
+pub use plan::plan;
 pub use rewrite::ADAPTER_IDS;
-pub use strategy::{choose, AdapterStrategy, LayerChoice, ServingLoad, MOVE_COST};
+pub use strategy::{
+    choose, AdaptedLayer, AdapterStrategy, BranchKind, LayerChoice, ServingLoad, MOVE_COST,
+};
 
 use crate::{compile, Bindings, CompiledGraph, Error, JitOptions, Result};
+use adapters::{adapter_values, bindings_of};
 use cranelora_graph::{Graph, TensorData};
 use stacks::Stacks;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// How an [`AdapterServer`] is compiled.
 #[derive(Clone, Debug, Default)]
 pub struct ServeOptions {
     /// The JIT options of both compiled functions (LoRA folding is turned
-    /// off: the adapters are Parameters).
+    /// off: the adapters are Parameters). Their `adapter_strategy` decides
+    /// which layers of the single-adapter function are merged (the compiler
+    /// chooses, [`plan`]); the mixed-batch function keeps every branch.
     pub jit: JitOptions,
     /// Adapter slots of the mixed-batch function; 0 compiles none.
     pub mixed_capacity: usize,
-    /// Merged or unmerged per layer ([`choose`]); the slots' `merged_base`
-    /// must agree with the choice (`cranelora::serving` sets both).
-    pub strategy: AdapterStrategy,
 }
 
 /// A bound adapter: its single-adapter Parameters and its mixed-batch slot.
@@ -70,7 +80,10 @@ pub struct AdapterServer {
     single: CompiledGraph,
     mixed: Option<(CompiledGraph, Stacks)>,
     slots: Vec<LayerSlot>,
-    choices: Vec<LayerChoice>,
+    /// Held by bind and unbind for their whole work (stack copies
+    /// included), so that they see each other's results; calls, swaps and
+    /// lookups never take it.
+    writer: Mutex<()>,
     bound: RwLock<HashMap<String, Bound>>,
     active: RwLock<Active>,
     none: Arc<Bindings>,
@@ -86,13 +99,15 @@ fn unknown(name: &str) -> Error {
 impl AdapterServer {
     /// Compiles `graph`, the Serving-mode export of a template model with
     /// an adapter of rank `slots[i].rank` and scaling 1 at every slot path
-    /// (DoRA at the slots with `dora_base`, a LoRA bias where `bias`).
+    /// (DoRA at the slots with `dora_base`, a LoRA bias where `bias`). The
+    /// compiler merges the layers `opts.jit.adapter_strategy` chooses
+    /// ([`Self::strategy`]); their slots get the base weight to merge into.
     ///
     /// # Errors
     /// [`Error::Adapter`] if a slot has rank, fan-in or fan-out 0, the
     /// graph's Parameters are not exactly the slots' (`P.lora_a`,
     /// `P.lora_b`, …) or a slot cannot take mixed batches; compile errors.
-    pub fn new(graph: &Graph, slots: Vec<LayerSlot>, opts: &ServeOptions) -> Result<Self> {
+    pub fn new(graph: &Graph, mut slots: Vec<LayerSlot>, opts: &ServeOptions) -> Result<Self> {
         let jit = opts.jit.with_lora_fold(false);
         if let Some(s) = slots
             .iter()
@@ -106,18 +121,23 @@ impl AdapterServer {
                 ),
             });
         }
-        let choices = choose(&slots, opts.strategy, opts.mixed_capacity > 0);
-        for (c, s) in choices.iter().zip(&slots) {
-            if c.merged != s.merged_base.is_some() {
-                return Err(Error::Adapter {
-                    adapter: s.path.clone(),
-                    reason: format!("the strategy chose {c}, but the slot's merged_base disagrees (export merged slots' base weights as Parameters)"),
-                });
-            }
-        }
         let mut g = graph.clone();
         rewrite::single(&mut g, &slots)?;
         let single = compile(&g, &jit)?;
+        // The compiler's choice decides which slots bind a merged weight.
+        for s in &mut slots {
+            s.merged_base = None;
+        }
+        for c in single.report().adapters.iter().filter(|c| c.merged) {
+            let slot = slots.iter_mut().find(|s| s.path == c.path);
+            let (Some(slot), Some(base)) = (slot, &c.base) else {
+                return Err(Error::Adapter {
+                    adapter: c.path.clone(),
+                    reason: "the compiler merged a layer that is not a slot".into(),
+                });
+            };
+            slot.merged_base = Some(Arc::clone(base));
+        }
         let none = Arc::new(bind_layers("<none>", &slots, &Adapter::default())?);
         check_parameters(&single, &none)?;
         let mixed = match opts.mixed_capacity {
@@ -134,7 +154,7 @@ impl AdapterServer {
             single,
             mixed,
             slots,
-            choices,
+            writer: Mutex::new(()),
             bound: RwLock::new(HashMap::new()),
             active: RwLock::new(Active {
                 name: None,
@@ -150,8 +170,9 @@ impl AdapterServer {
     }
 
     /// Merged or unmerged per layer, with the cost model's numbers.
+    /// (the single-adapter function's [`CompileReport::adapters`](crate::CompileReport)).
     pub fn strategy(&self) -> &[LayerChoice] {
-        &self.choices
+        &self.single.report().adapters
     }
 
     /// The single-adapter function.
@@ -172,11 +193,15 @@ impl AdapterServer {
     /// [`Error::Adapter`] naming the layer if the adapter does not fit
     /// (see [`bind_layers`]), or when every mixed slot is taken.
     pub fn bind_adapter(&self, name: &str, adapter: &Adapter) -> Result<()> {
-        let bindings = Arc::new(bind_layers(name, &self.slots, adapter)?);
-        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
-        let old_slot = bound.get(name).and_then(|b| b.slot);
+        // The padding, scaling and DoRA norms, outside every lock.
+        let values = adapter_values(name, &self.slots, adapter)?;
+        let bindings = Arc::new(bindings_of(&self.slots, &values)?);
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // The stack copy holds no lock a call, swap or lookup takes.
         let slot = match &self.mixed {
-            Some((_, stacks)) => Some(stacks.bind(name, &self.slots, adapter, old_slot)?),
+            Some((_, stacks)) => {
+                Some(stacks.bind(name, &self.slots, &values, self.slot_of(name))?)
+            }
             None => None,
         };
         let name: Arc<str> = Arc::from(name);
@@ -185,6 +210,7 @@ impl AdapterServer {
             bindings: Arc::clone(&bindings),
             slot,
         };
+        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
         bound.insert(name.to_string(), entry);
         let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
         if active.name.as_deref() == Some(&*name) {
@@ -201,14 +227,18 @@ impl AdapterServer {
     /// # Errors
     /// [`Error::Adapter`] if no adapter of that name is bound.
     pub fn unbind_adapter(&self, name: &str) -> Result<()> {
-        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
-        let entry = bound.remove(name).ok_or_else(|| unknown(name))?;
-        if let (Some((_, stacks)), Some(slot)) = (&self.mixed, entry.slot) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = {
+            let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
+            let entry = bound.remove(name).ok_or_else(|| unknown(name))?;
+            let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
+            if active.name.as_deref() == Some(name) {
+                *active = self.no_adapter();
+            }
+            entry.slot
+        };
+        if let (Some((_, stacks)), Some(slot)) = (&self.mixed, slot) {
             stacks.clear(&self.slots, slot);
-        }
-        let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
-        if active.name.as_deref() == Some(name) {
-            *active = self.no_adapter();
         }
         Ok(())
     }

@@ -22,9 +22,8 @@
 //!   gathered row) gets the scale 1. The base product is untouched: it runs
 //!   once for the whole batch.
 //!
-//! - merged slots ([`super::AdapterStrategy`]): `P.lora_scale` (the
-//!   branch) becomes a zero constant, so `P.add` adds nothing (Simplify
-//!   removes it) and the branch and its Parameters are dead.
+//! Merged layers ([`super::AdapterStrategy`]) are the compiler's rewrite
+//! (`plan.rs`), run when the single function is compiled.
 //!
 //! Both end with dead-code elimination that also drops the Parameters no
 //! longer read (`P.lora_magnitude`, the single A and B).
@@ -81,15 +80,6 @@ fn dce(g: &mut Graph) -> Result<()> {
 /// # Errors
 /// [`Error::Adapter`] if a DoRA slot's scale node is missing.
 pub fn single(g: &mut Graph, slots: &[LayerSlot]) -> Result<()> {
-    // Merged slots: the branch `P.lora_scale` (s·x·A·B) becomes zeros, and
-    // the bound base weight carries the adapter.
-    for s in slots.iter().filter(|s| s.merged_base.is_some()) {
-        let delta = required(g, &s.param("lora_scale"), &s.path)?;
-        let node = g.node(delta).expect("internal: live node");
-        let zeros = TensorData::full(&node.shape.clone(), 0.0, node.dtype);
-        let zeros = g.named(s.param("lora_merged")).constant(zeros)?;
-        g.replace_uses(delta, zeros)?;
-    }
     for s in slots.iter().filter(|s| s.dora_base.is_some()) {
         let name = s.param("lora_dora_scale");
         let old = required(g, &name, &s.path)?;

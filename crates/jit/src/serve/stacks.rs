@@ -5,10 +5,14 @@
 //! slot or a −1 row has scale 1). Slot `n` of every stack belongs to one
 //! adapter; an empty slot is all zeros, i.e. the base model.
 //!
-//! Binding copies the current set, writes the slot and swaps the new set
-//! in (copy-on-write): calls running on the old set are not disturbed.
+//! Binding builds a new set — each stack copied once, with the slot's
+//! entry written as it is copied — and swaps it in (copy-on-write): calls
+//! running on the old set are not disturbed, and no call waits for the
+//! copy (a call only clones the current `Arc`). Binds and unbinds must not
+//! run concurrently with each other (the caller serializes them: each
+//! builds on the set it loads).
 
-use super::adapters::{layer_values, tensor, Adapter, LayerSlot};
+use super::adapters::{tensor, LayerSlot, LayerValues};
 use crate::{Bindings, Error, Result};
 use cranelora_graph::TensorData;
 use std::sync::{Arc, Mutex, RwLock};
@@ -62,12 +66,13 @@ impl Stacks {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Writes `adapter` into slot `reuse` or the first free one; returns the slot.
+    /// Writes an adapter's `values` (one per slot, [`super::adapters`])
+    /// into slot `reuse` or the first free one; returns the slot.
     pub fn bind(
         &self,
         name: &str,
         slots: &[LayerSlot],
-        adapter: &Adapter,
+        values: &[LayerValues],
         reuse: Option<usize>,
     ) -> Result<usize> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,62 +88,79 @@ impl Stacks {
                 })
             }
         };
-        let mut next = (*self.load()).clone();
-        for s in slots {
-            let v = layer_values(name, s, adapter.layers.get(&s.path))?;
-            let scale = v.dora_scale.map(|c| c.iter().map(|x| x - 1.0).collect());
-            let values = [Some(v.a), Some(v.b), v.bias, scale];
-            for ((param, _), vals) in stack_params(s)
+        let entries = slots.iter().zip(values).flat_map(|(s, v)| {
+            let scale = v
+                .dora_scale
+                .as_ref()
+                .map(|c| c.iter().map(|x| x - 1.0).collect::<Vec<f64>>());
+            let vals = [Some(v.a.clone()), Some(v.b.clone()), v.bias.clone(), scale];
+            stack_params(s)
                 .into_iter()
-                .zip(values.into_iter().flatten())
-            {
-                write_slot(&mut next, &param, slot, &vals);
-            }
-        }
+                .map(|(param, _)| param)
+                .zip(vals.into_iter().flatten())
+        });
+        self.publish(slot, entries);
         owners[slot] = Some(name.to_string());
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         Ok(slot)
     }
 
     /// Zeros slot `slot` and frees it.
     pub fn clear(&self, slots: &[LayerSlot], slot: usize) {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = (*self.load()).clone();
-        for s in slots {
-            for (param, [rows, cols, _]) in stack_params(s) {
-                write_slot(&mut next, &param, slot, &vec![0.0; rows * cols]);
-            }
-        }
+        let entries = slots.iter().flat_map(|s| {
+            stack_params(s)
+                .into_iter()
+                .map(|(param, [rows, cols, _])| (param, vec![0.0; rows * cols]))
+        });
+        self.publish(slot, entries);
         owners[slot] = None;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+    }
+
+    /// Swaps in the current set with entry `slot` of each stack `(param,
+    /// values)` replaced: each stack is copied once, outside the lock calls
+    /// take (they only wait for the pointer swap).
+    fn publish(&self, slot: usize, entries: impl Iterator<Item = (String, Vec<f64>)>) {
+        let current = self.load();
+        let mut next = Bindings::new();
+        for (param, vals) in entries {
+            let old = current
+                .get(&param)
+                .expect("internal: every stack was created in Stacks::new");
+            next.insert(param, with_entry(old, slot, &vals))
+                .expect("internal: a new stack is contiguous");
+        }
+        // The pointer swap; the old set lives on in the calls still using it.
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(next),
+        );
+        drop(old);
     }
 }
 
-/// Writes `vals` as entry `slot` of the stack `param`.
-fn write_slot(b: &mut Bindings, param: &str, slot: usize, vals: &[f64]) {
-    let mut t = b
-        .get(param)
-        .expect("internal: every stack was created in Stacks::new")
-        .clone();
-    fill(&mut t, slot * vals.len(), vals);
-    b.insert(param, t)
-        .expect("internal: the stack stays contiguous");
-}
-
-/// `t[offset..offset + vals.len()] = vals` in `t`'s dtype.
-fn fill(t: &mut TensorData, offset: usize, vals: &[f64]) {
-    let range = offset..offset + vals.len();
-    match t {
+/// A copy of the stack `t` with entry `slot` (`vals.len()` elements) set to
+/// `vals`, in `t`'s dtype: one pass over `t`.
+fn with_entry(t: &TensorData, slot: usize, vals: &[f64]) -> TensorData {
+    let (shape, n) = (t.shape(), vals.len());
+    let at = slot * n;
+    let copy = match t {
         TensorData::F32(a) => {
-            let s = a.as_slice_mut().expect("internal: stacks are contiguous");
-            for (d, &v) in s[range].iter_mut().zip(vals) {
-                *d = v as f32;
-            }
+            let s = a.as_slice().expect("internal: stacks are contiguous");
+            let mut v = Vec::with_capacity(s.len());
+            v.extend_from_slice(&s[..at]);
+            v.extend(vals.iter().map(|&x| x as f32));
+            v.extend_from_slice(&s[at + n..]);
+            TensorData::f32(shape, v)
         }
         TensorData::F64(a) => {
-            let s = a.as_slice_mut().expect("internal: stacks are contiguous");
-            s[range].copy_from_slice(vals);
+            let s = a.as_slice().expect("internal: stacks are contiguous");
+            let mut v = Vec::with_capacity(s.len());
+            v.extend_from_slice(&s[..at]);
+            v.extend_from_slice(vals);
+            v.extend_from_slice(&s[at + n..]);
+            TensorData::f64(shape, v)
         }
         TensorData::I64(_) => unreachable!("internal: stacks are float"),
-    }
+    };
+    copy.expect("internal: same element count")
 }

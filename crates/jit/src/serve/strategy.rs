@@ -1,62 +1,143 @@
-//! Merged or unmerged, per adapted layer: the cost model of
-//! [`AdapterStrategy::Auto`].
+//! Merged or unmerged, per runtime-bound adapted layer: the cost model of
+//! [`AdapterStrategy::Auto`] ([`JitOptions::adapter_strategy`](crate::JitOptions)).
 //!
-//! Per layer (fan_in `i`, fan_out `o`, rank `r`, `e` bytes per element) and
-//! per serving load ([`ServingLoad`]: batch rows `b`, resident adapters `n`,
-//! calls between two rebinds `c`, the memory budget for weight copies):
+//! Per layer (fan_in `i`, fan_out `o`, rank `r`, `e` bytes per element,
+//! `b` rows per call — read from the compiled graph, whose shapes are
+//! fixed) and per serving load ([`ServingLoad`]: `n` resident adapters,
+//! `c` calls between two rebinds, the memory budget for merged copies, the
+//! cost `K` of moving one weight element):
 //!
 //! - **unmerged** — every call runs the low-rank branch: `b·r·(i + o)`
-//!   multiply-adds; memory `n·r·(i + o)·e` (the adapters; the base weight is
-//!   shared and prepacked once).
-//! - **merged** — each bind folds `W + s·A·B` (`i·o·r` multiply-adds, plus
+//!   multiply-adds for Linear, `b·r·o` plus `K·b·r` (the gathered rows of
+//!   A) for Embedding; memory `n·r·(i + o)·e` (the adapters; the base
+//!   weight is shared and, for Linear, prepacked once).
+//! - **merged** — each bind folds `W + s·A·B` (`i·o·r` multiply-adds plus
 //!   `i·o` to write the copy), amortized over `c` calls; every call then
-//!   packs the bound weight for the GEMM (`i·o` element moves: a bound
-//!   weight is a Parameter, so it cannot be prepacked at compile time);
-//!   memory `n·i·o·e` (one merged copy per resident adapter).
+//!   packs the bound weight for the GEMM (`K·i·o`: a bound weight is a
+//!   Parameter, so it cannot be prepacked at compile time; an Embedding's
+//!   gather reads the bound table as it is, so nothing there); memory
+//!   `n·i·o·e` (one merged copy per resident adapter).
 //!
-//! Merged is chosen when its per-call work (`K·i·o + i·o·(r + 1)/c`) is
-//! below the unmerged branch's and the merged copies fit the budget. A layer
-//! with DoRA or a LoRA bias slot, or any layer of a server with mixed batches
-//! (rows with different adapters share one weight), stays unmerged.
+//! Merged is chosen when its per-call work is below the branch's and the
+//! merged copies fit what is left of the budget (charged layer by layer, in
+//! graph order). DoRA layers (the per-feature scale needs the branch),
+//! Conv2d layers (a bound kernel is not merged yet) and the mixed-batch
+//! branch (rows take different adapters) stay unmerged under every
+//! strategy, with that reason.
 //!
-//! `K` ([`MOVE_COST`] = 8) is the cost of packing one weight element in
-//! units of one branch multiply-add: packing is memory-bound, the branch's
-//! products run at GEMM speed. It comes from `cranelora serve-bench`'s
-//! `bound` and `bound-merged` modes on W1 (docs/benchmarks.md: packing cost
-//! 4–40 multiply-adds per element over the minimum and median times of one
-//! noisy run; 8 is the rounded middle), so W1's layers (rank 16) merge only
-//! from about 256 rows per call.
+//! `K` defaults to [`MOVE_COST`], measured by
+//! [`measure_move_cost`](super::measure_move_cost) (docs/jit.md, "Merged or
+//! unmerged"); [`ServingLoad::move_cost`] takes a calibration of the
+//! serving machine.
 
-use super::adapters::LayerSlot;
+use cranelora_graph::{DType, TensorData};
 use std::fmt;
+use std::sync::Arc;
 
-/// The cost of packing one weight element, in branch multiply-adds (module docs).
-pub const MOVE_COST: f64 = 8.0;
+/// The cost of packing one weight element for the GEMM, in units of one
+/// multiply-add of the low-rank branch: the median of four
+/// [`measure_move_cost`](super::measure_move_cost) runs on W1's shapes
+/// (1024 × 1024, rank 16, 64 rows, f32: K = 2.34, 2.62, 2.82, 2.89) on the
+/// development machine (docs/jit.md, "Merged or unmerged").
+pub const MOVE_COST: f64 = 2.7;
 
-/// How adapted layers run in an [`AdapterServer`](super::AdapterServer).
+/// How the compiler treats runtime-bound adapters (adapters whose A and B
+/// are Parameters, as in a Serving-mode export).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum AdapterStrategy {
     /// Every layer keeps the low-rank branch (runtime-bound A and B).
     #[default]
     Unmerged,
-    /// Every layer that can be merged is (Linear, no DoRA / LoRA bias, no
-    /// mixed batches).
+    /// Every layer that can be merged is: its base weight becomes the
+    /// Parameter `P.base_layer.weight`, bound to `W + s·A·B`.
     Merged,
     /// Per layer, by the cost model of the module docs.
     Auto(ServingLoad),
 }
 
-/// The serving load the cost model weighs.
+/// The serving load the cost model weighs (the rows per call come from the
+/// compiled graph).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ServingLoad {
-    /// Rows per call.
-    pub batch: usize,
-    /// Adapters bound at once.
+    /// Adapters bound at once (each merged layer keeps one copy per adapter).
     pub resident_adapters: usize,
     /// Calls between two rebinds of an adapter (∞ for never).
     pub calls_per_rebind: f64,
     /// Bytes allowed for merged weight copies, over all layers.
     pub memory_budget: usize,
+    /// K: the cost of packing one weight element, in branch multiply-adds.
+    pub move_cost: f64,
+}
+
+impl ServingLoad {
+    /// A load with the measured [`MOVE_COST`].
+    pub fn new(resident_adapters: usize, calls_per_rebind: f64, memory_budget: usize) -> Self {
+        Self {
+            resident_adapters,
+            calls_per_rebind,
+            memory_budget,
+            move_cost: MOVE_COST,
+        }
+    }
+}
+
+impl fmt::Display for ServingLoad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} resident adapters, {} calls per rebind, budget {} B, move cost {}",
+            self.resident_adapters, self.calls_per_rebind, self.memory_budget, self.move_cost
+        )
+    }
+}
+
+impl fmt::Display for AdapterStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unmerged => f.write_str("Unmerged"),
+            Self::Merged => f.write_str("Merged"),
+            Self::Auto(load) => write!(f, "Auto ({load})"),
+        }
+    }
+}
+
+/// The geometry of an adapted layer's branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BranchKind {
+    /// `x·A·B`.
+    Linear,
+    /// Two convolutions.
+    Conv2d,
+    /// `gather(A, ids)·B`.
+    Embedding,
+    /// `GatherMatMul`s over stacked adapters (a mixed-batch function).
+    Mixed,
+}
+
+/// A runtime-bound adapted layer as the compiler sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptedLayer {
+    /// The layer path `P` (nodes `P.lora_xa`, …).
+    pub path: String,
+    /// The branch.
+    pub kind: BranchKind,
+    /// Rows of A.
+    pub fan_in: usize,
+    /// Columns of B.
+    pub fan_out: usize,
+    /// The compiled rank.
+    pub rank: usize,
+    /// Rows per call (the branch's input rows).
+    pub rows: usize,
+    /// The float dtype.
+    pub dtype: DType,
+    /// Whether the layer has a DoRA scale.
+    pub dora: bool,
+    /// Whether the base weight is a Constant the compiler can replace.
+    pub constant_base: bool,
+    /// Whether A, B and the branch's products are read by the branch only
+    /// (not, say, by the backward nodes of a training step).
+    pub private_branch: bool,
 }
 
 /// The choice for one layer and why.
@@ -64,10 +145,13 @@ pub struct ServingLoad {
 pub struct LayerChoice {
     /// The layer path.
     pub path: String,
-    /// Merged (the bound weight is `W + s·A·B`) or not.
+    /// Merged (the bound weight `P.base_layer.weight` is `W + s·A·B`) or not.
     pub merged: bool,
     /// The numbers behind the choice.
     pub reason: String,
+    /// For a merged layer, the base weight W `[fan_in, fan_out]` the
+    /// Parameter replaced (what a binder adds `s·A·B` to).
+    pub base: Option<Arc<TensorData>>,
 }
 
 impl fmt::Display for LayerChoice {
@@ -77,70 +161,67 @@ impl fmt::Display for LayerChoice {
     }
 }
 
-/// The choice for every slot, merged copies charged to the budget in slot order.
-pub fn choose(slots: &[LayerSlot], strategy: AdapterStrategy, mixed: bool) -> Vec<LayerChoice> {
+/// Why `l` cannot be merged, if it cannot.
+fn unmergeable(l: &AdaptedLayer) -> Option<&'static str> {
+    match l.kind {
+        BranchKind::Mixed => Some("mixed-batch branch: rows take different adapters"),
+        BranchKind::Conv2d => Some("Conv2d: merging a bound kernel is not implemented"),
+        _ if l.dora => Some("DoRA: the per-feature scale needs the branch"),
+        _ if !l.constant_base => Some("the base weight is not a Constant"),
+        _ if !l.private_branch => {
+            Some("A, B or the branch are read outside it (a training step's gradients?)")
+        }
+        _ => None,
+    }
+}
+
+/// The choice for every layer, merged copies charged to the budget in order.
+pub fn choose(layers: &[AdaptedLayer], strategy: &AdapterStrategy) -> Vec<(bool, String)> {
     let mut left = match strategy {
         AdapterStrategy::Auto(load) => load.memory_budget,
         AdapterStrategy::Unmerged | AdapterStrategy::Merged => 0,
     };
-    slots
+    layers
         .iter()
-        .map(|s| {
-            let (merged, reason) = match strategy {
-                AdapterStrategy::Unmerged => (false, "strategy Unmerged".to_string()),
-                AdapterStrategy::Merged => match unmergeable(s, mixed) {
-                    Some(why) => (false, why.to_string()),
-                    None => (true, "strategy Merged".to_string()),
-                },
-                AdapterStrategy::Auto(load) => decide(s, &load, mixed, &mut left),
-            };
-            LayerChoice {
-                path: s.path.clone(),
-                merged,
-                reason,
-            }
+        .map(|l| match (unmergeable(l), strategy) {
+            (Some(why), _) => (false, why.to_string()),
+            (None, AdapterStrategy::Unmerged) => (false, "strategy Unmerged".into()),
+            (None, AdapterStrategy::Merged) => (true, "strategy Merged".into()),
+            (None, AdapterStrategy::Auto(load)) => decide(l, load, &mut left),
         })
         .collect()
 }
 
-/// Why `s` cannot be merged, if it cannot.
-fn unmergeable(s: &LayerSlot, mixed: bool) -> Option<&'static str> {
-    if mixed {
-        Some("mixed batches need the per-row low-rank branch")
-    } else if s.dora_base.is_some() || s.bias {
-        Some("DoRA / LoRA-bias slots keep the branch")
-    } else if !s.linear {
-        Some("only Linear layers are merged")
-    } else {
-        None
-    }
+/// Per-call multiply-adds of the branch and of the merged weight (module docs).
+fn per_call(l: &AdaptedLayer, load: &ServingLoad) -> (f64, f64, f64) {
+    let (i, o, r, b) = (
+        l.fan_in as f64,
+        l.fan_out as f64,
+        l.rank as f64,
+        l.rows as f64,
+    );
+    let k = load.move_cost;
+    let (branch, repack) = match l.kind {
+        BranchKind::Embedding => (b * r * o + k * b * r, 0.0),
+        _ => (b * r * (i + o), k * i * o),
+    };
+    let fold = i * o * (r + 1.0) / load.calls_per_rebind.max(1.0);
+    (branch, repack, fold)
 }
 
-/// One layer's decision; `left` is the budget not yet used.
-fn decide(s: &LayerSlot, load: &ServingLoad, mixed: bool, left: &mut usize) -> (bool, String) {
-    if mixed {
-        return (
-            false,
-            "mixed batches need the per-row low-rank branch".into(),
-        );
-    }
-    if s.dora_base.is_some() || s.bias {
-        return (false, "DoRA / LoRA-bias slots keep the branch".into());
-    }
-    if !s.linear {
-        return (false, "only Linear layers are merged".into());
-    }
-    let (i, o, r) = (s.fan_in as f64, s.fan_out as f64, s.rank as f64);
-    let unmerged = load.batch as f64 * r * (i + o);
-    let merged = MOVE_COST * i * o + i * o * (r + 1.0) / load.calls_per_rebind.max(1.0);
-    let bytes = load.resident_adapters * s.fan_in * s.fan_out * s.dtype.size_bytes();
+/// One mergeable layer under `Auto`; `left` is the budget not yet used.
+fn decide(l: &AdaptedLayer, load: &ServingLoad, left: &mut usize) -> (bool, String) {
+    let (branch, repack, fold) = per_call(l, load);
+    let bytes = load
+        .resident_adapters
+        .saturating_mul(l.fan_in * l.fan_out * l.dtype.size_bytes());
     let numbers = format!(
-        "per call: branch {unmerged:.3e} vs repack + amortized fold {merged:.3e} madds; merged copies {bytes} B, budget left {left} B",
-        left = *left
+        "{} rows; per call: branch {branch:.3e} vs repack {repack:.3e} + fold/{} calls {fold:.3e} madds; {} merged copies {bytes} B, budget left {} B",
+        l.rows, load.calls_per_rebind, load.resident_adapters, *left
     );
     if bytes > *left {
         (false, format!("over the memory budget; {numbers}"))
-    } else if merged >= unmerged {
+    } else if repack + fold >= branch {
         (false, format!("branch is cheaper; {numbers}"))
     } else {
         *left -= bytes;
@@ -151,55 +232,65 @@ fn decide(s: &LayerSlot, load: &ServingLoad, mixed: bool, left: &mut usize) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cranelora_graph::DType;
 
-    fn slot(i: usize, o: usize, r: usize) -> LayerSlot {
-        LayerSlot {
+    fn layer(i: usize, o: usize, r: usize, rows: usize) -> AdaptedLayer {
+        AdaptedLayer {
             path: format!("l{i}x{o}"),
+            kind: BranchKind::Linear,
             fan_in: i,
             fan_out: o,
             rank: r,
+            rows,
             dtype: DType::F32,
-            bias: false,
-            dora_base: None,
-            linear: true,
-            merged_base: None,
+            dora: false,
+            constant_base: true,
+            private_branch: true,
         }
     }
 
-    fn load(batch: usize, calls: f64, budget: usize) -> ServingLoad {
-        ServingLoad {
-            batch,
-            resident_adapters: 2,
-            calls_per_rebind: calls,
-            memory_budget: budget,
-        }
+    fn auto(calls: f64, budget: usize) -> AdapterStrategy {
+        AdapterStrategy::Auto(ServingLoad::new(2, calls, budget))
     }
 
     #[test]
     fn w1_layers_stay_unmerged_at_batch_64_and_merge_at_large_batches() {
-        // W1: 1024×1024, r 16. Batch 64: branch 64·16·2048 = 2.1e6 per call
-        // < the repack alone, 8·1024² = 8.4e6: never merged.
-        let s = [slot(1024, 1024, 16)];
+        // W1: 1024×1024, r 16, K 2.7. Batch 64: branch 64·16·2048 = 2.1e6
+        // per call < the repack alone, 2.7·1024² = 2.8e6: never merged.
         let big = usize::MAX;
-        let auto = |b, c| AdapterStrategy::Auto(load(b, c, big));
-        assert!(!choose(&s, auto(64, f64::INFINITY), false)[0].merged);
-        // Batch 512: branch 1.68e7 vs 8.4e6 + 1.78e7/c → merged for c > ~2.1.
-        assert!(!choose(&s, auto(512, 2.0), false)[0].merged);
-        assert!(choose(&s, auto(512, 3.0), false)[0].merged);
+        let c = choose(&[layer(1024, 1024, 16, 64)], &auto(f64::INFINITY, big));
+        assert!(!c[0].0 && c[0].1.contains("branch is cheaper"), "{c:?}");
+        // Batch 512: branch 1.68e7 vs 2.8e6 + 1.78e7/c → merged for c > ~1.3.
+        let s = [layer(1024, 1024, 16, 512)];
+        assert!(!choose(&s, &auto(1.0, big))[0].0);
+        assert!(choose(&s, &auto(2.0, big))[0].0);
     }
 
     #[test]
-    fn the_budget_and_mixed_batches_keep_the_branch() {
-        let s = [slot(1024, 1024, 16), slot(1024, 1024, 16)];
+    fn the_budget_and_unmergeable_layers_keep_the_branch() {
+        let s = [layer(1024, 1024, 16, 512), layer(1024, 1024, 16, 512)];
         // Two resident copies of one 4 MiB layer fit 8 MiB once.
-        let c = choose(&s, AdapterStrategy::Auto(load(512, 1e6, 8 << 20)), false);
-        assert_eq!((c[0].merged, c[1].merged), (true, false));
-        assert!(c[1].reason.contains("budget"), "{}", c[1]);
-        let c = choose(&s, AdapterStrategy::Auto(load(512, 1e6, usize::MAX)), true);
-        assert!(c.iter().all(|c| !c.merged && c.reason.contains("mixed")));
-        assert!(choose(&s, AdapterStrategy::Unmerged, false)
-            .iter()
-            .all(|c| !c.merged));
+        let c = choose(&s, &auto(1e6, 8 << 20));
+        assert_eq!((c[0].0, c[1].0), (true, false));
+        assert!(c[1].1.contains("budget"), "{c:?}");
+        let mut dora = s.clone();
+        dora[0].dora = true;
+        dora[1].kind = BranchKind::Mixed;
+        for strategy in [auto(1e6, usize::MAX), AdapterStrategy::Merged] {
+            let c = choose(&dora, &strategy);
+            assert!(!c[0].0 && c[0].1.contains("DoRA"), "{c:?}");
+            assert!(!c[1].0 && c[1].1.contains("mixed"), "{c:?}");
+        }
+        assert!(choose(&s, &AdapterStrategy::Unmerged).iter().all(|c| !c.0));
+        assert!(choose(&s, &AdapterStrategy::Merged).iter().all(|c| c.0));
+    }
+
+    #[test]
+    fn an_embedding_merges_whenever_the_fold_is_amortized() {
+        // No repack: a gather reads the bound table as it is.
+        let mut e = layer(30000, 768, 8, 128);
+        e.kind = BranchKind::Embedding;
+        // Branch 128·8·768 + 8·128·8 ≈ 7.9e5 per call; fold 30000·768·9 = 2.1e8.
+        assert!(!choose(&[e.clone()], &auto(100.0, usize::MAX))[0].0);
+        assert!(choose(&[e], &auto(1000.0, usize::MAX))[0].0);
     }
 }
