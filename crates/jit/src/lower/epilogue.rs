@@ -117,8 +117,9 @@ struct Terms {
     scaled: Vec<(NodeId, Terms)>,
 }
 
-/// The matcher of one group: the graph, the group, the output's geometry
-/// and, in post order, the nodes matched so far (all computed by the call).
+/// The matcher of one group: the graph, the group, the loop group of each
+/// member node, the output's geometry and the nodes matched so far (all
+/// computed by the call; unordered).
 struct Matcher<'g> {
     g: &'g Graph,
     grp: &'g LoopGroup,
