@@ -137,9 +137,9 @@ pub(crate) fn compile_updating(
     let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
     let (groups, mut steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
     // Groups that become GEMM epilogues: their MatMul runs at the group's
-    // step, into the group's output, with no buffer of its own.
-    // Absorbed nodes (the product, a LoRA branch's XA·B and scaling) and
-    // groups are computed by the call and lose their steps.
+    // step, into the group's output. The nodes and groups the call absorbs
+    // (the product, a LoRA branch's XA·B and its scaling) lose their steps
+    // and buffers; a step's nodes stay in topological order.
     let epilogues = epilogue::plan(&g, &groups);
     let absorbed: HashSet<NodeId> = epilogues
         .values()

@@ -44,8 +44,9 @@ pub const KERNEL_ERROR: i32 = 2;
 /// `(batch·m) × n`), in that order (see `cranelora_kernels::gemm::Epilogue`).
 /// Their buffers are the helper's pointer arguments after `scratch` (null
 /// when the step is absent), then a runtime factor of the LoRA term (one
-/// element multiplying the plan's `s`; null: `s` alone). `linalg::matmul_with_epilogue` is the lowering
-/// entry point that fills both.
+/// element multiplying the plan's `s`; null: `s` alone).
+/// `linalg::matmul_with_epilogue` is the lowering entry point that fills
+/// both.
 #[derive(Debug)]
 pub struct MatMulPlan<T> {
     /// Rows of each product.
