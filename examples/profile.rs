@@ -6,7 +6,9 @@
 //! Wall-clock timings on a shared machine are noisy; instruction counts of
 //! this driver under callgrind are not. Builds and the first (checked) call
 //! are outside the timed loop; use `--toggle-collect=*profile::run_loop*`
-//! (callgrind) to count the loop only.
+//! (callgrind) to count the loop only. `CRANELORA_THREADS=1` runs the
+//! kernels' pool on the calling thread alone, so that count is complete
+//! (callgrind's toggle counts the calling thread only).
 
 use anyhow::{bail, Context, Result};
 use cranelora::bench::{build_forward, Mode, Runner};
@@ -38,6 +40,10 @@ fn main() -> Result<()> {
         .find(|m| m.name() == mode)
         .with_context(|| format!("unknown mode `{mode}`"))?;
     let n: usize = n.parse().context("N")?;
+    if let Ok(t) = std::env::var("CRANELORA_THREADS") {
+        let t: usize = t.parse().context("CRANELORA_THREADS")?;
+        cranelora::kernels::pool::set_threads(t);
+    }
     let (model, x) = match w.as_str() {
         "W1" => workloads::w1::<f32>()?,
         "W2" => workloads::w2::<f32>()?,

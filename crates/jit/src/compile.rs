@@ -154,23 +154,37 @@ pub(crate) fn compile_updating(
     let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
     let (groups, mut steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
     // Groups that become GEMM epilogues: their MatMul runs at the group's
-    // step, into the group's output, with no buffer of its own.
+    // step, into the group's output. The nodes and groups the call absorbs
+    // (the product, a LoRA branch's XA·B and its scaling) lose their steps
+    // and buffers; a step's nodes stay in topological order.
     let epilogues = epilogue::plan(&g, &groups);
-    let absorbed: HashSet<NodeId> = epilogues.values().map(|e| e.matmul).collect();
-    steps.retain(|s| !matches!(s, Step::Node(id) if absorbed.contains(id)));
+    let absorbed: HashSet<NodeId> = epilogues
+        .values()
+        .flat_map(|e| e.absorbed.iter().copied())
+        .collect();
+    let absorbed_groups: HashSet<usize> = epilogues
+        .values()
+        .flat_map(|e| e.absorbed_groups.iter().copied())
+        .collect();
+    steps.retain(|s| match s {
+        Step::Node(id) => !absorbed.contains(id),
+        Step::Group(gi) => !absorbed_groups.contains(gi),
+    });
     let mut internal = absorbed.clone();
     for grp in &groups {
         internal.extend(grp.nodes.iter().filter(|n| !grp.outputs.contains(n)));
     }
+    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let step_nodes: Vec<Vec<NodeId>> = steps
         .iter()
         .map(|s| match *s {
             Step::Node(id) => vec![id],
             Step::Group(gi) => {
-                let mm = epilogues.get(&gi).map(|e| e.matmul);
-                mm.into_iter()
-                    .chain(groups[gi].nodes.iter().copied())
-                    .collect()
+                let extra = epilogues.get(&gi).map(|e| e.absorbed.clone());
+                let mut nodes: Vec<NodeId> = extra.into_iter().flatten().collect();
+                nodes.extend(groups[gi].nodes.iter().copied());
+                nodes.sort_by_key(|n| position[n]);
+                nodes
             }
         })
         .collect();

@@ -42,9 +42,11 @@ pub const KERNEL_ERROR: i32 = 2;
 /// is in cache: LoRA term `s·XA·LB` (`XA` is `(batch·m) × r`, `LB` `r × n`),
 /// per-column scale and bias (`n`), activation, and `ρ·R` (`R` is
 /// `(batch·m) × n`), in that order (see `cranelora_kernels::gemm::Epilogue`).
-/// Their buffers are the helper's last five pointer arguments (null when
-/// the step is absent). `linalg::matmul_with_epilogue` is the lowering
-/// entry point that fills both.
+/// Their buffers are the helper's pointer arguments after `scratch` (null
+/// when the step is absent), then a runtime factor of the LoRA term (one
+/// element multiplying the plan's `s`; null: `s` alone).
+/// `linalg::matmul_with_epilogue` is the lowering entry point that fills
+/// both.
 #[derive(Debug)]
 pub struct MatMulPlan<T> {
     /// Rows of each product.
@@ -79,6 +81,8 @@ pub struct EpiloguePtrs<T> {
     pub bias: *const T,
     /// Residual, `(batch·m) × n`.
     pub residual: *const T,
+    /// A runtime factor of the LoRA term, one element (null: none).
+    pub lora_scale: *const T,
 }
 
 impl<T: Scalar> MatMulPlan<T> {
@@ -86,7 +90,8 @@ impl<T: Scalar> MatMulPlan<T> {
     ///
     /// # Safety
     /// Each pointer of a step the plan's epilogue has points to the number
-    /// of valid elements documented on [`EpiloguePtrs`], alive for `'a`.
+    /// of valid elements documented on [`EpiloguePtrs`], alive for `'a`;
+    /// `lora_scale` is null or points to one element.
     unsafe fn bind_epilogue<'a>(&self, ptrs: &EpiloguePtrs<T>) -> Option<Epilogue<'a, T>> {
         let (rows, n, spec) = (self.batch.len() * self.m, self.n, &self.epilogue);
         // SAFETY: by this function's contract.
@@ -96,7 +101,10 @@ impl<T: Scalar> MatMulPlan<T> {
             Some((r, s)) => Some(LoraTerm {
                 xa: mat(ptrs.xa, rows, r)?,
                 b: mat(ptrs.lora_b, r, n)?,
-                scale: T::from_f64_lossy(s),
+                scale: match ptrs.lora_scale.is_null() {
+                    true => T::from_f64_lossy(s),
+                    false => T::from_f64_lossy(s) * slice(ptrs.lora_scale, 1)[0],
+                },
             }),
             None => None,
         };
@@ -208,6 +216,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
     col_scale: *const T,
     bias: *const T,
     residual: *const T,
+    lora_scale: *const T,
 ) -> i32 {
     let ptrs = EpiloguePtrs {
         xa,
@@ -215,6 +224,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
         col_scale,
         bias,
         residual,
+        lora_scale,
     };
     // SAFETY: the caller's contract above (the compiled code passes the
     // buffers the memory plan sized for this node).

@@ -76,6 +76,7 @@ fn check<T: Scalar>(shared_b: bool) {
         col_scale: scale.as_ptr(),
         bias: bias.as_ptr(),
         residual: res.as_ptr(),
+        lora_scale: std::ptr::null(),
     };
     let mut c = vec![T::nan(); count * m * n];
     let mut ws = vec![T::nan(); workspace];

@@ -1,133 +1,479 @@
 //! GEMM epilogues taken from loop groups.
 //!
-//! A loop group ([`super::fused`]) whose `anchor` is a MatMul and whose
-//! members are exactly
+//! A loop group ([`super::fused`]) whose single output is
 //!
 //! ```text
-//! t = mm + bias[n]          (bias a vector over the output columns, or a
-//!                            Broadcast of one that is a member of the group)
-//! t = act(t)                optional: Relu, Gelu, GeluTanh, Silu, Tanh, Sigmoid
-//! t = t + r                 optional: a residual of the product's shape
+//! out = act(((x·W + s·(XA·B))·c + b)) + r
 //! ```
 //!
-//! with only the last one used outside the group, is not lowered as a loop:
-//! the product's helper call applies the same steps to each output block
-//! while it is still in cache ([`cranelora_kernels::gemm::Epilogue`], the
-//! kernels' vector math, on the threads that computed the block) and writes
-//! the group's output directly. The MatMul then has no buffer of its own and
-//! runs at the group's step (its operands are all computed earlier, since
-//! they were before its own step). The epilogue computes the same
-//! operations in the same order as the loop (bias add, then the function
-//! from the same coefficient table, then the residual add), so results equal
-//! the unfused code's (tested in `tests/fusion.rs`).
+//! is not lowered as a loop: the product `x·W` runs at the group's step with
+//! a [`cranelora_kernels::gemm::Epilogue`] that applies the other steps to
+//! each output block while it is in cache (on the threads that computed it)
+//! and writes the group's output directly. Every step is optional:
 //!
-//! Not taken (the group stays a loop): any other member (a LoRA branch's
-//! scale and add, a second activation), a bias of another shape or dtype,
-//! an intermediate member read outside the group, products of integers.
+//! - the **LoRA term** `s·(XA·B)`: a MatMul of `XA` (the product's shape
+//!   with `r` columns: `x·A` of the LoRA branch, computed earlier by its own
+//!   step into an arena buffer) by a 2-D `B` `[r, n]`, with `r` below the
+//!   base product's depth and at most [`MAX_RANK`], scaled by Scale nodes
+//!   and / or Muls by a one-element operand (a constant, folded into the
+//!   plan, or one runtime value: an Input, a Parameter, a computed scalar).
+//!   That MatMul and its scaling are computed inside the call and get no
+//!   buffer. With two unscaled products in the sum (a LoRA branch whose
+//!   scaling 1 was simplified away), the one of smaller depth is the term;
+//! - a **column scale** `c` (`n` elements: DoRA's `m/‖W + s·A·B‖`) by which
+//!   `x·W` and the LoRA term are multiplied, with the bias outside;
+//! - a **bias** `b` (`n` elements, or a Broadcast member of the group of one);
+//! - an **activation** (ReLU, GELU erf/tanh, SiLU, tanh, sigmoid);
+//! - a **residual** `r` of the product's shape, added after the activation.
+//!
+//! The sums may come in any association and operand order (the graph has
+//! `(x·W + b) + s·XA·B`; the kernel adds the LoRA term first, then the
+//! bias: a reassociation within the products' tolerance). At least one step
+//! beyond the product is always there (a group has two or more members).
+//!
+//! Only taken when every value the call stands for other than the output
+//! has no reader outside it and is not a graph output (training graphs keep
+//! the pre-activation or `XA·B` for the backward: then nothing is fused),
+//! and every member of the group is one of them. Nodes of the LoRA branch
+//! outside the group (its scaling lowered as a single node, or a loop group
+//! of its own) are *absorbed*: their steps are dropped and their members
+//! computed by the call ([`EpilogueGroup::absorbed`]). Not taken: a second
+//! bias (a LoRA bias on top of the base bias), a scaled base product, a
+//! bias inside the column scale, per-row scales (mixed-batch DoRA), a
+//! batched or gathered `B`, products of integers.
 
 use super::fused::LoopGroup;
 use super::linalg::EpilogueOperands;
 use cranelora_graph::{DType, Graph, NodeId, Op};
-use cranelora_kernels::gemm::{Activation, EpilogueSpec};
+use cranelora_kernels::gemm::Activation;
 use cranelora_kernels::math::Func;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+/// The largest LoRA rank taken into an epilogue: the kernels' epilogue adds
+/// the term with `r` vector passes over each output block, which beats a
+/// separate thin GEMM plus two passes over memory only for small ranks.
+pub const MAX_RANK: usize = 64;
 
 /// A group lowered as its product's epilogue.
 #[derive(Clone, Debug)]
 pub struct EpilogueGroup {
-    /// The MatMul (the group's anchor).
+    /// The base product `x·W`.
     pub matmul: NodeId,
     /// What the epilogue does and its operands; `dest` is the group's output.
     pub operands: EpilogueOperands,
+    /// Every node the call computes other than the group's own members: the
+    /// base product, the LoRA term's `XA·B` and its scaling, the members of
+    /// absorbed loop groups (unordered). None has a buffer.
+    pub absorbed: Vec<NodeId>,
+    /// Loop groups all of whose members are in `absorbed` (their steps are
+    /// dropped).
+    pub absorbed_groups: Vec<usize>,
 }
 
 /// The groups of `groups` (by index) that become epilogues.
 pub fn plan(g: &Graph, groups: &[LoopGroup]) -> HashMap<usize, EpilogueGroup> {
-    let found = groups.iter().enumerate();
-    found
-        .filter_map(|(gi, grp)| Some((gi, match_group(g, grp)?)))
-        .collect()
+    let group_of: HashMap<NodeId, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(gi, grp)| grp.nodes.iter().map(move |&n| (n, gi)))
+        .collect();
+    let mut taken: HashSet<usize> = HashSet::new();
+    let mut out = HashMap::new();
+    for gi in 0..groups.len() {
+        if taken.contains(&gi) {
+            continue;
+        }
+        let Some(e) = match_group(g, groups, gi, &group_of) else {
+            continue;
+        };
+        if e.absorbed_groups.iter().any(|a| taken.contains(a)) {
+            continue;
+        }
+        taken.insert(gi);
+        taken.extend(e.absorbed_groups.iter().copied());
+        out.insert(gi, e);
+    }
+    out
+}
+
+/// A LoRA term `factor · runtime · (XA·B)` found in a sum.
+#[derive(Clone, Copy, Debug)]
+struct Lora {
+    product: NodeId,
+    factor: f64,
+    runtime: Option<NodeId>,
+}
+
+/// The terms of a sum (module docs), and the nodes matched on the way.
+#[derive(Debug, Default)]
+struct Terms {
+    /// Unscaled products of the output's shape.
+    products: Vec<NodeId>,
+    /// Scaled products (LoRA terms).
+    loras: Vec<Lora>,
+    /// `n`-element vectors.
+    biases: Vec<NodeId>,
+    /// `terms · c` for an `n`-element `c`.
+    scaled: Vec<(NodeId, Terms)>,
+}
+
+/// The matcher of one group: the graph, the group, the loop group of each
+/// member node, the output's geometry and the nodes matched so far (all
+/// computed by the call; unordered).
+struct Matcher<'g> {
+    g: &'g Graph,
+    grp: &'g LoopGroup,
+    grouped: &'g HashMap<NodeId, usize>,
+    dims: Vec<usize>,
+    dtype: DType,
+    matched: Vec<NodeId>,
 }
 
 /// The epilogue `grp` is, if it is one (module docs).
-fn match_group(g: &Graph, grp: &LoopGroup) -> Option<EpilogueGroup> {
-    let mm = grp.anchor?;
-    let node = g.node(mm)?;
-    let float = matches!(node.dtype, DType::F32 | DType::F64);
-    let first = *grp.nodes.first()?;
-    let only_user = g.users(mm).iter().all(|&u| u == first);
-    if !matches!(node.op, Op::MatMul) || !float || !only_user || g.outputs().contains(&mm) {
+fn match_group(
+    g: &Graph,
+    groups: &[LoopGroup],
+    gi: usize,
+    group_of: &HashMap<NodeId, usize>,
+) -> Option<EpilogueGroup> {
+    let grp = &groups[gi];
+    let last = *grp.nodes.last()?;
+    let out = g.node(last)?;
+    if grp.outputs != [last] || !matches!(out.dtype, DType::F32 | DType::F64) {
         return None;
     }
-    let n = *node.shape.dims().last()?;
-    let mut members = grp.nodes.iter().copied().peekable();
-    let mut spec = EpilogueSpec::NONE;
-    let mut ops = EpilogueOperands::default();
-    // Broadcast members feeding the bias add, consumed with it.
-    let mut consumed_broadcast = None;
-    let bias_add = members.next()?;
-    let bias = added_to(g, bias_add, mm)?;
-    let bias = match g.node(bias)?.op {
-        Op::Broadcast { .. } if grp.nodes.contains(&bias) => {
-            consumed_broadcast = Some(bias);
-            *g.operands(bias).first()?
-        }
-        _ => bias,
+    let mut m = Matcher {
+        g,
+        grp,
+        grouped: group_of,
+        dims: out.shape.dims().to_vec(),
+        dtype: out.dtype,
+        matched: Vec::new(),
     };
-    let b = g.node(bias)?;
-    if b.shape.numel() != n || *b.shape.dims().last()? != n || b.dtype != node.dtype {
+    let ops = m.output(last)?;
+    let matmul = ops.1;
+    let matched = std::mem::take(&mut m.matched);
+    let others = m.check_closed(&matched, last, &ops.0)?;
+    let mut absorbed_groups: Vec<usize> = others
+        .iter()
+        .filter_map(|n| group_of.get(n).copied())
+        .collect();
+    absorbed_groups.retain(|&o| o != gi);
+    absorbed_groups.sort_unstable();
+    absorbed_groups.dedup();
+    let covered = |o: &usize| groups[*o].nodes.iter().all(|n| matched.contains(n));
+    if !absorbed_groups.iter().all(covered) {
         return None;
     }
-    if grp.nodes.contains(&bias) {
-        return None;
-    }
-    spec.bias = true;
-    ops.bias = Some(bias);
-    let mut last = bias_add;
-    if let Some(act) = members.peek().and_then(|&m| activation(g, m, last)) {
-        spec.activation = Some(act);
-        last = members.next()?;
-    }
-    if let Some(&m) = members.peek() {
-        let r = added_to(g, m, last)?;
-        let rn = g.node(r)?;
-        if rn.shape != node.shape || rn.dtype != node.dtype || grp.nodes.contains(&r) || r == mm {
-            return None;
-        }
-        spec.residual = Some(1.0);
-        ops.residual = Some(r);
-        last = members.next()?;
-    }
-    let rest: Vec<NodeId> = members.filter(|&m| Some(m) != consumed_broadcast).collect();
-    if !rest.is_empty() || grp.outputs != [last] {
-        return None;
-    }
-    ops.spec = spec;
-    ops.dest = Some(last);
     Some(EpilogueGroup {
-        matmul: mm,
-        operands: ops,
+        matmul,
+        operands: ops.0,
+        absorbed: others,
+        absorbed_groups,
     })
 }
 
-/// The other operand of `add` if it is `Add(x, other)` or `Add(other, x)`
-/// with `other != x`.
-fn added_to(g: &Graph, add: NodeId, x: NodeId) -> Option<NodeId> {
-    if !matches!(g.node(add)?.op, Op::Add) {
-        return None;
+impl Matcher<'_> {
+    /// `post + r` or `post` (module docs): the operands and the base product.
+    fn output(&mut self, last: NodeId) -> Option<(EpilogueOperands, NodeId)> {
+        if let Some(mut found) = self.post(last) {
+            found.0.dest = Some(last);
+            return Some(found);
+        }
+        self.matched.clear();
+        let [a, b] = self.operands_of(last, |op| matches!(op, Op::Add))?;
+        for (t, r) in [(a, b), (b, a)] {
+            if !self.full(r) || self.grp.nodes.contains(&r) {
+                continue;
+            }
+            if let Some(mut found) = self.post(t) {
+                found.0.spec.residual = Some(1.0);
+                found.0.residual = Some(r);
+                found.0.dest = Some(last);
+                self.matched.push(last);
+                return Some(found);
+            }
+            self.matched.clear();
+        }
+        None
     }
-    match g.operands(add)[..] {
-        [a, b] if a == x && b != x => Some(b),
-        [a, b] if b == x && a != x => Some(a),
-        _ => None,
+
+    /// `act(pre)` or `pre`.
+    fn post(&mut self, id: NodeId) -> Option<(EpilogueOperands, NodeId)> {
+        let act = activation(self.g, id);
+        let pre = match act {
+            Some(_) => self.g.operands(id)[0],
+            None => id,
+        };
+        let mut terms = Terms::default();
+        self.sum(pre, &mut terms)?;
+        let mut found = self.resolve(terms)?;
+        if act.is_some() {
+            found.0.spec.activation = act;
+            self.matched.push(id);
+        }
+        Some(found)
+    }
+
+    /// Collects the terms of the sum at `id` into `t`.
+    fn sum(&mut self, id: NodeId, t: &mut Terms) -> Option<()> {
+        let node = self.g.node(id)?;
+        let full = self.full(id);
+        if full && matches!(node.op, Op::Add) {
+            let [a, b] = self.operands_of(id, |_| true)?;
+            self.sum(a, t)?;
+            self.sum(b, t)?;
+        } else if full && matches!(node.op, Op::MatMul) {
+            t.products.push(id);
+        } else if full && matches!(node.op, Op::Scale(_) | Op::Mul) {
+            if let Some(lora) = self.lora(id) {
+                t.loras.push(lora);
+                return Some(());
+            }
+            let (x, c) = self.scaled_operand(id)?;
+            let mut inner = Terms::default();
+            self.sum(x, &mut inner)?;
+            t.scaled.push((c, inner));
+        } else {
+            let v = self.vector(id, self.n())?;
+            t.biases.push(v);
+            return Some(());
+        }
+        self.matched.push(id);
+        Some(())
+    }
+
+    /// `c·(Scale | Mul by one element)*·(XA·B)`, the chain matched.
+    fn lora(&mut self, id: NodeId) -> Option<Lora> {
+        let mark = self.matched.len();
+        let mut found = Lora {
+            product: id,
+            factor: 1.0,
+            runtime: None,
+        };
+        let mut cur = id;
+        let ok = loop {
+            let Some(node) = self.g.node(cur).filter(|_| self.full(cur)) else {
+                break false;
+            };
+            let next = match node.op {
+                Op::Scale(c) => {
+                    found.factor *= c;
+                    self.g.operands(cur)[0]
+                }
+                Op::Mul => match self.scalar_factor(cur, &mut found) {
+                    Some(x) => x,
+                    None => break false,
+                },
+                Op::MatMul if cur != id => {
+                    found.product = cur;
+                    break true;
+                }
+                _ => break false,
+            };
+            self.matched.push(cur);
+            cur = next;
+        };
+        if !ok {
+            self.matched.truncate(mark);
+            return None;
+        }
+        self.matched.push(found.product);
+        Some(found)
+    }
+
+    /// Of `Mul(x, s)` with `s` one element: folds a constant `s` into the
+    /// factor or records it as the runtime factor; returns `x`.
+    fn scalar_factor(&mut self, mul: NodeId, found: &mut Lora) -> Option<NodeId> {
+        let (x, s) = self.split(mul, 1)?;
+        match &self.g.node(s)?.op {
+            Op::Constant(data) => found.factor *= data.to_f64_vec().first()?,
+            _ if found.runtime.is_none() => found.runtime = Some(s),
+            _ => return None,
+        }
+        Some(x)
+    }
+
+    /// Of `Mul(x, c)` with `c` an `n`-element vector: `(x, c)`.
+    fn scaled_operand(&mut self, mul: NodeId) -> Option<(NodeId, NodeId)> {
+        self.split(mul, self.n())
+    }
+
+    /// Of `Mul(x, v)` or `Mul(v, x)` with `x` of the output's shape and `v`
+    /// a `len`-element vector (see [`Self::vector`]): `(x, v's buffer)`.
+    fn split(&mut self, mul: NodeId, len: usize) -> Option<(NodeId, NodeId)> {
+        let [a, b] = self.operands_of(mul, |op| matches!(op, Op::Mul))?;
+        for (x, v) in [(a, b), (b, a)] {
+            if self.full(x) && !self.is_grouped_broadcast(x) {
+                if let Some(v) = self.vector(v, len) {
+                    return Some((x, v));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether `id` is a Broadcast member of a loop group.
+    fn is_grouped_broadcast(&self, id: NodeId) -> bool {
+        let broadcast = self.g.node(id).map(|n| &n.op);
+        matches!(broadcast, Some(Op::Broadcast { .. })) && self.grouped.contains_key(&id)
+    }
+
+    /// The buffer of an `len`-element vector read by the call at `id`: `id`
+    /// itself, or the operand of a Broadcast member of a loop group (which
+    /// is then matched: the broadcast is never made).
+    fn vector(&mut self, id: NodeId, len: usize) -> Option<NodeId> {
+        let member = self.is_grouped_broadcast(id);
+        let v = match member {
+            true => self.g.operands(id)[0],
+            false => id,
+        };
+        let vn = self.g.node(v)?;
+        let fits = vn.shape.numel() == len && vn.shape.dims().last().is_none_or(|&d| d == len);
+        if !fits || vn.dtype != self.dtype || self.grp.nodes.contains(&v) {
+            return None;
+        }
+        if member {
+            self.matched.push(id);
+        }
+        Some(v)
+    }
+
+    /// The epilogue of a sum's terms (module docs), and its base product.
+    fn resolve(&self, t: Terms) -> Option<(EpilogueOperands, NodeId)> {
+        let mut ops = EpilogueOperands::default();
+        let core = match t.scaled.len() {
+            0 => t,
+            1 if t.products.is_empty() && t.loras.is_empty() => {
+                let (c, inner) = t.scaled.into_iter().next()?;
+                if !inner.biases.is_empty() || !inner.scaled.is_empty() {
+                    return None;
+                }
+                ops.spec.col_scale = true;
+                ops.col_scale = Some(c);
+                Terms {
+                    biases: t.biases,
+                    ..inner
+                }
+            }
+            _ => return None,
+        };
+        match core.biases[..] {
+            [] => {}
+            [b] => {
+                ops.spec.bias = true;
+                ops.bias = Some(b);
+            }
+            _ => return None,
+        }
+        let (base, lora) = match (&core.products[..], &core.loras[..]) {
+            ([p], []) => (*p, None),
+            ([p], [l]) => (*p, Some(*l)),
+            ([p, q], []) => {
+                let (base, term) = match self.depth(*q) > self.depth(*p) {
+                    true => (*q, *p),
+                    false => (*p, *q),
+                };
+                let unit = Lora {
+                    product: term,
+                    factor: 1.0,
+                    runtime: None,
+                };
+                (base, Some(unit))
+            }
+            _ => return None,
+        };
+        if let Some(l) = lora {
+            self.lora_operands(l, base, &mut ops)?;
+        }
+        Some((ops, base))
+    }
+
+    /// Fills the LoRA step of `ops` from `l` after checking its product.
+    fn lora_operands(&self, l: Lora, base: NodeId, ops: &mut EpilogueOperands) -> Option<()> {
+        let [xa, b] = self.operands_of(l.product, |op| matches!(op, Op::MatMul))?;
+        let r = self.depth(l.product);
+        let (xn, bn) = (self.g.node(xa)?, self.g.node(b)?);
+        let rows = &self.dims[..self.dims.len() - 1];
+        let xa_fits = xn.shape.dims().split_last() == Some((&r, rows));
+        let b_fits = bn.shape.dims() == [r, self.n()];
+        if !xa_fits || !b_fits || r >= self.depth(base) || r > MAX_RANK || r == 0 {
+            return None;
+        }
+        ops.spec.lora = Some((r, l.factor));
+        ops.lora_xa = Some(xa);
+        ops.lora_b = Some(b);
+        ops.lora_scale = l.runtime;
+        Some(())
+    }
+
+    /// Checks that the matched nodes are closed (module docs): each group
+    /// member is matched; no matched node but `last` is read from outside
+    /// or is a graph output; no operand the call reads is matched. Returns
+    /// the matched nodes outside the group.
+    fn check_closed(
+        &self,
+        matched: &[NodeId],
+        last: NodeId,
+        ops: &EpilogueOperands,
+    ) -> Option<Vec<NodeId>> {
+        let set: HashSet<NodeId> = matched.iter().copied().collect();
+        if set.len() != matched.len() || !self.grp.nodes.iter().all(|n| set.contains(n)) {
+            return None;
+        }
+        for &id in matched.iter().filter(|&&id| id != last) {
+            let inside = self.g.users(id).iter().all(|u| set.contains(u));
+            if !inside || self.g.outputs().contains(&id) {
+                return None;
+            }
+        }
+        let reads = [
+            ops.lora_xa,
+            ops.lora_b,
+            ops.lora_scale,
+            ops.col_scale,
+            ops.bias,
+            ops.residual,
+        ];
+        if reads.iter().flatten().any(|r| set.contains(r)) {
+            return None;
+        }
+        let outside = matched.iter().filter(|n| !self.grp.nodes.contains(n));
+        Some(outside.copied().collect())
+    }
+
+    /// The output's columns.
+    fn n(&self) -> usize {
+        *self.dims.last().unwrap_or(&0)
+    }
+
+    /// Whether `id` has the output's shape and dtype.
+    fn full(&self, id: NodeId) -> bool {
+        self.g
+            .node(id)
+            .is_some_and(|n| n.shape.dims() == self.dims && n.dtype == self.dtype)
+    }
+
+    /// The depth (inner dimension) of MatMul `id`.
+    fn depth(&self, id: NodeId) -> usize {
+        let a = self.g.operands(id)[0];
+        self.g
+            .node(a)
+            .and_then(|n| n.shape.dims().last().copied())
+            .unwrap_or(0)
+    }
+
+    /// The two operands of `id` if its op satisfies `op`.
+    fn operands_of(&self, id: NodeId, op: impl Fn(&Op) -> bool) -> Option<[NodeId; 2]> {
+        if !op(&self.g.node(id)?.op) {
+            return None;
+        }
+        self.g.operands(id).try_into().ok()
     }
 }
 
-/// The epilogue activation of node `id` if it applies one to `x`.
-fn activation(g: &Graph, id: NodeId, x: NodeId) -> Option<Activation> {
-    if g.operands(id) != [x] {
-        return None;
-    }
+/// The epilogue activation node `id` applies, if any.
+fn activation(g: &Graph, id: NodeId) -> Option<Activation> {
     Some(match g.node(id)?.op {
         Op::Relu => Activation::Relu,
         Op::Gelu => Activation::Func(Func::GeluErf),

@@ -129,6 +129,9 @@ pub struct EpilogueOperands {
     pub lora_xa: Option<NodeId>,
     /// The adapter's `B`, `r × n`.
     pub lora_b: Option<NodeId>,
+    /// A runtime factor of the LoRA term (one element), multiplying the
+    /// constant `s` of `spec.lora`; none: `s` alone.
+    pub lora_scale: Option<NodeId>,
     /// Per-column scale, `n` elements.
     pub col_scale: Option<NodeId>,
     /// Per-column bias, `n` elements.
@@ -206,7 +209,15 @@ pub(crate) fn matmul_with_epilogue(
     let c = l.addr(ep.dest.unwrap_or(id));
     let scratch = l.scratch();
     let mut args = vec![plan, a, b, c, scratch];
-    for node in [ep.lora_xa, ep.lora_b, ep.col_scale, ep.bias, ep.residual] {
+    let operands = [
+        ep.lora_xa,
+        ep.lora_b,
+        ep.col_scale,
+        ep.bias,
+        ep.residual,
+        ep.lora_scale.filter(|_| spec.lora.is_some()),
+    ];
+    for node in operands {
         let v = match node {
             Some(n) => l.addr(n),
             None => l.iconst_ptr(0),
