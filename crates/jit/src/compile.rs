@@ -3,6 +3,7 @@
 use crate::compiled::{CompiledGraph, Parts, Spec};
 use crate::jit::Jit;
 use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
+use crate::lower::linalg::is_inline_product;
 use crate::lower::{entry_signature, epilogue, Lowerer, Plans};
 use crate::memory::{self, MemoryPlan};
 use crate::{Error, Result};
@@ -25,6 +26,11 @@ pub struct JitOptions {
     /// Keep the CLIF text in the report and print it to stderr (also with
     /// the environment variable `CRANELORA_DUMP_CLIF=1`).
     pub dump_clif: bool,
+    /// MatMuls of at most this many multiply-adds (`batch·m·k·n`) are
+    /// emitted inline as register-blocked vector code instead of calling the
+    /// runtime GEMM (`lower/small_matmul.rs`); 0 calls the GEMM for every
+    /// product.
+    pub inline_matmul_macs: usize,
 }
 
 impl Default for JitOptions {
@@ -34,6 +40,7 @@ impl Default for JitOptions {
             passes: PassOptions::default(),
             verify: cfg!(debug_assertions),
             dump_clif: false,
+            inline_matmul_macs: crate::lower::small_matmul::DEFAULT_INLINE_MACS,
         }
     }
 }
@@ -42,6 +49,13 @@ impl JitOptions {
     /// These options with fusion (planning and fused loop nests) on or off.
     pub fn with_fusion(mut self, on: bool) -> Self {
         self.passes.fuse = on;
+        self
+    }
+
+    /// These options with products of at most `macs` multiply-adds emitted
+    /// inline (0: every product calls the runtime GEMM).
+    pub fn with_inline_matmul_macs(mut self, macs: usize) -> Self {
+        self.inline_matmul_macs = macs;
         self
     }
 
@@ -75,6 +89,10 @@ pub struct CompileReport {
     pub fused_groups: usize,
     /// Loop groups lowered as a MatMul's epilogue instead (`lower/epilogue.rs`).
     pub matmul_epilogues: usize,
+    /// MatMuls emitted inline as vector code (`lower/small_matmul.rs`).
+    pub inline_matmuls: usize,
+    /// MatMuls lowered to a runtime GEMM call (`cranelora_matmul_{f32,f64}`).
+    pub matmul_calls: usize,
 }
 
 impl CompileReport {
@@ -138,7 +156,18 @@ pub(crate) fn compile_updating(
     let (groups, mut steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
     // Groups that become GEMM epilogues: their MatMul runs at the group's
     // step, into the group's output, with no buffer of its own.
-    let epilogues = epilogue::plan(&g, &groups);
+    // An inline product is not an epilogue's: its group stays a loop.
+    let inline = |id: NodeId| is_inline_product(&g, id, options.inline_matmul_macs);
+    let mut epilogues = epilogue::plan(&g, &groups);
+    epilogues.retain(|_, e| !inline(e.matmul));
+    let matmuls = order.iter().filter(|&&id| matches!(node(&g, id).op, Op::MatMul));
+    (report.inline_matmuls, report.matmul_calls) = matmuls.fold((0, 0), |(i, c), &id| {
+        if inline(id) {
+            (i + 1, c)
+        } else {
+            (i, c + 1)
+        }
+    });
     let absorbed: HashSet<NodeId> = epilogues.values().map(|e| e.matmul).collect();
     steps.retain(|s| !matches!(s, Step::Node(id) if absorbed.contains(id)));
     let mut internal = absorbed.clone();
@@ -178,7 +207,7 @@ pub(crate) fn compile_updating(
         .collect();
     let mut plans = Plans::default();
     let builder = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.builder_ctx);
-    let lowerer = Lowerer::new(
+    let mut lowerer = Lowerer::new(
         builder,
         &mut jit.module,
         &g,
@@ -186,6 +215,7 @@ pub(crate) fn compile_updating(
         &addrs,
         &mut plans,
     );
+    lowerer.inline_macs = options.inline_matmul_macs;
     lowerer.lower_all(&steps, &groups, &epilogues)?;
     let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
     if dump {
