@@ -311,26 +311,37 @@ fn depth_loop(
 }
 
 /// Depth step `j` (relative to the pointers `pa`, `pb`) accumulated into
-/// one set of `accs` (row-major over rows × columns).
-fn step(l: &mut Lowerer<'_>, cx: &Ctx, blk: &Block, (pa, pb): (Value, Value), j: usize, accs: &mut [Value]) {
+/// one set of `accs` (row-major over rows × columns). The A scalars are
+/// loaded (and splat) first, each B vector right before its FMAs, so a B
+/// vector is live only while it is used (with one row, its single use lets
+/// Cranelift sink the load into the FMA) and 8 accumulators, the splats and
+/// the B vector fit the 16 xmm registers.
+fn step(
+    l: &mut Lowerer<'_>,
+    cx: &Ctx,
+    blk: &Block,
+    (pa, pb): (Value, Value),
+    j: usize,
+    accs: &mut [Value],
+) {
     let flags = vector_flags();
-    let bs: Vec<Value> = blk
-        .cols
-        .iter()
-        .map(|&col| {
-            let off = ((j * cx.n + col) as i64) * cx.size;
-            let ty = if blk.vector { cx.vty } else { cx.sty };
-            l.b.ins().load(ty, flags, pb, i32_offset(off))
+    let ty = if blk.vector { cx.vty } else { cx.sty };
+    let a: Vec<Value> = (0..blk.rows)
+        .map(|r| {
+            let off = ((r * cx.k + j) as i64) * cx.size;
+            let a = l.b.ins().load(cx.sty, flags, pa, i32_offset(off));
+            match blk.vector {
+                true => l.b.ins().splat(cx.vty, a),
+                false => a,
+            }
         })
         .collect();
-    for r in 0..blk.rows {
-        let off = ((r * cx.k + j) as i64) * cx.size;
-        let mut a = l.b.ins().load(cx.sty, flags, pa, i32_offset(off));
-        if blk.vector {
-            a = l.b.ins().splat(cx.vty, a);
-        }
-        for (ci, &b) in bs.iter().enumerate() {
-            let acc = &mut accs[r * bs.len() + ci];
+    let width = blk.cols.len();
+    for (ci, &col) in blk.cols.iter().enumerate() {
+        let off = ((j * cx.n + col) as i64) * cx.size;
+        let b = l.b.ins().load(ty, flags, pb, i32_offset(off));
+        for (r, &a) in a.iter().enumerate() {
+            let acc = &mut accs[r * width + ci];
             *acc = if cx.fma {
                 l.b.ins().fma(a, b, *acc)
             } else {
