@@ -4,11 +4,20 @@
 //! rounds, median time per call of each. Ratios within one run are what
 //! count on a shared machine.
 //!
+//! Then W2 (WORKLOADS.md) the same way: jit and jit-folded with inline
+//! products (the default) and with every product a GEMM call (the code
+//! before inline products), and rustc-baseline, interleaved.
+//!
 //! `cargo run --release --example inline_threshold -- [rounds]`
 
 use anyhow::{Context, Result};
+use cranelora::bench::{build_forward, Mode, Runner};
+use cranelora::core::export::{bindings_for, export_model, input_specs, input_values};
+use cranelora::core::export::{ExportMode, ExportOptions};
+use cranelora::core::Input;
 use cranelora::graph::{DType, Graph, TensorData};
 use cranelora::jit::{compile, Bindings, CompiledGraph, JitOptions};
+use cranelora::workloads;
 use std::time::Instant;
 
 fn graph(m: usize, k: usize, n: usize) -> Result<(Graph, TensorData)> {
@@ -31,6 +40,61 @@ fn time(c: &CompiledGraph, x: &TensorData, outs: &mut [TensorData], calls: u32) 
         c.run_into(inputs, &b, outs)?;
     }
     Ok(start.elapsed().as_nanos() as f64 / calls as f64)
+}
+
+/// W2 compiled with LoRA folding `fold` and inline products up to `macs`.
+fn w2_runner<'a>(x: &'a [TensorData], fold: bool, macs: usize) -> Result<Runner<'a>> {
+    let (model, xt) = workloads::w2::<f32>()?;
+    let inputs = [Input::Float(&xt)];
+    let mode = if fold { ExportMode::Inference } else { ExportMode::Serving };
+    let g = export_model(&model, &input_specs(&inputs), &ExportOptions::new(mode))?;
+    let b = Bindings::from_map(&bindings_for(&model, &g)?)?;
+    let options = JitOptions::default()
+        .with_lora_fold(fold)
+        .with_inline_matmul_macs(macs);
+    let c = compile(&g, &options)?;
+    let mut out = c.run(x, &b)?;
+    Ok(Box::new(move || {
+        c.run_into(x, &b, &mut out)?;
+        Ok(())
+    }))
+}
+
+/// Nanoseconds per call of `f` over `calls` calls.
+fn time_runner(f: &mut Runner<'_>, calls: u32) -> Result<f64> {
+    let start = Instant::now();
+    for _ in 0..calls {
+        f()?;
+    }
+    Ok(start.elapsed().as_nanos() as f64 / calls as f64)
+}
+
+/// W2: jit / jit-folded, inline vs GEMM calls, and rustc-baseline.
+fn w2(rounds: usize) -> Result<()> {
+    let (model, xt) = workloads::w2::<f32>()?;
+    let x = input_values(&[Input::Float(&xt)]);
+    let default = JitOptions::default().inline_matmul_macs;
+    let mut runners: Vec<(&str, Runner<'_>)> = vec![
+        ("jit", w2_runner(&x, false, default)?),
+        ("jit (GEMM calls)", w2_runner(&x, false, 0)?),
+        ("jit-folded", w2_runner(&x, true, default)?),
+        ("jit-folded (GEMM calls)", w2_runner(&x, true, 0)?),
+        ("rustc-baseline", build_forward(Mode::RustcBaseline, &model, &xt)?.1),
+    ];
+    let mut times = vec![Vec::new(); runners.len()];
+    for _ in 0..rounds {
+        for (t, (_, f)) in times.iter_mut().zip(&mut runners) {
+            t.push(time_runner(f, 20_000)?);
+        }
+    }
+    let base = median(&mut times[4].clone());
+    println!("W2 mode median_ns min_ns /rustc-baseline");
+    for (t, (name, _)) in times.iter_mut().zip(&runners) {
+        let min = t.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(t);
+        println!("W2 {name}: {med:.0} {min:.0} {:.2}", med / base);
+    }
+    Ok(())
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -71,5 +135,5 @@ fn main() -> Result<()> {
         let (ti, tc) = (median(&mut ti), median(&mut tc));
         println!("{m} {k} {n} {} {ti:.0} {tc:.0} {:.2}", m * k * n, tc / ti);
     }
-    Ok(())
+    w2(rounds)
 }

@@ -220,7 +220,6 @@ fn host_has_fma(l: &Lowerer<'_>) -> bool {
 /// Emits one block: zeroed accumulators, the depth steps (loop and
 /// straight-line rest), the partial sums added, the stores.
 fn emit_block(l: &mut Lowerer<'_>, cx: &Ctx, blk: &Block) {
-    let ty = if blk.vector { cx.vty } else { cx.sty };
     let per_set = blk.rows * blk.cols.len();
     let sets = (TARGET_ACCS / per_set).clamp(1, cx.k.max(1));
     let unroll = sets * 4usize.div_ceil(sets);
@@ -231,7 +230,7 @@ fn emit_block(l: &mut Lowerer<'_>, cx: &Ctx, blk: &Block) {
     let iterations = cx.k / unroll;
     let (mut pa, mut pb, mut done) = (a0, b0, 0);
     if iterations > 2 {
-        (pa, pb, accs) = depth_loop(l, cx, blk, ty, (a0, b0), accs, unroll, iterations);
+        (pa, pb, accs) = depth_loop(l, cx, blk, (a0, b0), accs, (unroll, iterations));
         done = iterations * unroll;
     }
     for j in 0..cx.k - done {
@@ -257,17 +256,15 @@ fn emit_block(l: &mut Lowerer<'_>, cx: &Ctx, blk: &Block) {
 /// The depth loop: `iterations` × `unroll` steps with the A and B
 /// pointers and the accumulators as block parameters (at least one
 /// iteration, so a do-while). Returns the pointers and accumulators after it.
-#[allow(clippy::too_many_arguments)]
 fn depth_loop(
     l: &mut Lowerer<'_>,
     cx: &Ctx,
     blk: &Block,
-    ty: Type,
     (a0, b0): (Value, Value),
     accs: Vec<Value>,
-    unroll: usize,
-    iterations: usize,
+    (unroll, iterations): (usize, usize),
 ) -> (Value, Value, Vec<Value>) {
+    let ty = if blk.vector { cx.vty } else { cx.sty };
     let per_set = blk.rows * blk.cols.len();
     let body = l.b.create_block();
     let exit = l.b.create_block();
