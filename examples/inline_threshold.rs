@@ -23,11 +23,15 @@ use std::time::Instant;
 fn graph(m: usize, k: usize, n: usize) -> Result<(Graph, TensorData)> {
     let mut g = Graph::new();
     let x = g.input("x", vec![m, k], DType::F32);
-    let w: Vec<f32> = (0..k * n).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
+    let w: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6)
+        .collect();
     let w = g.constant(TensorData::f32(vec![k, n], w)?)?;
     let y = g.matmul(x, w)?;
     g.set_outputs(&[y])?;
-    let xs: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 11) as f32 * 0.1 - 0.5).collect();
+    let xs: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 31) % 11) as f32 * 0.1 - 0.5)
+        .collect();
     Ok((g, TensorData::f32(vec![m, k], xs)?))
 }
 
@@ -46,7 +50,11 @@ fn time(c: &CompiledGraph, x: &TensorData, outs: &mut [TensorData], calls: u32) 
 fn w2_runner<'a>(x: &'a [TensorData], fold: bool, macs: usize) -> Result<Runner<'a>> {
     let (model, xt) = workloads::w2::<f32>()?;
     let inputs = [Input::Float(&xt)];
-    let mode = if fold { ExportMode::Inference } else { ExportMode::Serving };
+    let mode = if fold {
+        ExportMode::Inference
+    } else {
+        ExportMode::Serving
+    };
     let g = export_model(&model, &input_specs(&inputs), &ExportOptions::new(mode))?;
     let b = Bindings::from_map(&bindings_for(&model, &g)?)?;
     let options = JitOptions::default()
@@ -77,9 +85,17 @@ fn w2(rounds: usize) -> Result<()> {
     let mut runners: Vec<(&str, Runner<'_>)> = vec![
         ("jit", w2_runner(&x, false, default)?),
         ("jit (GEMM calls)", w2_runner(&x, false, 0)?),
+        ("jit (inline up to 1024 MACs)", w2_runner(&x, false, 1024)?),
         ("jit-folded", w2_runner(&x, true, default)?),
         ("jit-folded (GEMM calls)", w2_runner(&x, true, 0)?),
-        ("rustc-baseline", build_forward(Mode::RustcBaseline, &model, &xt)?.1),
+        (
+            "jit-folded (inline up to 1024 MACs)",
+            w2_runner(&x, true, 1024)?,
+        ),
+        (
+            "rustc-baseline",
+            build_forward(Mode::RustcBaseline, &model, &xt)?.1,
+        ),
     ];
     let mut times = vec![Vec::new(); runners.len()];
     for _ in 0..rounds {
@@ -87,7 +103,7 @@ fn w2(rounds: usize) -> Result<()> {
             t.push(time_runner(f, 20_000)?);
         }
     }
-    let base = median(&mut times[4].clone());
+    let base = median(&mut times[runners.len() - 1].clone());
     println!("W2 mode median_ns min_ns /rustc-baseline");
     for (t, (name, _)) in times.iter_mut().zip(&runners) {
         let min = t.iter().copied().fold(f64::INFINITY, f64::min);
@@ -123,7 +139,10 @@ fn main() -> Result<()> {
     println!("m k n macs inline_ns call_ns call/inline");
     for (m, k, n) in shapes {
         let (g, x) = graph(m, k, n)?;
-        let inline = compile(&g, &JitOptions::default().with_inline_matmul_macs(usize::MAX))?;
+        let inline = compile(
+            &g,
+            &JitOptions::default().with_inline_matmul_macs(usize::MAX),
+        )?;
         let call = compile(&g, &JitOptions::default().with_inline_matmul_macs(0))?;
         let mut outs = vec![TensorData::f32(vec![m, n], vec![0.0; m * n])?];
         let calls = (200_000 / (m * k * n).max(64)).clamp(20, 2000) as u32;

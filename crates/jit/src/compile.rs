@@ -160,14 +160,20 @@ pub(crate) fn compile_updating(
     let inline = |id: NodeId| is_inline_product(&g, id, options.inline_matmul_macs);
     let mut epilogues = epilogue::plan(&g, &groups);
     epilogues.retain(|_, e| !inline(e.matmul));
-    let matmuls = order.iter().filter(|&&id| matches!(node(&g, id).op, Op::MatMul));
-    (report.inline_matmuls, report.matmul_calls) = matmuls.fold((0, 0), |(i, c), &id| {
-        if inline(id) {
-            (i + 1, c)
-        } else {
-            (i, c + 1)
-        }
-    });
+    let matmuls = order
+        .iter()
+        .filter(|&&id| matches!(node(&g, id).op, Op::MatMul));
+    (report.inline_matmuls, report.matmul_calls) =
+        matmuls.fold(
+            (0, 0),
+            |(i, c), &id| {
+                if inline(id) {
+                    (i + 1, c)
+                } else {
+                    (i, c + 1)
+                }
+            },
+        );
     let absorbed: HashSet<NodeId> = epilogues.values().map(|e| e.matmul).collect();
     steps.retain(|s| !matches!(s, Step::Node(id) if absorbed.contains(id)));
     let mut internal = absorbed.clone();

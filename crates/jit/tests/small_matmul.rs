@@ -41,7 +41,12 @@ fn build(
     d: DType,
     rhs: Rhs,
     specials: bool,
-) -> (Graph, Vec<TensorData>, HashMap<String, TensorData>, TensorData) {
+) -> (
+    Graph,
+    Vec<TensorData>,
+    HashMap<String, TensorData>,
+    TensorData,
+) {
     let dims = |batch: &[usize], r, c| [batch, &[r, c]].concat();
     let (a_dims, b_dims) = (dims(ba, m, k), dims(bb, k, n));
     let mut g = Graph::new();
@@ -105,7 +110,13 @@ fn exact(a: &TensorData, b: &TensorData, out: &[usize]) -> (Vec<f64>, Vec<f64>) 
 
 /// Asserts |got − exact| ≤ factor·(k + 2)·u·Σ|a||b| elementwise.
 #[track_caller]
-fn assert_within_gamma(got: &TensorData, exact: &(Vec<f64>, Vec<f64>), k: usize, factor: f64, what: &str) {
+fn assert_within_gamma(
+    got: &TensorData,
+    exact: &(Vec<f64>, Vec<f64>),
+    k: usize,
+    factor: f64,
+    what: &str,
+) {
     let u = match got.dtype() {
         DType::F32 => f32::EPSILON as f64 / 2.0,
         _ => f64::EPSILON / 2.0,
@@ -114,7 +125,10 @@ fn assert_within_gamma(got: &TensorData, exact: &(Vec<f64>, Vec<f64>), k: usize,
     assert_eq!(got.len(), exact.0.len(), "{what}");
     for (i, (&g, (&c, &s))) in got.iter().zip(exact.0.iter().zip(&exact.1)).enumerate() {
         let bound = factor * (k + 2) as f64 * u * s;
-        assert!((g - c).abs() <= bound, "{what}: element {i}: {g} vs exact {c}, bound {bound}");
+        assert!(
+            (g - c).abs() <= bound,
+            "{what}: element {i}: {g} vs exact {c}, bound {bound}"
+        );
     }
 }
 
@@ -127,7 +141,11 @@ fn check_case(batch: (&[usize], &[usize]), mkn: (usize, usize, usize), d: DType,
     // block bound, at most 4 entries × 15 blocks, is not reached).
     let all = JitOptions::default().with_inline_matmul_macs(usize::MAX);
     let c = compile(&g, &all).expect("compiles");
-    assert_eq!((c.report().inline_matmuls, c.report().matmul_calls), (1, 0), "{what}");
+    assert_eq!(
+        (c.report().inline_matmuls, c.report().matmul_calls),
+        (1, 0),
+        "{what}"
+    );
     let jb = Bindings::from_map(&binds).expect("bindings");
     let got = c.run(&ins, &jb).expect("runs");
     let interp = interpret(&g, &ins, &binds).expect("interp");
@@ -246,21 +264,45 @@ fn w2_is_straight_line<T: cranelora_kernels::Scalar>(rtol: f64) {
     let inputs = [Input::Float(&x)];
     let eager = tensor_to_data(&m.forward(&inputs).expect("eager"));
     // (export mode, LoRA folding, products): jit keeps 3 base + 6 adapter products.
-    for (mode, fold, products) in [(ExportMode::Serving, false, 9), (ExportMode::Inference, true, 3)] {
+    for (mode, fold, products) in [
+        (ExportMode::Serving, false, 9),
+        (ExportMode::Inference, true, 3),
+    ] {
         let g = export_model(&m, &input_specs(&inputs), &ExportOptions::new(mode)).expect("export");
         let gb = bindings_for(&m, &g).expect("bindings");
         let values = input_values(&inputs);
         let interp = interpret(&g, &values, &gb).expect("interp");
-        let mut o = JitOptions::default().with_lora_fold(fold);
-        o.dump_clif = true;
-        let c = compile(&g, &o).expect("compile");
+        // Default threshold: the two 1×64·64×64 base products call the GEMM.
+        let c = compile(&g, &JitOptions::default().with_lora_fold(fold)).expect("compile");
         let r = c.report();
-        assert_eq!((r.inline_matmuls, r.matmul_calls), (products, 0), "{mode:?}");
+        assert_eq!(
+            (r.inline_matmuls, r.matmul_calls),
+            (products - 2, 2),
+            "{mode:?}"
+        );
+        // 4096 MACs: every product inline, no call at all.
+        let mut o = JitOptions::default()
+            .with_lora_fold(fold)
+            .with_inline_matmul_macs(64 * 64);
+        o.dump_clif = true;
+        let straight = compile(&g, &o).expect("compile");
+        let r = straight.report();
+        assert_eq!(
+            (r.inline_matmuls, r.matmul_calls),
+            (products, 0),
+            "{mode:?}"
+        );
         let clif = r.clif.as_deref().expect("dumped");
-        assert!(!clif.contains("call"), "{mode:?}: no helper call in\n{clif}");
-        let out = c.run(&values, &Bindings::from_map(&gb).expect("bindings")).expect("run");
-        assert_same(&out[0], &interp[0], rtol, rtol);
-        assert_same(&out[0], &eager, rtol, rtol);
+        assert!(
+            !clif.contains("call"),
+            "{mode:?}: no helper call in\n{clif}"
+        );
+        let jb = Bindings::from_map(&gb).expect("bindings");
+        for c in [&c, &straight] {
+            let out = c.run(&values, &jb).expect("run");
+            assert_same(&out[0], &interp[0], rtol, rtol);
+            assert_same(&out[0], &eager, rtol, rtol);
+        }
     }
 }
 

@@ -24,9 +24,10 @@
 //!   columns are written twice with the same bits. When `n < lanes` the
 //!   block is scalar (same blocking, `f32`/`f64` accumulators);
 //! - the depth loop runs `U` steps per iteration (`U` a multiple of `S`,
-//!   at least 4) with the block's A and B pointers and accumulators as block
+//!   at least 2) with the block's A and B pointers and accumulators as block
 //!   parameters; the remaining `k mod U` steps, or all of them when there
-//!   are at most two iterations, are straight-line code;
+//!   is only one iteration, are straight-line code (unrolling the whole
+//!   depth measured 2× slower for `1×64·64×64`: the long blocks spill);
 //! - batch entries (broadcast batch dims included) are unrolled with their
 //!   element offsets fixed at compile time.
 //!
@@ -47,9 +48,11 @@ use cranelift_module::Module;
 use cranelora_graph::{DType, Graph, NodeId, Op};
 
 /// Default of [`crate::JitOptions::inline_matmul_macs`]: products of at
-/// most this many multiply-adds are emitted inline (measured, see
-/// docs/jit.md "Small products inline").
-pub const DEFAULT_INLINE_MACS: usize = 16384;
+/// most this many multiply-adds are emitted inline. Measured (docs/jit.md
+/// "Small products inline"): inline is 2–3× faster than the call up to
+/// 640 MACs (`1×64·64×10`) and ~0.8× at 4096 (`1×64·64×64`, where the
+/// AVX-512 GEMM's 4× wider vectors pay for the call).
+pub const DEFAULT_INLINE_MACS: usize = 2048;
 
 /// At most this many register blocks per inline product (bounds the code
 /// size: each block is one depth loop).
@@ -222,20 +225,27 @@ fn host_has_fma(l: &Lowerer<'_>) -> bool {
 fn emit_block(l: &mut Lowerer<'_>, cx: &Ctx, blk: &Block) {
     let per_set = blk.rows * blk.cols.len();
     let sets = (TARGET_ACCS / per_set).clamp(1, cx.k.max(1));
-    let unroll = sets * 4usize.div_ceil(sets);
+    let unroll = sets * 2usize.div_ceil(sets);
     let zero = zero(l, cx, blk.vector);
     let mut accs = vec![zero; sets * per_set];
     let a0 = l.b.ins().iadd_imm_s(cx.a, blk.a_off);
     let b0 = l.b.ins().iadd_imm_s(cx.b, blk.b_off);
     let iterations = cx.k / unroll;
     let (mut pa, mut pb, mut done) = (a0, b0, 0);
-    if iterations > 2 {
+    if iterations > 1 {
         (pa, pb, accs) = depth_loop(l, cx, blk, (a0, b0), accs, (unroll, iterations));
         done = iterations * unroll;
     }
     for j in 0..cx.k - done {
         let set = (done + j) % sets;
-        step(l, cx, blk, (pa, pb), j, &mut accs[set * per_set..][..per_set]);
+        step(
+            l,
+            cx,
+            blk,
+            (pa, pb),
+            j,
+            &mut accs[set * per_set..][..per_set],
+        );
     }
     let mut total = accs[..per_set].to_vec();
     for set in 1..sets {
@@ -275,10 +285,9 @@ fn depth_loop(
             l.b.append_block_param(blk_id, ty);
         }
     }
-    let a_end = l
-        .b
-        .ins()
-        .iadd_imm_s(a0, (iterations * unroll) as i64 * cx.size);
+    let a_end =
+        l.b.ins()
+            .iadd_imm_s(a0, (iterations * unroll) as i64 * cx.size);
     let args = |vals: &[Value]| vals.iter().map(|&v| BlockArg::from(v)).collect::<Vec<_>>();
     let first: Vec<Value> = [a0, b0].into_iter().chain(accs).collect();
     l.b.ins().jump(body, &args(&first));
@@ -289,13 +298,17 @@ fn depth_loop(
     let sets = accs.len() / per_set;
     for j in 0..unroll {
         let set = j % sets;
-        step(l, cx, blk, (pa, pb), j, &mut accs[set * per_set..][..per_set]);
+        step(
+            l,
+            cx,
+            blk,
+            (pa, pb),
+            j,
+            &mut accs[set * per_set..][..per_set],
+        );
     }
     let na = l.b.ins().iadd_imm_s(pa, unroll as i64 * cx.size);
-    let nb = l
-        .b
-        .ins()
-        .iadd_imm_s(pb, (unroll * cx.n) as i64 * cx.size);
+    let nb = l.b.ins().iadd_imm_s(pb, (unroll * cx.n) as i64 * cx.size);
     let more = l.b.ins().icmp(IntCC::UnsignedLessThan, na, a_end);
     let next: Vec<Value> = [na, nb].into_iter().chain(accs).collect();
     let next = args(&next);
