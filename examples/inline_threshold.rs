@@ -4,9 +4,10 @@
 //! rounds, median time per call of each. Ratios within one run are what
 //! count on a shared machine.
 //!
-//! Then W2 (WORKLOADS.md) the same way: jit and jit-folded with inline
-//! products (the default) and with every product a GEMM call (the code
-//! before inline products), and rustc-baseline, interleaved.
+//! Then W2 (WORKLOADS.md) the same way: jit and jit-folded with the
+//! default threshold, with every product a GEMM call (the code before
+//! inline products) and with every product inline (straight-line code),
+//! and rustc-baseline, interleaved.
 //!
 //! `cargo run --release --example inline_threshold -- [rounds]`
 
@@ -85,12 +86,15 @@ fn w2(rounds: usize) -> Result<()> {
     let mut runners: Vec<(&str, Runner<'_>)> = vec![
         ("jit", w2_runner(&x, false, default)?),
         ("jit (GEMM calls)", w2_runner(&x, false, 0)?),
-        ("jit (inline up to 1024 MACs)", w2_runner(&x, false, 1024)?),
+        (
+            "jit (straight-line: inline up to 4096 MACs)",
+            w2_runner(&x, false, 4096)?,
+        ),
         ("jit-folded", w2_runner(&x, true, default)?),
         ("jit-folded (GEMM calls)", w2_runner(&x, true, 0)?),
         (
-            "jit-folded (inline up to 1024 MACs)",
-            w2_runner(&x, true, 1024)?,
+            "jit-folded (straight-line: inline up to 4096 MACs)",
+            w2_runner(&x, true, 4096)?,
         ),
         (
             "rustc-baseline",

@@ -125,7 +125,7 @@ fn vector_columns(n: usize, lanes: usize) -> Vec<usize> {
         return Vec::new();
     }
     let mut cols: Vec<usize> = (0..n / lanes).map(|v| v * lanes).collect();
-    if n % lanes != 0 {
+    if !n.is_multiple_of(lanes) {
         cols.push(n - lanes);
     }
     cols
