@@ -3,6 +3,7 @@
 use crate::compiled::{CompiledGraph, Parts, Spec};
 use crate::jit::Jit;
 use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
+use crate::lower::linalg::is_inline_product;
 use crate::lower::{entry_signature, epilogue, Lowerer, Plans};
 use crate::memory::{self, MemoryPlan};
 use crate::serve::{AdapterStrategy, LayerChoice};
@@ -31,6 +32,11 @@ pub struct JitOptions {
     /// passes; the choices and their reasons are
     /// [`CompileReport::adapters`].
     pub adapter_strategy: AdapterStrategy,
+    /// MatMuls of at most this many multiply-adds (`batch·m·k·n`) are
+    /// emitted inline as register-blocked vector code instead of calling the
+    /// runtime GEMM (`lower/small_matmul.rs`); 0 calls the GEMM for every
+    /// product.
+    pub inline_matmul_macs: usize,
 }
 
 impl Default for JitOptions {
@@ -41,6 +47,7 @@ impl Default for JitOptions {
             verify: cfg!(debug_assertions),
             dump_clif: false,
             adapter_strategy: AdapterStrategy::Unmerged,
+            inline_matmul_macs: crate::lower::small_matmul::DEFAULT_INLINE_MACS,
         }
     }
 }
@@ -55,6 +62,13 @@ impl JitOptions {
     /// These options with `strategy` for runtime-bound adapters.
     pub fn with_adapter_strategy(mut self, strategy: AdapterStrategy) -> Self {
         self.adapter_strategy = strategy;
+        self
+    }
+
+    /// These options with products of at most `macs` multiply-adds emitted
+    /// inline (0: every product calls the runtime GEMM).
+    pub fn with_inline_matmul_macs(mut self, macs: usize) -> Self {
+        self.inline_matmul_macs = macs;
         self
     }
 
@@ -91,6 +105,10 @@ pub struct CompileReport {
     /// The runtime-bound adapted layers, merged or not and why
     /// ([`JitOptions::adapter_strategy`]).
     pub adapters: Vec<LayerChoice>,
+    /// MatMuls emitted inline as vector code (`lower/small_matmul.rs`).
+    pub inline_matmuls: usize,
+    /// MatMuls lowered to a runtime GEMM call (`cranelora_matmul_{f32,f64}`).
+    pub matmul_calls: usize,
 }
 
 impl CompileReport {
@@ -156,8 +174,11 @@ pub(crate) fn compile_updating(
     // Groups that become GEMM epilogues: their MatMul runs at the group's
     // step, into the group's output. The nodes and groups the call absorbs
     // (the product, a LoRA branch's XA·B and its scaling) lose their steps
-    // and buffers; a step's nodes stay in topological order.
-    let epilogues = epilogue::plan(&g, &groups);
+    // and buffers; a step's nodes stay in topological order. An inline
+    // product is not an epilogue's: its group stays a loop.
+    let inline = |id: NodeId| is_inline_product(&g, id, options.inline_matmul_macs);
+    let mut epilogues = epilogue::plan(&g, &groups);
+    epilogues.retain(|_, e| !inline(e.matmul));
     let absorbed: HashSet<NodeId> = epilogues
         .values()
         .flat_map(|e| e.absorbed.iter().copied())
@@ -170,6 +191,19 @@ pub(crate) fn compile_updating(
         Step::Node(id) => !absorbed.contains(id),
         Step::Group(gi) => !absorbed_groups.contains(gi),
     });
+    let bases: HashSet<NodeId> = epilogues.values().map(|e| e.matmul).collect();
+    for &id in &order {
+        if !matches!(node(&g, id).op, Op::MatMul)
+            || (absorbed.contains(&id) && !bases.contains(&id))
+        {
+            continue; // not a product, or one computed inside an epilogue
+        }
+        if inline(id) {
+            report.inline_matmuls += 1;
+        } else {
+            report.matmul_calls += 1;
+        }
+    }
     let mut internal = absorbed.clone();
     for grp in &groups {
         internal.extend(grp.nodes.iter().filter(|n| !grp.outputs.contains(n)));
@@ -209,7 +243,7 @@ pub(crate) fn compile_updating(
         .collect();
     let mut plans = Plans::default();
     let builder = FunctionBuilder::new(&mut jit.ctx.func, &mut jit.builder_ctx);
-    let lowerer = Lowerer::new(
+    let mut lowerer = Lowerer::new(
         builder,
         &mut jit.module,
         &g,
@@ -217,6 +251,7 @@ pub(crate) fn compile_updating(
         &addrs,
         &mut plans,
     );
+    lowerer.inline_macs = options.inline_matmul_macs;
     lowerer.lower_all(&steps, &groups, &epilogues)?;
     let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
     if dump {

@@ -81,6 +81,11 @@ fn build(c: &Case) -> (Graph, Vec<TensorData>) {
     (g, ins)
 }
 
+/// Every product through the GEMM helper (small ones would be inline).
+fn gemm() -> JitOptions {
+    JitOptions::default().with_inline_matmul_macs(0)
+}
+
 fn tol(d: DType) -> f64 {
     match d {
         DType::F32 => 2e-5,
@@ -106,8 +111,8 @@ fn epilogues_match_unfused_code_and_the_interpreter() {
                             constant_w,
                         };
                         let (g, ins) = build(&c);
-                        let fused = compile(&g, &JitOptions::default()).expect("compiles");
-                        let plain = JitOptions::default().with_fusion(false);
+                        let fused = compile(&g, &gemm()).expect("compiles");
+                        let plain = gemm().with_fusion(false);
                         let unfused = compile(&g, &plain).expect("compiles");
                         // A bias add alone is one node, not a group.
                         let grouped = !matches!(act, Act::None) || residual;
@@ -141,7 +146,7 @@ fn the_epilogue_group_needs_no_buffer_for_the_product() {
         constant_w: true,
     };
     let (g, _) = build(&c);
-    let fused = compile(&g, &JitOptions::default()).expect("compiles");
+    let fused = compile(&g, &gemm()).expect("compiles");
     // x·W, x·W + b and the activation all live in the output buffer.
     assert!(
         fused.report().memory.slots.is_empty(),

@@ -186,9 +186,12 @@ fn run(c: &CompiledGraph, b: &Built) -> Vec<TensorData> {
 }
 
 /// Compiled with and without fusion against the interpreter; returns the
-/// fused compile.
+/// fused compile. Products are never inline here (`inline_matmul_macs` 0):
+/// these tests are about the GEMM call's epilogue.
 fn check(b: &Built) -> CompiledGraph {
-    let options = JitOptions::default().with_lora_fold(false);
+    let options = JitOptions::default()
+        .with_lora_fold(false)
+        .with_inline_matmul_macs(0);
     let fused = compile(&b.g, &options).expect("compiles");
     let unfused = compile(&b.g, &options.with_fusion(false)).expect("compiles");
     let e = interpret(&b.g, &b.inputs, &b.bindings.to_map()).expect("interp");
@@ -340,7 +343,9 @@ fn a_lora_layer_inside_a_training_step_is_not_fused() {
     b.g.set_outputs(&[y]).expect("y");
     let sgd = Optimizer::Sgd { lr: 0.1 };
     let step = training_step(&b.g, Loss::Mse, &Trainable::All, &sgd).expect("step");
-    let options = JitOptions::default().with_lora_fold(false);
+    let options = JitOptions::default()
+        .with_lora_fold(false)
+        .with_inline_matmul_macs(0);
     let compiled = compile(&step.graph, &options).expect("compiles");
     // The backward reads x·W + b + s·x·A·B (GELU's derivative) and x·A·B's
     // operands: no epilogue may hide them.
@@ -396,7 +401,9 @@ fn every_layer_of_a_w1_like_model_is_one_epilogue_in_every_export_mode() {
             let gb = bindings_for(&m, &g).expect("bindings");
             let values = input_values(&inputs);
             let interp = interpret(&g, &values, &gb).expect("interp");
-            let jit = JitOptions::default().with_lora_fold(false);
+            let jit = JitOptions::default()
+                .with_lora_fold(false)
+                .with_inline_matmul_macs(0);
             let c = compile(&g, &jit).expect("compile");
             let what = format!("dora {dora}, {mode:?}");
             assert_eq!(c.report().matmul_epilogues, 4, "{what}");

@@ -314,6 +314,7 @@ fn variant(op: &Op) -> usize {
 fn compile_reports_phases_and_the_memory_plan() {
     let o = JitOptions {
         dump_clif: true,
+        inline_matmul_macs: 0, // the product through the GEMM and its epilogue
         ..JitOptions::default()
     };
     let c = compile(&graph(), &o).expect("compile");

@@ -19,7 +19,7 @@ pub(crate) fn packable(g: &Graph, b: NodeId) -> bool {
 
 /// Element offsets of each batch entry's A and B, operands broadcast to the
 /// output's batch dims.
-fn batch_offsets(a: &[usize], b: &[usize], out: &[usize]) -> Vec<(usize, usize)> {
+pub(crate) fn batch_offsets(a: &[usize], b: &[usize], out: &[usize]) -> Vec<(usize, usize)> {
     let r = out.len();
     let batch = &out[..r - 2];
     let mat = |d: &[usize]| d[d.len() - 2] * d[d.len() - 1];
@@ -144,8 +144,14 @@ pub struct EpilogueOperands {
     pub dest: Option<NodeId>,
 }
 
-/// Lowers a MatMul to one helper call.
+pub use super::small_matmul::is_inline_product;
+
+/// Lowers a MatMul: inline vector code when it is small
+/// ([`is_inline_product`], `lower/small_matmul.rs`), else one helper call.
 pub(crate) fn matmul(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
+    if is_inline_product(l.graph, id, l.inline_macs) {
+        return super::small_matmul::lower(l, id);
+    }
     matmul_with_epilogue(l, id, &EpilogueOperands::default())
 }
 

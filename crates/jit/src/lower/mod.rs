@@ -15,6 +15,7 @@
 //! | `reduce.rs` | Reduce (sum, mean, max over any axes) |
 //! | `index.rs` | Gather, ScatterAdd, with bounds checks |
 //! | `linalg.rs` | MatMul, Conv2d and its gradients (runtime GEMM) |
+//! | `small_matmul.rs` | small MatMuls as inline register-blocked vector code |
 //! | `rows.rs` | Softmax, LayerNorm (runtime row kernels) |
 //! | `gather_matmul.rs` | GatherMatMul (grouped runtime GEMM, checked ids) |
 //!
@@ -32,6 +33,7 @@ pub(crate) mod math;
 pub(crate) mod movement;
 pub(crate) mod reduce;
 pub(crate) mod rows;
+pub(crate) mod small_matmul;
 
 use crate::memory::{is_view, Loc};
 use crate::runtime::{ConvPlan, MatMulPlan, RowPlan};
@@ -81,6 +83,9 @@ pub(crate) struct Lowerer<'a> {
     pub plans: &'a mut Plans,
     pub args: Args,
     pub ptr: Type,
+    /// Products of at most this many multiply-adds are emitted inline
+    /// ([`crate::JitOptions::inline_matmul_macs`]).
+    pub inline_macs: usize,
     funcs: HashMap<&'static str, FuncRef>,
 }
 
@@ -149,6 +154,7 @@ impl<'a> Lowerer<'a> {
             plans,
             args,
             ptr,
+            inline_macs: small_matmul::DEFAULT_INLINE_MACS,
             funcs: HashMap::new(),
         }
     }
