@@ -6,10 +6,13 @@
 //! Wall-clock timings on a shared machine are noisy; instruction counts of
 //! this driver under callgrind are not. Builds and the first (checked) call
 //! are outside the timed loop; use `--toggle-collect=*profile::run_loop*`
-//! (callgrind) to count the loop only.
+//! (callgrind) to count the loop only. `CRANELORA_PROFILE_THREADS=1` caps
+//! the kernels' pool (callgrind's `--toggle-collect` only counts the calling
+//! thread, so complete counts need one thread). W4 runs the training step
+//! (modes eager, interp, jit).
 
 use anyhow::{bail, Context, Result};
-use cranelora::bench::{build_forward, Mode, Runner};
+use cranelora::bench::{build_forward, train_runner, Mode, Runner};
 use cranelora::workloads;
 
 #[inline(never)]
@@ -23,7 +26,7 @@ fn run_loop(call: &mut Runner<'_>, n: usize) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [w, mode, n] = args.as_slice() else {
-        bail!("usage: profile W1|W2|W3 eager|interp|jit|jit-folded|merged-eager|rustc-baseline N");
+        bail!("usage: profile W1|W2|W3|W4 eager|interp|jit|jit-folded|merged-eager|rustc-baseline N");
     };
     let modes = [
         Mode::Eager,
@@ -38,15 +41,28 @@ fn main() -> Result<()> {
         .find(|m| m.name() == mode)
         .with_context(|| format!("unknown mode `{mode}`"))?;
     let n: usize = n.parse().context("N")?;
+    if let Ok(t) = std::env::var("CRANELORA_PROFILE_THREADS") {
+        cranelora::kernels::pool::set_threads(t.parse().context("CRANELORA_PROFILE_THREADS")?);
+    }
+    if w == "W4" {
+        let (model, x, y) = workloads::w4::<f32>()?;
+        let mut call = train_runner(mode, &model, &x, &y)?;
+        return timed(w, mode, &mut call, n);
+    }
     let (model, x) = match w.as_str() {
         "W1" => workloads::w1::<f32>()?,
         "W2" => workloads::w2::<f32>()?,
         "W3" => workloads::w3::<f32>()?,
-        _ => bail!("workload `{w}`: W1, W2 or W3"),
+        _ => bail!("workload `{w}`: W1, W2, W3 or W4"),
     };
     let (_, mut call) = build_forward(mode, &model, &x)?;
+    timed(w, mode, &mut call, n)
+}
+
+/// Runs `call` `n` times inside [`run_loop`] and prints the time per call.
+fn timed(w: &str, mode: Mode, call: &mut Runner<'_>, n: usize) -> Result<()> {
     let start = std::time::Instant::now();
-    run_loop(&mut call, n)?;
+    run_loop(call, n)?;
     println!(
         "{w} {}: {:?} per call",
         mode.name(),

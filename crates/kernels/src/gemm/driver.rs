@@ -275,6 +275,18 @@ fn block<E: Elem>(
     }
 }
 
+/// The row tiles `(first row, rows)` of an `mc`-row block: as few tiles
+/// as `mr` allows, their heights differing by at most one (64 rows with
+/// `mr = 12` are four tiles of 11 and two of 10 rather than 12 × 5 and a 4,
+/// whose broadcasts and `B` loads feed only a third of the FMAs).
+pub(super) fn row_tiles(mc: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = mc.div_ceil(mr);
+    (0..tiles).map(move |t| {
+        let (start, end) = (t * mc / tiles, (t + 1) * mc / tiles);
+        (start, end - start)
+    })
+}
+
 /// The `nr`-column micro-panels of `B` for one depth block.
 ///
 /// Panel `q` starts at `q·stride`; its rows are `nr` apart.
@@ -302,7 +314,7 @@ struct Macro<'a, E> {
 
 impl<E: Elem> Macro<'_, E> {
     fn run(&self, fam: &Family<E>, alpha: E, beta: E, c: &CView<E>) {
-        let Blocking { mr, nr, lda, .. } = fam.blocking;
+        let Blocking { mr, nr, lda, pf, .. } = fam.blocking;
         let (kc, (i0, j0), (mc, nc)) = (self.kc, self.origin, self.size);
         for (q, j) in (0..nc).step_by(nr).enumerate() {
             let (b, rs_b) = self.b.panel(q, kc, nr);
@@ -312,8 +324,7 @@ impl<E: Elem> Macro<'_, E> {
             } else {
                 fam.tiles
             };
-            for i in (0..mc).step_by(mr) {
-                let rows = mr.min(mc - i);
+            for (i, rows) in row_tiles(mc, mr) {
                 let a = &self.a[i * lda..(i + rows - 1) * lda + kc];
                 let tile = Tile {
                     kc,
@@ -325,6 +336,7 @@ impl<E: Elem> Macro<'_, E> {
                     nr: cols,
                     alpha,
                     beta,
+                    pf: pf * rs_b,
                 };
                 // SAFETY: `a` holds rows × kc at stride lda, `b` kc rows of nr
                 // at stride rs_b (`panel` sliced both), `tile_ptr` checked the

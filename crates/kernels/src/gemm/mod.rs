@@ -449,6 +449,61 @@ mod tests {
         check_all::<f64>(0xd1b5_4a32_d192_ed03);
     }
 
+    /// Row counts that do not split into full `mr`-row tiles (W1's 64 rows,
+    /// 23 = 12 + 11, one row), with `k = 1`, `k` crossing a depth block and
+    /// `n` crossing a column block, so the even row tiles and the `B`
+    /// prefetch (which reaches past the micro-panel) meet every edge.
+    fn check_uneven_rows<T: Scalar>(seed: u64) {
+        let mut rng = Rng(seed);
+        let shapes = [
+            (64, 100, 300),
+            (64, 33, 1),
+            (23, 70, 1),
+            (23, 17, 257),
+            (1, 1100, 257),
+            (145, 40, 20),
+            (11, 64, 64),
+        ];
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            for shape in shapes {
+                check_case::<T>(isa, &mut rng, shape);
+            }
+        }
+    }
+
+    #[test]
+    fn uneven_row_tiles_match_reference_f32() {
+        check_uneven_rows::<f32>(0x0bad_cafe_1234_5678);
+    }
+
+    #[test]
+    fn uneven_row_tiles_match_reference_f64() {
+        check_uneven_rows::<f64>(0x5eed_0f64_8765_4321);
+    }
+
+    #[test]
+    fn row_tiles_cover_the_block_evenly() {
+        for mr in [1, 4, 6, 12] {
+            for mc in 1..=150 {
+                let tiles: Vec<_> = driver::row_tiles(mc, mr).collect();
+                assert_eq!(tiles.len(), mc.div_ceil(mr), "mc {mc} mr {mr}");
+                let mut next = 0;
+                for &(start, rows) in &tiles {
+                    assert_eq!(start, next, "mc {mc} mr {mr}: gap or overlap");
+                    assert!((1..=mr).contains(&rows), "mc {mc} mr {mr}: {rows} rows");
+                    next = start + rows;
+                }
+                assert_eq!(next, mc);
+                let (lo, hi) = tiles.iter().fold((usize::MAX, 0), |(lo, hi), t| {
+                    (lo.min(t.1), hi.max(t.1))
+                });
+                assert!(hi - lo <= 1, "mc {mc} mr {mr}: heights {lo}..{hi}");
+            }
+        }
+        let w1: Vec<_> = driver::row_tiles(64, 12).map(|t| t.1).collect();
+        assert_eq!(w1, [10, 11, 11, 10, 11, 11]);
+    }
+
     #[test]
     fn detection_prefers_the_widest_available_kernels() {
         let best = Isa::ALL.into_iter().find(|isa| isa.available());
