@@ -26,7 +26,9 @@ fn run_loop(call: &mut Runner<'_>, n: usize) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [w, mode, n] = args.as_slice() else {
-        bail!("usage: profile W1|W2|W3|W4 eager|interp|jit|jit-folded|merged-eager|rustc-baseline N");
+        bail!(
+            "usage: profile W1|W2|W3|W4 eager|interp|jit|jit-folded|merged-eager|rustc-baseline N"
+        );
     };
     let modes = [
         Mode::Eager,
@@ -61,12 +63,24 @@ fn main() -> Result<()> {
 
 /// Runs `call` `n` times inside [`run_loop`] and prints the time per call.
 fn timed(w: &str, mode: Mode, call: &mut Runner<'_>, n: usize) -> Result<()> {
-    let start = std::time::Instant::now();
+    let (start, cpu) = (std::time::Instant::now(), thread_cpu_ns());
     run_loop(call, n)?;
-    println!(
-        "{w} {}: {:?} per call",
-        mode.name(),
-        start.elapsed() / n as u32
-    );
+    let wall = start.elapsed() / n as u32;
+    let cpu = match (cpu, thread_cpu_ns()) {
+        (Some(a), Some(b)) => format!(
+            ", calling thread on CPU {:.1} µs",
+            (b - a) as f64 / 1e3 / n as f64
+        ),
+        _ => String::new(),
+    };
+    println!("{w} {}: {wall:?} per call{cpu}", mode.name());
     Ok(())
+}
+
+/// Nanoseconds the calling thread has run on a CPU (Linux schedstat): on a
+/// loaded machine, with `CRANELORA_PROFILE_THREADS=1`, a steadier measure
+/// than wall time, as it leaves out the time other processes held the core.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }

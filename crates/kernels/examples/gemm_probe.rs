@@ -61,12 +61,26 @@ fn layer(s: &mut Setup, l: usize, input: Option<usize>, gelu: bool) {
     s.out[l] = out;
 }
 
+/// µs per call: wall time, or with `PROBE_CPU=1` the calling thread's time
+/// on a CPU (Linux schedstat; only meaningful for 1-thread rows).
 fn time(reps: usize, f: &mut dyn FnMut()) -> f64 {
-    let t = Instant::now();
+    let cpu = std::env::var("PROBE_CPU").is_ok_and(|v| v == "1");
+    let (t, c) = (Instant::now(), thread_cpu_ns());
     for _ in 0..reps {
         f();
     }
+    if cpu {
+        return (thread_cpu_ns() - c) as f64 / 1e3 / reps as f64;
+    }
     t.elapsed().as_secs_f64() * 1e6 / reps as f64
+}
+
+/// Nanoseconds the calling thread has run on a CPU (0 where unavailable).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -96,28 +110,37 @@ fn main() {
         "gemm 1t",
         "gemm 1t 4 weights in turn",
         "gemm 2t",
-        "gemm 2t 4 weights in turn", "gemm+gelu 2t", "W1-folded 4 layers 2t", "gelu_tanh pass 64x1024",
+        "gemm 2t 4 weights in turn",
+        "gemm+gelu 2t",
+        "W1-folded 4 layers 1t",
+        "gelu_tanh pass 64x1024",
     ];
     let mut t: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let reps = 20;
     for _ in 0..rounds {
         pool::set_threads(1);
         t[0].push(time(reps, &mut || layer(&mut s, 0, None, false)));
-        t[1].push(time(reps, &mut || {
-            (0..4).for_each(|l| layer(&mut s, l, None, false))
-        }) / 4.0);
+        t[1].push(
+            time(reps, &mut || {
+                (0..4).for_each(|l| layer(&mut s, l, None, false))
+            }) / 4.0,
+        );
         pool::set_threads(0);
         t[2].push(time(reps, &mut || layer(&mut s, 0, None, false)));
-        t[3].push(time(reps, &mut || {
-            (0..4).for_each(|l| layer(&mut s, l, None, false))
-        }) / 4.0);
+        t[3].push(
+            time(reps, &mut || {
+                (0..4).for_each(|l| layer(&mut s, l, None, false))
+            }) / 4.0,
+        );
         t[4].push(time(reps, &mut || layer(&mut s, 0, None, true)));
+        pool::set_threads(1);
         t[5].push(time(reps, &mut || {
             layer(&mut s, 0, None, true);
             layer(&mut s, 1, Some(0), true);
             layer(&mut s, 2, Some(1), true);
             layer(&mut s, 3, Some(2), false);
         }));
+        pool::set_threads(0);
         let mut buf = s.out[3].clone();
         t[6].push(time(reps, &mut || {
             apply_inplace(Func::GeluTanh, &mut buf);
@@ -132,6 +155,9 @@ fn main() {
             n if n.starts_with("gelu") => 0.0,
             _ => flops / med / 1e3,
         };
-        println!("{name:28} median {med:9.1} µs  min {:9.1} µs  {gf:6.0} GFLOP/s", v[0]);
+        println!(
+            "{name:28} median {med:9.1} µs  min {:9.1} µs  {gf:6.0} GFLOP/s",
+            v[0]
+        );
     }
 }

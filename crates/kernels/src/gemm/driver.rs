@@ -314,7 +314,9 @@ struct Macro<'a, E> {
 
 impl<E: Elem> Macro<'_, E> {
     fn run(&self, fam: &Family<E>, alpha: E, beta: E, c: &CView<E>) {
-        let Blocking { mr, nr, lda, pf, .. } = fam.blocking;
+        let Blocking {
+            mr, nr, lda, pf, ..
+        } = fam.blocking;
         let (kc, (i0, j0), (mc, nc)) = (self.kc, self.origin, self.size);
         for (q, j) in (0..nc).step_by(nr).enumerate() {
             let (b, rs_b) = self.b.panel(q, kc, nr);

@@ -494,9 +494,9 @@ mod tests {
                     next = start + rows;
                 }
                 assert_eq!(next, mc);
-                let (lo, hi) = tiles.iter().fold((usize::MAX, 0), |(lo, hi), t| {
-                    (lo.min(t.1), hi.max(t.1))
-                });
+                let (lo, hi) = tiles
+                    .iter()
+                    .fold((usize::MAX, 0), |(lo, hi), t| (lo.min(t.1), hi.max(t.1)));
                 assert!(hi - lo <= 1, "mc {mc} mr {mr}: heights {lo}..{hi}");
             }
         }
