@@ -547,6 +547,42 @@ mod tests {
         assert!(matches!(err, Err(KernelError::GemmShape { .. })), "{err:?}");
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn subnormal_inputs_count_as_zero_and_the_mode_is_restored() {
+        #[allow(deprecated)]
+        // SAFETY: reads this thread's MXCSR only.
+        let csr = || unsafe { std::arch::x86_64::_mm_getcsr() };
+        let before = csr();
+        let tiny = f32::MIN_POSITIVE / 4.0; // subnormal
+        let a = vec![tiny, 0.0, tiny, 1.0];
+        let b = vec![1.0e30f32, 1.0, 1.0, 1.0];
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let (av, bv) = (
+                MatRef::new(&a, 2, 2).expect("fits"),
+                MatRef::new(&b, 2, 2).expect("fits"),
+            );
+            let mut c = vec![f32::NAN; 4];
+            let cv = MatMut::new(&mut c, 2, 2).expect("fits");
+            let mut ws = vec![0.0; workspace_len_on::<f32>(isa, 2, 2, 2, false)];
+            gemm_on(
+                isa,
+                1.0,
+                av,
+                Rhs::Mat(bv),
+                0.0,
+                cv,
+                &mut ws,
+                &Epilogue::none(),
+            )
+            .expect("ok");
+            // IEEE: row 0 = [tiny·1e30, tiny] = [2.9e-9, tiny]; with the
+            // subnormal read as zero it is [0, 0].
+            assert_eq!(c, [0.0, 0.0, 1.0, 1.0], "{isa:?}");
+            assert_eq!(csr(), before, "{isa:?}: MXCSR not restored");
+        }
+    }
+
     #[test]
     fn packed_rhs_panels_start_on_a_cache_line() {
         for (k, n) in [(1024, 1024), (3, 5), (0, 4)] {
