@@ -223,8 +223,8 @@ fn take_aligned<E>(ws: &mut [E], len: usize) -> (&mut [E], &mut [E]) {
 /// lives (x86 MXCSR.DAZ), restoring the previous mode on drop.
 ///
 /// A subnormal operand makes each FMA that reads it take a microcode
-/// assist: W1's activations after GELU-tanh contain some, and its
-/// jit-folded forward ran ≈ 1.5× slower for it (docs/jit.md). Their
+/// assist: W1's operands contain some, and its jit-folded forward took
+/// ≈ 1.4× the CPU time for it (docs/jit.md, "Subnormal operands"). Their
 /// contribution to a product is below 2⁻¹²⁶·|b| per term, far under the
 /// product's rounding error; results that underflow still round gradually
 /// (FTZ is not set).
