@@ -6,12 +6,13 @@
 //! Wall-clock timings on a shared machine are noisy; instruction counts of
 //! this driver under callgrind are not. Builds and the first (checked) call
 //! are outside the timed loop; use `--toggle-collect=*profile::run_loop*`
-//! (callgrind) to count the loop only. `CRANELORA_THREADS=1` runs the
-//! kernels' pool on the calling thread alone, so that count is complete
-//! (callgrind's toggle counts the calling thread only).
+//! (callgrind) to count the loop only. `CRANELORA_PROFILE_THREADS=1` caps
+//! the kernels' pool (callgrind's `--toggle-collect` only counts the calling
+//! thread, so complete counts need one thread). W4 runs the training step
+//! (modes eager, interp, jit).
 
 use anyhow::{bail, Context, Result};
-use cranelora::bench::{build_forward, Mode, Runner};
+use cranelora::bench::{build_forward, train_runner, Mode, Runner};
 use cranelora::workloads;
 
 #[inline(never)]
@@ -25,7 +26,9 @@ fn run_loop(call: &mut Runner<'_>, n: usize) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [w, mode, n] = args.as_slice() else {
-        bail!("usage: profile W1|W2|W3 eager|interp|jit|jit-folded|merged-eager|rustc-baseline N");
+        bail!(
+            "usage: profile W1|W2|W3|W4 eager|interp|jit|jit-folded|merged-eager|rustc-baseline N"
+        );
     };
     let modes = [
         Mode::Eager,
@@ -40,23 +43,44 @@ fn main() -> Result<()> {
         .find(|m| m.name() == mode)
         .with_context(|| format!("unknown mode `{mode}`"))?;
     let n: usize = n.parse().context("N")?;
-    if let Ok(t) = std::env::var("CRANELORA_THREADS") {
-        let t: usize = t.parse().context("CRANELORA_THREADS")?;
-        cranelora::kernels::pool::set_threads(t);
+    if let Ok(t) = std::env::var("CRANELORA_PROFILE_THREADS") {
+        cranelora::kernels::pool::set_threads(t.parse().context("CRANELORA_PROFILE_THREADS")?);
+    }
+    if w == "W4" {
+        let (model, x, y) = workloads::w4::<f32>()?;
+        let mut call = train_runner(mode, &model, &x, &y)?;
+        return timed(w, mode, &mut call, n);
     }
     let (model, x) = match w.as_str() {
         "W1" => workloads::w1::<f32>()?,
         "W2" => workloads::w2::<f32>()?,
         "W3" => workloads::w3::<f32>()?,
-        _ => bail!("workload `{w}`: W1, W2 or W3"),
+        _ => bail!("workload `{w}`: W1, W2, W3 or W4"),
     };
     let (_, mut call) = build_forward(mode, &model, &x)?;
-    let start = std::time::Instant::now();
-    run_loop(&mut call, n)?;
-    println!(
-        "{w} {}: {:?} per call",
-        mode.name(),
-        start.elapsed() / n as u32
-    );
+    timed(w, mode, &mut call, n)
+}
+
+/// Runs `call` `n` times inside [`run_loop`] and prints the time per call.
+fn timed(w: &str, mode: Mode, call: &mut Runner<'_>, n: usize) -> Result<()> {
+    let (start, cpu) = (std::time::Instant::now(), thread_cpu_ns());
+    run_loop(call, n)?;
+    let wall = start.elapsed() / n as u32;
+    let cpu = match (cpu, thread_cpu_ns()) {
+        (Some(a), Some(b)) => format!(
+            ", calling thread on CPU {:.1} µs",
+            (b - a) as f64 / 1e3 / n as f64
+        ),
+        _ => String::new(),
+    };
+    println!("{w} {}: {wall:?} per call{cpu}", mode.name());
     Ok(())
+}
+
+/// Nanoseconds the calling thread has run on a CPU (Linux schedstat): on a
+/// loaded machine, with `CRANELORA_PROFILE_THREADS=1`, a steadier measure
+/// than wall time, as it leaves out the time other processes held the core.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }

@@ -1,8 +1,9 @@
 //! AVX-512F microkernels: f32 tiles of 12×32 and f64 tiles of 12×16.
 //!
 //! A tile keeps 12 rows × 2 zmm accumulators (24 of the 32 zmm registers);
-//! each step loads two vectors of the `B` micro-panel and broadcasts one
-//! element of `A` per row, so the loop runs 24 FMAs per 14 loads.
+//! each step loads two vectors of the `B` micro-panel, prefetches the same
+//! two lines [`PF`] rows ahead, and broadcasts one element of `A` per row,
+//! so the loop runs 24 FMAs per 14 loads and 2 prefetches.
 
 use super::kernel::{tile, tile_table, Lanes, Tile};
 use super::select::{Blocking, Family};
@@ -16,6 +17,11 @@ const KC: usize = 256;
 const NR32: usize = 32;
 /// Columns of an f64 tile.
 const NR64: usize = 16;
+/// Rows of `B` ahead that a tile prefetches: the first row tile of each
+/// micro-panel reads `B` from memory (a weight is used once per call, and a
+/// model's weights do not fit in L2), and ~32 steps of a 12-row tile cover
+/// a memory latency.
+const PF: usize = 32;
 /// Row stride of packed `A`: one cache line more than `KC`, so that the
 /// rows of a tile do not all map to the same L1 set.
 const LDA32: usize = KC + 16;
@@ -52,6 +58,10 @@ unsafe impl Lanes for __m512 {
     unsafe fn mul(a: Self, b: Self) -> Self {
         _mm512_mul_ps(a, b)
     }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
 }
 
 // SAFETY: as for __m512, with 8 f64 lanes.
@@ -81,6 +91,10 @@ unsafe impl Lanes for __m512d {
     #[inline(always)]
     unsafe fn mul(a: Self, b: Self) -> Self {
         _mm512_mul_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
     }
 }
 
@@ -113,6 +127,7 @@ pub(super) static F32: Family<f32> = Family {
         lda: LDA32,
         mc: 144,
         nc: 1024,
+        pf: PF,
     },
     tiles: tile_table!(tile_f32, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 16,
@@ -128,6 +143,7 @@ pub(super) static F64: Family<f64> = Family {
         lda: LDA64,
         mc: 96,
         nc: 512,
+        pf: PF,
     },
     tiles: tile_table!(tile_f64, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 8,

@@ -219,6 +219,55 @@ fn take_aligned<E>(ws: &mut [E], len: usize) -> (&mut [E], &mut [E]) {
     rest.split_at_mut(len)
 }
 
+/// Treats subnormal floating-point inputs as zero on this thread while it
+/// lives (x86 MXCSR.DAZ), restoring the previous mode on drop.
+///
+/// A subnormal operand makes each FMA that reads it take a microcode
+/// assist: W1's operands contain some, and its jit-folded forward took
+/// ≈ 1.4× the CPU time for it (docs/jit.md, "Subnormal operands"). Their
+/// contribution to a product is below 2⁻¹²⁶·|b| per term, far under the
+/// product's rounding error; results that underflow still round gradually
+/// (FTZ is not set).
+pub(super) struct DenormalsAreZero {
+    #[cfg(target_arch = "x86_64")]
+    saved: u32,
+}
+
+impl DenormalsAreZero {
+    /// MXCSR's denormals-are-zero bit.
+    #[cfg(target_arch = "x86_64")]
+    const DAZ: u32 = 0x0040;
+
+    pub(super) fn set() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: reading and writing MXCSR only changes how this
+            // thread's SSE/AVX arithmetic treats subnormals; the old value
+            // is restored on drop (also when a task panics).
+            #[allow(deprecated)]
+            let saved = unsafe {
+                let saved = std::arch::x86_64::_mm_getcsr();
+                std::arch::x86_64::_mm_setcsr(saved | Self::DAZ);
+                saved
+            };
+            Self { saved }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Self {}
+    }
+}
+
+impl Drop for DenormalsAreZero {
+    fn drop(&mut self) {
+        // SAFETY: restores the MXCSR value read in `set` on this thread.
+        #[cfg(target_arch = "x86_64")]
+        #[allow(deprecated)]
+        unsafe {
+            std::arch::x86_64::_mm_setcsr(self.saved)
+        };
+    }
+}
+
 /// Computes the rectangle `rows × cols` of `C` single-threaded.
 fn block<E: Elem>(
     fam: &Family<E>,
@@ -227,6 +276,7 @@ fn block<E: Elem>(
     c: &CView<E>,
     ws: &mut [E],
 ) {
+    let _daz = DenormalsAreZero::set();
     let bl = fam.blocking;
     let (a_buf, rest) = take_aligned(ws, packed_a_len(bl.mc.min(rows.len()), bl.lda));
     let b_len = match p.b {
@@ -275,6 +325,18 @@ fn block<E: Elem>(
     }
 }
 
+/// The row tiles `(first row, rows)` of an `mc`-row block: as few tiles
+/// as `mr` allows, their heights differing by at most one (64 rows with
+/// `mr = 12` are four tiles of 11 and two of 10 rather than 12 × 5 and a 4,
+/// whose broadcasts and `B` loads feed only a third of the FMAs).
+pub(super) fn row_tiles(mc: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = mc.div_ceil(mr);
+    (0..tiles).map(move |t| {
+        let (start, end) = (t * mc / tiles, (t + 1) * mc / tiles);
+        (start, end - start)
+    })
+}
+
 /// The `nr`-column micro-panels of `B` for one depth block.
 ///
 /// Panel `q` starts at `q·stride`; its rows are `nr` apart.
@@ -302,7 +364,9 @@ struct Macro<'a, E> {
 
 impl<E: Elem> Macro<'_, E> {
     fn run(&self, fam: &Family<E>, alpha: E, beta: E, c: &CView<E>) {
-        let Blocking { mr, nr, lda, .. } = fam.blocking;
+        let Blocking {
+            mr, nr, lda, pf, ..
+        } = fam.blocking;
         let (kc, (i0, j0), (mc, nc)) = (self.kc, self.origin, self.size);
         for (q, j) in (0..nc).step_by(nr).enumerate() {
             let (b, rs_b) = self.b.panel(q, kc, nr);
@@ -312,8 +376,7 @@ impl<E: Elem> Macro<'_, E> {
             } else {
                 fam.tiles
             };
-            for i in (0..mc).step_by(mr) {
-                let rows = mr.min(mc - i);
+            for (i, rows) in row_tiles(mc, mr) {
                 let a = &self.a[i * lda..(i + rows - 1) * lda + kc];
                 let tile = Tile {
                     kc,
@@ -325,6 +388,7 @@ impl<E: Elem> Macro<'_, E> {
                     nr: cols,
                     alpha,
                     beta,
+                    pf: pf * rs_b,
                 };
                 // SAFETY: `a` holds rows × kc at stride lda, `b` kc rows of nr
                 // at stride rs_b (`panel` sliced both), `tile_ptr` checked the

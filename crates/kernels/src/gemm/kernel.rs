@@ -57,6 +57,10 @@ pub(super) unsafe trait Lanes: Copy {
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     /// `a·b`.
     unsafe fn mul(a: Self, b: Self) -> Self;
+    /// Hints that the cache line holding `p` will be read soon (no-op by
+    /// default). `p` may point anywhere: a prefetch never faults.
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const Self::Elem) {}
 }
 
 /// One microkernel call: where its operands are and how to combine with `C`.
@@ -79,6 +83,9 @@ pub(super) struct Tile<E> {
     pub alpha: E,
     /// Scale of the old `C`; zero means `C` is not read.
     pub beta: E,
+    /// Elements past the current `B` row to prefetch each step (a hint:
+    /// the address may lie past the panel).
+    pub pf: usize,
 }
 
 /// The entry point of a microkernel instance.
@@ -107,6 +114,9 @@ pub(super) unsafe fn tile<V: Lanes, const LDA: usize, const M: usize, const NV: 
         let mut bv = [V::zero(); NV];
         for (v, slot) in bv.iter_mut().enumerate() {
             *slot = V::load(b.add(v * V::LANES));
+        }
+        for v in 0..NV {
+            V::prefetch(b.wrapping_add(t.pf + v * V::LANES));
         }
         for (i, row) in acc.iter_mut().enumerate() {
             let ai = V::splat(*a.add(i * LDA));

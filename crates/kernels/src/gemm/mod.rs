@@ -61,7 +61,13 @@ pub struct PackedRhs<T> {
     n: usize,
     isa: Isa,
     nr: usize,
+    /// The panels are `data[off..off + len]`, `off` chosen so that they
+    /// start on a 64-byte boundary: every `B` load of an AVX-512 tile is
+    /// then one cache line, not a split load (a large `Vec` from the system
+    /// allocator starts 16 bytes past a page boundary).
     data: Vec<T>,
+    off: usize,
+    len: usize,
 }
 
 impl<T: Scalar> PackedRhs<T> {
@@ -74,9 +80,12 @@ impl<T: Scalar> PackedRhs<T> {
     pub(crate) fn pack_for(b: MatRef<'_, T>, isa: Isa) -> Self {
         let (k, n) = (b.rows(), b.cols());
         let nr = select::blocking::<T>(isa).nr;
-        let mut data = vec![T::zero(); pack::packed_b_len(n, k, nr)];
+        let len = pack::packed_b_len(n, k, nr);
+        let slack = 64 / std::mem::size_of::<T>();
+        let mut data = vec![T::zero(); len + slack];
+        let off = data.as_ptr().align_offset(64).min(slack);
         if k > 0 && n > 0 {
-            pack::pack_b(b, 0..k, 0..n, nr, &mut data);
+            pack::pack_b(b, 0..k, 0..n, nr, &mut data[off..off + len]);
         }
         Self {
             k,
@@ -84,7 +93,15 @@ impl<T: Scalar> PackedRhs<T> {
             isa,
             nr,
             data,
+            off,
+            len,
         }
+    }
+
+    /// The packed panels (aligned when packed; a clone may not be, which
+    /// only costs speed).
+    fn panels(&self) -> &[T] {
+        &self.data[self.off..self.off + self.len]
     }
 
     /// Rows of the packed matrix (the product's inner dimension).
@@ -291,7 +308,7 @@ fn typed<T: Scalar, E: HasFamily + Scalar>(
         a: a.retype(view(a.data)),
         b: match b {
             Rhs::Mat(m) => BSource::Mat(m.retype(view(m.data))),
-            Rhs::Packed(p) => BSource::Packed(view(&p.data)),
+            Rhs::Packed(p) => BSource::Packed(view(p.panels())),
         },
         beta: E::from_f64_lossy(beta.to_f64_exact()),
         k: a.cols(),
@@ -449,6 +466,61 @@ mod tests {
         check_all::<f64>(0xd1b5_4a32_d192_ed03);
     }
 
+    /// Row counts that do not split into full `mr`-row tiles (W1's 64 rows,
+    /// 23 = 12 + 11, one row), with `k = 1`, `k` crossing a depth block and
+    /// `n` crossing a column block, so the even row tiles and the `B`
+    /// prefetch (which reaches past the micro-panel) meet every edge.
+    fn check_uneven_rows<T: Scalar>(seed: u64) {
+        let mut rng = Rng(seed);
+        let shapes = [
+            (64, 100, 300),
+            (64, 33, 1),
+            (23, 70, 1),
+            (23, 17, 257),
+            (1, 1100, 257),
+            (145, 40, 20),
+            (11, 64, 64),
+        ];
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            for shape in shapes {
+                check_case::<T>(isa, &mut rng, shape);
+            }
+        }
+    }
+
+    #[test]
+    fn uneven_row_tiles_match_reference_f32() {
+        check_uneven_rows::<f32>(0x0bad_cafe_1234_5678);
+    }
+
+    #[test]
+    fn uneven_row_tiles_match_reference_f64() {
+        check_uneven_rows::<f64>(0x5eed_0f64_8765_4321);
+    }
+
+    #[test]
+    fn row_tiles_cover_the_block_evenly() {
+        for mr in [1, 4, 6, 12] {
+            for mc in 1..=150 {
+                let tiles: Vec<_> = driver::row_tiles(mc, mr).collect();
+                assert_eq!(tiles.len(), mc.div_ceil(mr), "mc {mc} mr {mr}");
+                let mut next = 0;
+                for &(start, rows) in &tiles {
+                    assert_eq!(start, next, "mc {mc} mr {mr}: gap or overlap");
+                    assert!((1..=mr).contains(&rows), "mc {mc} mr {mr}: {rows} rows");
+                    next = start + rows;
+                }
+                assert_eq!(next, mc);
+                let (lo, hi) = tiles
+                    .iter()
+                    .fold((usize::MAX, 0), |(lo, hi), t| (lo.min(t.1), hi.max(t.1)));
+                assert!(hi - lo <= 1, "mc {mc} mr {mr}: heights {lo}..{hi}");
+            }
+        }
+        let w1: Vec<_> = driver::row_tiles(64, 12).map(|t| t.1).collect();
+        assert_eq!(w1, [10, 11, 11, 10, 11, 11]);
+    }
+
     #[test]
     fn detection_prefers_the_widest_available_kernels() {
         let best = Isa::ALL.into_iter().find(|isa| isa.available());
@@ -473,6 +545,55 @@ mod tests {
         let cv = MatMut::new(&mut c[..16], 2, 8).expect("fits");
         let err = gemm(1.0, a, Rhs::Mat(b), 0.0, cv, &mut ws);
         assert!(matches!(err, Err(KernelError::GemmShape { .. })), "{err:?}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn subnormal_inputs_count_as_zero_and_the_mode_is_restored() {
+        #[allow(deprecated)]
+        // SAFETY: reads this thread's MXCSR only.
+        let csr = || unsafe { std::arch::x86_64::_mm_getcsr() };
+        let before = csr();
+        let tiny = f32::MIN_POSITIVE / 4.0; // subnormal
+        let a = vec![tiny, 0.0, tiny, 1.0];
+        let b = vec![1.0e30f32, 1.0, 1.0, 1.0];
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let (av, bv) = (
+                MatRef::new(&a, 2, 2).expect("fits"),
+                MatRef::new(&b, 2, 2).expect("fits"),
+            );
+            let mut c = vec![f32::NAN; 4];
+            let cv = MatMut::new(&mut c, 2, 2).expect("fits");
+            let mut ws = vec![0.0; workspace_len_on::<f32>(isa, 2, 2, 2, false)];
+            gemm_on(
+                isa,
+                1.0,
+                av,
+                Rhs::Mat(bv),
+                0.0,
+                cv,
+                &mut ws,
+                &Epilogue::none(),
+            )
+            .expect("ok");
+            // IEEE: row 0 = [tiny·1e30, tiny] = [2.9e-9, tiny]; with the
+            // subnormal read as zero it is [0, 0].
+            assert_eq!(c, [0.0, 0.0, 1.0, 1.0], "{isa:?}");
+            assert_eq!(csr(), before, "{isa:?}: MXCSR not restored");
+        }
+    }
+
+    #[test]
+    fn packed_rhs_panels_start_on_a_cache_line() {
+        for (k, n) in [(1024, 1024), (3, 5), (0, 4)] {
+            let data = vec![0.5f32; k * n];
+            let p = PackedRhs::pack(MatRef::new(&data, k, n).expect("fits"));
+            assert_eq!(p.panels().as_ptr() as usize % 64, 0, "{k}×{n}");
+            assert_eq!(p.panels().len(), pack::packed_b_len(n, k, p.nr));
+            let data = vec![0.5f64; k * n];
+            let p = PackedRhs::pack(MatRef::new(&data, k, n).expect("fits"));
+            assert_eq!(p.panels().as_ptr() as usize % 64, 0, "{k}×{n} f64");
+        }
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub(crate) struct Blocking {
     pub mc: usize,
     /// Columns of a packed `B` block; a multiple of `nr`.
     pub nc: usize,
+    /// Rows of the `B` micro-panel ahead of the current one that the
+    /// microkernel prefetches each step (only where `Lanes::prefetch` is
+    /// not a no-op).
+    pub pf: usize,
 }
 
 /// The microkernels of one instruction set and element type.
