@@ -7,10 +7,18 @@
 //! this driver under callgrind are not. Builds and the first (checked) call
 //! are outside the timed loop; use `--toggle-collect=*profile::run_loop*`
 //! (callgrind) to count the loop only.
+//!
+//! `minilm=DIR` as the workload runs the BERT-family model in `DIR` on the
+//! `minilm` bench's batch (8 × 128, padded rows) through the embedder
+//! (modes `eager` and `jit`). `CRANELORA_PROFILE_THREADS=n` sets the
+//! kernels' thread count (1: every instruction on the calling thread, so
+//! callgrind's `--toggle-collect` sees all of it).
 
 use anyhow::{bail, Context, Result};
-use cranelora::bench::{build_forward, Mode, Runner};
+use cranelora::bench::{build_forward, minilm, Mode, Runner};
+use cranelora::embed::{Embedder, Engine};
 use cranelora::workloads;
+use cranelora_core::models::BertModel;
 
 #[inline(never)]
 fn run_loop(call: &mut Runner<'_>, n: usize) -> Result<()> {
@@ -38,6 +46,12 @@ fn main() -> Result<()> {
         .find(|m| m.name() == mode)
         .with_context(|| format!("unknown mode `{mode}`"))?;
     let n: usize = n.parse().context("N")?;
+    if let Ok(t) = std::env::var("CRANELORA_PROFILE_THREADS") {
+        cranelora_kernels::pool::set_threads(t.parse().context("CRANELORA_PROFILE_THREADS")?);
+    }
+    if let Some(dir) = w.strip_prefix("minilm=") {
+        return profile_minilm(dir, mode, n);
+    }
     let (model, x) = match w.as_str() {
         "W1" => workloads::w1::<f32>()?,
         "W2" => workloads::w2::<f32>()?,
@@ -50,7 +64,29 @@ fn main() -> Result<()> {
     println!(
         "{w} {}: {:?} per call",
         mode.name(),
-        start.elapsed() / n as u32
+        start.elapsed() / n.max(1) as u32
+    );
+    Ok(())
+}
+
+/// The `minilm` bench's batch through the embedder, `n` times.
+fn profile_minilm(dir: &str, mode: Mode, n: usize) -> Result<()> {
+    let model = BertModel::<f32>::from_pretrained(std::path::Path::new(dir))?;
+    let batch = minilm::batch(model.config().vocab_size)?;
+    let engine = match mode {
+        Mode::Eager => Engine::Eager,
+        Mode::Jit => Engine::Jit { fold_lora: true },
+        _ => bail!("minilm: modes eager and jit"),
+    };
+    let mut e = Embedder::new(model, engine)?;
+    e.embed(&batch)?;
+    let mut call: Runner<'_> = Box::new(|| e.embed(&batch).map(|_| ()));
+    let start = std::time::Instant::now();
+    run_loop(&mut call, n)?;
+    println!(
+        "minilm {}: {:?} per call",
+        mode.name(),
+        start.elapsed() / n.max(1) as u32
     );
     Ok(())
 }

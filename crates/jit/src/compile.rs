@@ -3,7 +3,8 @@
 use crate::compiled::{CompiledGraph, Parts, Spec};
 use crate::jit::Jit;
 use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
-use crate::lower::{entry_signature, epilogue, Lowerer, Plans};
+use crate::lower::heads::HeadLayouts;
+use crate::lower::{entry_signature, epilogue, softmax, Lowerer, Plans};
 use crate::memory::{self, MemoryPlan};
 use crate::{Error, Result};
 use cranelift_frontend::FunctionBuilder;
@@ -25,6 +26,12 @@ pub struct JitOptions {
     /// Keep the CLIF text in the report and print it to stderr (also with
     /// the environment variable `CRANELORA_DUMP_CLIF=1`).
     pub dump_clif: bool,
+    /// Attention paths: head transposes read and written in place by the
+    /// products (`lower/heads.rs`) and softmax fused with its scale and
+    /// selects (`lower/softmax.rs`). On by default; the environment
+    /// variable `CRANELORA_JIT_ATTENTION=0` makes the default off (for
+    /// before/after measurements in one binary).
+    pub attention: bool,
 }
 
 impl Default for JitOptions {
@@ -34,6 +41,7 @@ impl Default for JitOptions {
             passes: PassOptions::default(),
             verify: cfg!(debug_assertions),
             dump_clif: false,
+            attention: std::env::var("CRANELORA_JIT_ATTENTION").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -42,6 +50,12 @@ impl JitOptions {
     /// These options with fusion (planning and fused loop nests) on or off.
     pub fn with_fusion(mut self, on: bool) -> Self {
         self.passes.fuse = on;
+        self
+    }
+
+    /// These options with the attention paths (see [`JitOptions::attention`]) on or off.
+    pub fn with_attention(mut self, on: bool) -> Self {
+        self.attention = on;
         self
     }
 
@@ -75,6 +89,12 @@ pub struct CompileReport {
     pub fused_groups: usize,
     /// Loop groups lowered as a MatMul's epilogue instead (`lower/epilogue.rs`).
     pub matmul_epilogues: usize,
+    /// Transposes the products read or write in place instead of copying
+    /// them (`lower/heads.rs`).
+    pub head_transposes: usize,
+    /// Softmaxes run with their scale and selects in one row pass
+    /// (`lower/softmax.rs`).
+    pub fused_softmaxes: usize,
 }
 
 impl CompileReport {
@@ -135,20 +155,47 @@ pub(crate) fn compile_updating(
         }
     }
     let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
-    let (groups, mut steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
+    // Softmaxes fused with their scale and selects (`lower/softmax.rs`):
+    // one step, at the last node's, no buffers for the others.
+    let softmaxes = if options.attention {
+        softmax::plan(&g, &order)
+    } else {
+        HashMap::new()
+    };
+    let in_softmax = softmax::members(&softmaxes);
+    let fusion = report.pass_report.fusion.as_ref();
+    let (groups, mut steps) = fusion_steps(&g, &order, fusion, &in_softmax);
+    steps.retain(
+        |s| !matches!(s, Step::Node(id) if in_softmax.contains(id) && !softmaxes.contains_key(id)),
+    );
     // Groups that become GEMM epilogues: their MatMul runs at the group's
     // step, into the group's output, with no buffer of its own.
     let epilogues = epilogue::plan(&g, &groups);
     let absorbed: HashSet<NodeId> = epilogues.values().map(|e| e.matmul).collect();
     steps.retain(|s| !matches!(s, Step::Node(id) if absorbed.contains(id)));
+    // Head transposes read in place are views; a head merge is written by
+    // its MatMul at the MatMul's step, which then has no buffer of its own.
+    let heads = if options.attention {
+        HeadLayouts::plan(&g, &order)
+    } else {
+        HeadLayouts::default()
+    };
+    let merged = heads.merged_transposes();
+    steps.retain(|s| !matches!(s, Step::Node(id) if merged.contains(id)));
     let mut internal = absorbed.clone();
+    internal.extend(heads.merged.keys().copied());
+    internal.extend(in_softmax.iter().filter(|n| !softmaxes.contains_key(n)));
     for grp in &groups {
         internal.extend(grp.nodes.iter().filter(|n| !grp.outputs.contains(n)));
     }
     let step_nodes: Vec<Vec<NodeId>> = steps
         .iter()
         .map(|s| match *s {
-            Step::Node(id) => vec![id],
+            Step::Node(id) => match (heads.merged.get(&id), softmaxes.get(&id)) {
+                (Some(&t), _) => vec![id, t],
+                (_, Some(f)) => f.nodes.clone(),
+                _ => vec![id],
+            },
             Step::Group(gi) => {
                 let mm = epilogues.get(&gi).map(|e| e.matmul);
                 mm.into_iter()
@@ -158,7 +205,16 @@ pub(crate) fn compile_updating(
         })
         .collect();
     report.matmul_epilogues = epilogues.len();
-    report.memory = memory::plan(&g, &step_nodes, &internal, &param_names, &const_index);
+    report.head_transposes = heads.views.len() + heads.merged.len();
+    report.fused_softmaxes = softmaxes.len();
+    report.memory = memory::plan(
+        &g,
+        &step_nodes,
+        &internal,
+        &param_names,
+        &const_index,
+        &heads.views,
+    );
     report.fused_groups = groups.len();
     let updates =
         crate::inplace::place_updates(&g, &step_nodes, &mut report.memory, &specs.params, updates)?;
@@ -185,8 +241,9 @@ pub(crate) fn compile_updating(
         &report.memory.locs,
         &addrs,
         &mut plans,
+        &heads,
     );
-    lowerer.lower_all(&steps, &groups, &epilogues)?;
+    lowerer.lower_all(&steps, &groups, &epilogues, &softmaxes)?;
     let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
     if dump {
         let text = jit.ctx.func.display().to_string();
@@ -224,8 +281,9 @@ fn fusion_steps(
     g: &Graph,
     order: &[NodeId],
     plan: Option<&FusionPlan>,
+    taken: &HashSet<NodeId>,
 ) -> (Vec<LoopGroup>, Vec<Step>) {
-    let groups = plan.map(|p| loop_groups(g, p)).unwrap_or_default();
+    let groups = plan.map(|p| loop_groups(g, p, taken)).unwrap_or_default();
     match schedule(g, order, &groups) {
         Some(steps) => (groups, steps),
         None => (Vec::new(), order.iter().map(|&id| Step::Node(id)).collect()),
