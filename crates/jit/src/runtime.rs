@@ -476,7 +476,7 @@ fn normalize_row<T: Scalar>(out: &mut [T]) {
             max = v;
         }
     }
-    out.iter_mut().for_each(|o| *o = *o - max);
+    out.iter_mut().for_each(|o| *o -= max);
     apply_inplace(Func::Exp, out);
     let sum = out.iter().fold(T::zero(), |s, &v| s + v);
     out.iter_mut().for_each(|o| *o /= sum);

@@ -251,7 +251,7 @@ mod tests {
             check_heads::<f32>(0x1234_5678 + i as u64, shape);
             check_heads::<f64>(0x8765_4321 + i as u64, shape);
         }
-        assert!(2 * 128 * 128 * 64 >= pool::PARALLEL_MIN_FLOPS);
+        const { assert!(2 * 128 * 128 * 64 >= pool::PARALLEL_MIN_FLOPS) };
     }
 
     #[test]
