@@ -9,11 +9,15 @@
 //! (callgrind) to count the loop only. `CRANELORA_PROFILE_THREADS=1` caps
 //! the kernels' pool (callgrind's `--toggle-collect` only counts the calling
 //! thread, so complete counts need one thread). W4 runs the training step
-//! (modes eager, interp, jit).
+//! (modes eager, interp, jit). `minilm=DIR` as the workload runs the
+//! BERT-family model in `DIR` on the `minilm` bench's batch (8 × 128,
+//! padded rows) through the embedder (modes `eager` and `jit`).
 
 use anyhow::{bail, Context, Result};
-use cranelora::bench::{build_forward, train_runner, Mode, Runner};
+use cranelora::bench::{build_forward, minilm, train_runner, Mode, Runner};
+use cranelora::embed::{Embedder, Engine};
 use cranelora::workloads;
+use cranelora_core::models::BertModel;
 
 #[inline(never)]
 fn run_loop(call: &mut Runner<'_>, n: usize) -> Result<()> {
@@ -51,6 +55,9 @@ fn main() -> Result<()> {
         let mut call = train_runner(mode, &model, &x, &y)?;
         return timed(w, mode, &mut call, n);
     }
+    if let Some(dir) = w.strip_prefix("minilm=") {
+        return profile_minilm(dir, mode, n);
+    }
     let (model, x) = match w.as_str() {
         "W1" => workloads::w1::<f32>()?,
         "W2" => workloads::w2::<f32>()?,
@@ -65,16 +72,31 @@ fn main() -> Result<()> {
 fn timed(w: &str, mode: Mode, call: &mut Runner<'_>, n: usize) -> Result<()> {
     let (start, cpu) = (std::time::Instant::now(), thread_cpu_ns());
     run_loop(call, n)?;
-    let wall = start.elapsed() / n as u32;
+    let wall = start.elapsed() / n.max(1) as u32;
     let cpu = match (cpu, thread_cpu_ns()) {
         (Some(a), Some(b)) => format!(
             ", calling thread on CPU {:.1} µs",
-            (b - a) as f64 / 1e3 / n as f64
+            (b - a) as f64 / 1e3 / n.max(1) as f64
         ),
         _ => String::new(),
     };
     println!("{w} {}: {wall:?} per call{cpu}", mode.name());
     Ok(())
+}
+
+/// The `minilm` bench's batch through the embedder, `n` times.
+fn profile_minilm(dir: &str, mode: Mode, n: usize) -> Result<()> {
+    let model = BertModel::<f32>::from_pretrained(std::path::Path::new(dir))?;
+    let batch = minilm::batch(model.config().vocab_size)?;
+    let engine = match mode {
+        Mode::Eager => Engine::Eager,
+        Mode::Jit => Engine::Jit { fold_lora: true },
+        _ => bail!("minilm: modes eager and jit"),
+    };
+    let mut e = Embedder::new(model, engine)?;
+    e.embed(&batch)?;
+    let mut call: Runner<'_> = Box::new(|| e.embed(&batch).map(|_| ()));
+    timed("minilm", mode, &mut call, n)
 }
 
 /// Nanoseconds the calling thread has run on a CPU (Linux schedstat): on a

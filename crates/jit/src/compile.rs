@@ -3,7 +3,9 @@
 use crate::compiled::{CompiledGraph, Parts, Spec};
 use crate::jit::Jit;
 use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
+use crate::lower::heads::HeadLayouts;
 use crate::lower::linalg::is_inline_product;
+use crate::lower::softmax;
 use crate::lower::{entry_signature, epilogue, Lowerer, Plans};
 use crate::memory::{self, MemoryPlan};
 use crate::serve::{AdapterStrategy, LayerChoice};
@@ -37,6 +39,12 @@ pub struct JitOptions {
     /// runtime GEMM (`lower/small_matmul.rs`); 0 calls the GEMM for every
     /// product.
     pub inline_matmul_macs: usize,
+    /// Attention paths: head transposes read and written in place by the
+    /// products (`lower/heads.rs`) and softmax fused with its scale and
+    /// selects (`lower/softmax.rs`). On by default; the environment
+    /// variable `CRANELORA_JIT_ATTENTION=0` makes the default off (for
+    /// before/after measurements in one binary).
+    pub attention: bool,
 }
 
 impl Default for JitOptions {
@@ -48,6 +56,7 @@ impl Default for JitOptions {
             dump_clif: false,
             adapter_strategy: AdapterStrategy::Unmerged,
             inline_matmul_macs: crate::lower::small_matmul::DEFAULT_INLINE_MACS,
+            attention: std::env::var("CRANELORA_JIT_ATTENTION").map_or(true, |v| v != "0"),
         }
     }
 }
@@ -69,6 +78,12 @@ impl JitOptions {
     /// inline (0: every product calls the runtime GEMM).
     pub fn with_inline_matmul_macs(mut self, macs: usize) -> Self {
         self.inline_matmul_macs = macs;
+        self
+    }
+
+    /// These options with the attention paths (see [`JitOptions::attention`]) on or off.
+    pub fn with_attention(mut self, on: bool) -> Self {
+        self.attention = on;
         self
     }
 
@@ -109,6 +124,12 @@ pub struct CompileReport {
     pub inline_matmuls: usize,
     /// MatMuls lowered to a runtime GEMM call (`cranelora_matmul_{f32,f64}`).
     pub matmul_calls: usize,
+    /// Transposes the products read or write in place instead of copying
+    /// them (`lower/heads.rs`).
+    pub head_transposes: usize,
+    /// Softmaxes run with their scale and selects in one row pass
+    /// (`lower/softmax.rs`).
+    pub fused_softmaxes: usize,
 }
 
 impl CompileReport {
@@ -170,7 +191,19 @@ pub(crate) fn compile_updating(
         }
     }
     let param_names: Vec<String> = specs.params.iter().map(|s| s.name.clone()).collect();
-    let (groups, mut steps) = fusion_steps(&g, &order, report.pass_report.fusion.as_ref());
+    // Softmaxes fused with their scale and selects (`lower/softmax.rs`):
+    // one step, at the last node's, no buffers for the others.
+    let softmaxes = if options.attention {
+        softmax::plan(&g, &order)
+    } else {
+        HashMap::new()
+    };
+    let in_softmax = softmax::members(&softmaxes);
+    let fusion = report.pass_report.fusion.as_ref();
+    let (groups, mut steps) = fusion_steps(&g, &order, fusion, &in_softmax);
+    steps.retain(
+        |s| !matches!(s, Step::Node(id) if in_softmax.contains(id) && !softmaxes.contains_key(id)),
+    );
     // Groups that become GEMM epilogues: their MatMul runs at the group's
     // step, into the group's output. The nodes and groups the call absorbs
     // (the product, a LoRA branch's XA·B and its scaling) lose their steps
@@ -204,7 +237,20 @@ pub(crate) fn compile_updating(
             report.matmul_calls += 1;
         }
     }
+    // Head transposes read in place are views; a head merge is written by
+    // its MatMul at the MatMul's step, which then has no buffer of its own.
+    // Only products that call the GEMM (not inline, not an epilogue's)
+    // read or write through strides.
+    let heads = if options.attention {
+        HeadLayouts::plan(&g, &order, |id| !inline(id) && !absorbed.contains(&id))
+    } else {
+        HeadLayouts::default()
+    };
+    let merged = heads.merged_transposes();
+    steps.retain(|s| !matches!(s, Step::Node(id) if merged.contains(id)));
     let mut internal = absorbed.clone();
+    internal.extend(heads.merged.keys().copied());
+    internal.extend(in_softmax.iter().filter(|n| !softmaxes.contains_key(n)));
     for grp in &groups {
         internal.extend(grp.nodes.iter().filter(|n| !grp.outputs.contains(n)));
     }
@@ -212,7 +258,11 @@ pub(crate) fn compile_updating(
     let step_nodes: Vec<Vec<NodeId>> = steps
         .iter()
         .map(|s| match *s {
-            Step::Node(id) => vec![id],
+            Step::Node(id) => match (heads.merged.get(&id), softmaxes.get(&id)) {
+                (Some(&t), _) => vec![id, t],
+                (_, Some(f)) => f.nodes.clone(),
+                _ => vec![id],
+            },
             Step::Group(gi) => {
                 let extra = epilogues.get(&gi).map(|e| e.absorbed.clone());
                 let mut nodes: Vec<NodeId> = extra.into_iter().flatten().collect();
@@ -223,7 +273,16 @@ pub(crate) fn compile_updating(
         })
         .collect();
     report.matmul_epilogues = epilogues.len();
-    report.memory = memory::plan(&g, &step_nodes, &internal, &param_names, &const_index);
+    report.head_transposes = heads.views.len() + heads.merged.len();
+    report.fused_softmaxes = softmaxes.len();
+    report.memory = memory::plan(
+        &g,
+        &step_nodes,
+        &internal,
+        &param_names,
+        &const_index,
+        &heads.views,
+    );
     report.fused_groups = groups.len();
     let updates =
         crate::inplace::place_updates(&g, &step_nodes, &mut report.memory, &specs.params, updates)?;
@@ -250,9 +309,10 @@ pub(crate) fn compile_updating(
         &report.memory.locs,
         &addrs,
         &mut plans,
+        &heads,
     );
     lowerer.inline_macs = options.inline_matmul_macs;
-    lowerer.lower_all(&steps, &groups, &epilogues)?;
+    lowerer.lower_all(&steps, &groups, &epilogues, &softmaxes)?;
     let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
     if dump {
         let text = jit.ctx.func.display().to_string();
@@ -290,8 +350,9 @@ fn fusion_steps(
     g: &Graph,
     order: &[NodeId],
     plan: Option<&FusionPlan>,
+    taken: &HashSet<NodeId>,
 ) -> (Vec<LoopGroup>, Vec<Step>) {
-    let groups = plan.map(|p| loop_groups(g, p)).unwrap_or_default();
+    let groups = plan.map(|p| loop_groups(g, p, taken)).unwrap_or_default();
     match schedule(g, order, &groups) {
         Some(steps) => (groups, steps),
         None => (Vec::new(), order.iter().map(|&id| Step::Node(id)).collect()),

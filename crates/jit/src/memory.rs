@@ -3,7 +3,8 @@
 //! - Inputs, Parameters and Constants are read where they are (the caller's
 //!   buffers, the bound buffers, the constants the [`CompiledGraph`] holds).
 //! - Reshape and StopGradient are views: they share their operand's buffer
-//!   (row-major data is the same), so they cost nothing.
+//!   (row-major data is the same), so they cost nothing; so are the
+//!   Transposes the products read through strides (`lower/heads.rs`).
 //! - A computed node that is a graph output is written straight into the
 //!   caller's output buffer (its first output slot; repeated slots and
 //!   outputs that are not computed are copied at the end).
@@ -104,13 +105,16 @@ pub fn is_view(op: &Op) -> bool {
 /// Plans the memory of `g`, executed in `steps` (a topological order of
 /// nodes, a fused group's members sharing one step); `internal` are the
 /// group members kept in registers; `params` are the Parameter names in
-/// binding order, `consts` maps each Constant node to its index.
+/// binding order, `consts` maps each Constant node to its index;
+/// `views` are further nodes that share their first operand's buffer
+/// (Transposes read in place).
 pub fn plan(
     g: &Graph,
     steps: &[Vec<NodeId>],
     internal: &HashSet<NodeId>,
     params: &[String],
     consts: &HashMap<NodeId, usize>,
+    views: &HashSet<NodeId>,
 ) -> MemoryPlan {
     let order: Vec<NodeId> = steps.iter().flatten().copied().collect();
     let mut locs: HashMap<NodeId, Loc> = HashMap::new();
@@ -123,7 +127,7 @@ pub fn plan(
     let mut root: HashMap<NodeId, NodeId> = HashMap::new();
     for &id in &order {
         let node = g.node(id).expect("internal: order lists live nodes");
-        let r = if is_view(&node.op) {
+        let r = if is_view(&node.op) || views.contains(&id) {
             root[&g.operands(id)[0]]
         } else {
             id
@@ -156,7 +160,9 @@ pub fn plan(
     let mut frees: Vec<(usize, usize, usize)> = Vec::new(); // (last step, offset, bytes)
     for (s, nodes) in steps.iter().enumerate() {
         for &id in nodes.iter().filter(|id| !internal.contains(id)) {
-            let loc = locate(g, id, &locs, &root, params, consts).unwrap_or_else(|| {
+            let view = views.contains(&id).then(|| locs[&root[&id]]);
+            let loc = view.or_else(|| locate(g, id, &locs, &root, params, consts));
+            let loc = loc.unwrap_or_else(|| {
                 let node = g.node(id).expect("internal: order lists live nodes");
                 let bytes = (node.shape.numel() * node.dtype.size_bytes()).max(1);
                 let offset = arena.alloc(bytes);

@@ -14,9 +14,13 @@
 //! errors become a nonzero status.
 
 use crate::lower::gather_matmul::GatherMatMulPlan;
+pub use fused_rows::{Bcast, SoftmaxPlan};
+
+#[path = "runtime_softmax.rs"]
+mod fused_rows;
 use cranelora_kernels::gemm::{
     gemm, gemm_batched, Batch, BatchRhs, Epilogue, EpilogueSpec, LoraTerm, MatMut, MatRef,
-    PackedRhs, Rhs,
+    PackedRhs, Rhs, StridedLayout,
 };
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::math::{apply_inplace, Func};
@@ -65,6 +69,11 @@ pub struct MatMulPlan<T> {
     pub workspace: usize,
     /// What follows the product (empty: plain `c = a·b`).
     pub epilogue: EpilogueSpec,
+    /// Strided operands or output (attention heads read and written in
+    /// place, `lower/heads.rs`); `None`: contiguous row-major entries,
+    /// C's at `i·m·n`. `lens` are then the lengths of the buffers the views
+    /// lie in (the output's has `batch.len()·m·n` elements either way).
+    pub layout: Option<StridedLayout>,
 }
 
 /// The epilogue operands of a [`matmul`] call, as passed by generated code.
@@ -181,6 +190,14 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("cranelora_pow_f64", pow_f64 as *const u8),
         ("cranelora_softmax_f32", softmax::<f32> as *const u8),
         ("cranelora_softmax_f64", softmax::<f64> as *const u8),
+        (
+            "cranelora_softmax_fused_f32",
+            softmax_fused::<f32> as *const u8,
+        ),
+        (
+            "cranelora_softmax_fused_f64",
+            softmax_fused::<f64> as *const u8,
+        ),
         ("cranelora_layer_norm_f32", layer_norm::<f32> as *const u8),
         ("cranelora_layer_norm_f64", layer_norm::<f64> as *const u8),
         (
@@ -262,6 +279,7 @@ pub(crate) unsafe fn matmul_call<T: Scalar>(
         n: p.n,
         k: p.k,
         offsets: &p.batch,
+        layout: p.layout.as_ref(),
     };
     let Some(ep) = ep else {
         return KERNEL_ERROR; // not reached: each view is made to fit its slice
@@ -423,19 +441,8 @@ unsafe extern "C" fn softmax<T: Scalar>(plan: *const RowPlan, x: *const T, out: 
 fn softmax_rows<T: Scalar>(x: &[T], out: &mut [T], len: usize) {
     let rows = x.len() / len;
     let row = |x: &[T], out: &mut [T]| {
-        let mut max = T::neg_infinity();
-        for &v in x {
-            if max.is_nan() {
-                break;
-            }
-            if v.is_nan() || v > max {
-                max = v;
-            }
-        }
-        out.iter_mut().zip(x).for_each(|(o, &v)| *o = v - max);
-        apply_inplace(Func::Exp, out);
-        let sum = out.iter().fold(T::zero(), |s, &v| s + v);
-        out.iter_mut().for_each(|o| *o /= sum);
+        out.copy_from_slice(x);
+        normalize_row(out);
     };
     // ~20 operations per element decide whether threads pay off.
     let tasks = if 20 * x.len() >= PARALLEL_MIN_FLOPS {
@@ -465,6 +472,60 @@ fn softmax_rows<T: Scalar>(x: &[T], out: &mut [T], len: usize) {
             .zip(out.chunks_exact_mut(len))
             .for_each(|(x, o)| row(x, o));
     });
+}
+
+/// One row's softmax in place: its max (NaN wins), `x − max`, the
+/// kernels' vector exp, one sum in row order, and the division.
+fn normalize_row<T: Scalar>(out: &mut [T]) {
+    let mut max = T::neg_infinity();
+    for &v in out.iter() {
+        if max.is_nan() {
+            break;
+        }
+        if v.is_nan() || v > max {
+            max = v;
+        }
+    }
+    out.iter_mut().for_each(|o| *o -= max);
+    apply_inplace(Func::Exp, out);
+    let sum = out.iter().fold(T::zero(), |s, &v| s + v);
+    out.iter_mut().for_each(|o| *o /= sum);
+}
+
+/// The fused softmax of `lower/softmax.rs` (see [`SoftmaxPlan`]).
+///
+/// # Safety
+/// `plan` points to a live [`SoftmaxPlan`]; `x` and `out` point to
+/// `rows·len` valid elements (out not overlapping any operand); each
+/// select's two pointers are non-null exactly when the plan has that
+/// select and point to the `len` elements its [`Bcast`]s give.
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn softmax_fused<T: Scalar>(
+    plan: *const SoftmaxPlan,
+    x: *const T,
+    mask_cond: *const T,
+    mask_fill: *const T,
+    post_cond: *const T,
+    post_other: *const T,
+    out: *mut T,
+) {
+    // SAFETY: the caller's contract above (the compiled code passes the
+    // buffers of the matched nodes, whose shapes the plan was built from).
+    unsafe {
+        let p = &*plan;
+        let n = p.row_dims.iter().product::<usize>() * p.len;
+        let slice = |ptr: *const T, len: usize| std::slice::from_raw_parts(ptr, len);
+        let pair = |sel: &Option<(Bcast, Bcast)>, c: *const T, o: *const T| {
+            sel.as_ref()
+                .map(|(bc, bo)| (slice(c, bc.len), slice(o, bo.len)))
+        };
+        let ops = fused_rows::Operands {
+            x: slice(x, n),
+            mask: pair(&p.mask, mask_cond, mask_fill),
+            post: pair(&p.post, post_cond, post_other),
+        };
+        fused_rows::run(p, &ops, std::slice::from_raw_parts_mut(out, n))
+    }
 }
 
 /// (x − mean)/√(var + eps)·γ + β over rows of `len` (biased variance), as

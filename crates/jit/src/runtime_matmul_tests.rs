@@ -69,6 +69,7 @@ fn check<T: Scalar>(shared_b: bool) {
             activation: Some(Activation::Func(Func::GeluTanh)),
             residual: Some(-2.0),
         },
+        layout: None,
     };
     let ptrs = EpiloguePtrs {
         xa: xa.as_ptr(),

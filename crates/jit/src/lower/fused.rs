@@ -79,8 +79,10 @@ fn loopable(g: &Graph, id: NodeId) -> bool {
         && node.shape.numel() > 0
 }
 
-/// The loop groups of `plan` (see the module docs).
-pub fn loop_groups(g: &Graph, plan: &FusionPlan) -> Vec<LoopGroup> {
+/// The loop groups of `plan` (see the module docs); the nodes of `taken`
+/// (lowered by another pattern) are left out, ending a run like any node
+/// that is not loopable.
+pub fn loop_groups(g: &Graph, plan: &FusionPlan, taken: &HashSet<NodeId>) -> Vec<LoopGroup> {
     let mut out = Vec::new();
     for group in &plan.groups {
         // The anchor's only user is the group's first member.
@@ -88,7 +90,7 @@ pub fn loop_groups(g: &Graph, plan: &FusionPlan) -> Vec<LoopGroup> {
             |run: &[NodeId]| group.anchor.filter(|&a| g.operands(run[0]).contains(&a));
         let mut run: Vec<NodeId> = Vec::new();
         for &id in &group.nodes {
-            if loopable(g, id) {
+            if loopable(g, id) && !taken.contains(&id) {
                 run.push(id);
                 continue;
             }
@@ -324,7 +326,7 @@ mod tests {
     fn schedule_contracts_groups_in_topological_order() {
         let (g, [x, e, s, t, y]) = chain();
         let plan = plan_fusion(&g).expect("acyclic");
-        let groups = loop_groups(&g, &plan);
+        let groups = loop_groups(&g, &plan, &HashSet::new());
         let order = g.topo_order().expect("acyclic");
         let steps = schedule(&g, &order, &groups).expect("acyclic contraction");
         // Every node appears once, operands' steps before users' steps.
@@ -376,7 +378,7 @@ mod tests {
         let d = g.relu(c).expect("relu");
         g.set_outputs(&[d]).expect("node");
         let plan = plan_fusion(&g).expect("acyclic");
-        let groups = loop_groups(&g, &plan);
+        let groups = loop_groups(&g, &plan, &HashSet::new());
         let nodes: Vec<Vec<NodeId>> = groups.iter().map(|gr| gr.nodes.clone()).collect();
         assert_eq!(nodes, vec![vec![a, b], vec![c, d]], "{plan:?}");
         assert_eq!(groups[0].outputs, vec![b]);

@@ -3,12 +3,15 @@
 //! its plan (dims, batch offsets, prepacked weights) built here at compile
 //! time and its workspace in the arena's scratch area.
 
+use super::heads::{self, HeadLayouts};
 use super::Lowerer;
 use crate::runtime::{ConvKind, ConvPlan, MatMulPlan};
 use crate::Result;
 use cranelift_codegen::ir::{types, Value};
 use cranelora_graph::{DType, Graph, NodeId, Op, TensorData};
-use cranelora_kernels::gemm::{batched_workspace_len, EpilogueSpec, MatRef, PackedRhs};
+use cranelora_kernels::gemm::{
+    batched_workspace_len, EpilogueSpec, MatRef, PackedRhs, StridedLayout,
+};
 use cranelora_kernels::Scalar;
 
 /// Whether operand `b` of a MatMul is a 2-D constant, packed at compile time.
@@ -17,30 +20,36 @@ pub(crate) fn packable(g: &Graph, b: NodeId) -> bool {
         .is_some_and(|n| matches!(n.op, Op::Constant(_)) && n.shape.rank() == 2)
 }
 
-/// Element offsets of each batch entry's A and B, operands broadcast to the
-/// output's batch dims.
+/// Element offsets of each batch entry's A and B (contiguous operands),
+/// broadcast to the output's batch dims.
 pub(crate) fn batch_offsets(a: &[usize], b: &[usize], out: &[usize]) -> Vec<(usize, usize)> {
-    let r = out.len();
-    let batch = &out[..r - 2];
-    let mat = |d: &[usize]| d[d.len() - 2] * d[d.len() - 1];
-    let strides = |d: &[usize]| {
-        let bd = &d[..d.len() - 2];
-        let mut s = super::loops::broadcast_strides(bd, batch);
-        s.iter_mut().for_each(|x| *x *= mat(d) as i64);
-        s
-    };
-    let (sa, sb) = (strides(a), strides(b));
+    let batch = &out[..out.len() - 2];
+    let oa = strided_batch_offsets(a, &heads::contiguous_strides(a), batch);
+    let ob = strided_batch_offsets(b, &heads::contiguous_strides(b), batch);
+    oa.into_iter().zip(ob).collect()
+}
+
+/// Element offset of each batch entry of an operand whose dims have
+/// `strides`, broadcast to the output's batch dims `batch` (size-1 and
+/// missing dims repeat).
+fn strided_batch_offsets(dims: &[usize], strides: &[usize], batch: &[usize]) -> Vec<usize> {
+    let own = &dims[..dims.len() - 2];
+    let lead = batch.len() - own.len();
+    let step: Vec<usize> = (0..batch.len())
+        .map(|d| match d.checked_sub(lead) {
+            Some(o) if own[o] != 1 => strides[o],
+            _ => 0,
+        })
+        .collect();
     let count: usize = batch.iter().product();
     (0..count)
         .map(|mut i| {
-            let (mut oa, mut ob) = (0i64, 0i64);
+            let mut off = 0;
             for d in (0..batch.len()).rev() {
-                let idx = (i % batch[d]) as i64;
+                off += (i % batch[d]) * step[d];
                 i /= batch[d];
-                oa += idx * sa[d];
-                ob += idx * sb[d];
             }
-            (oa as usize, ob as usize)
+            off
         })
         .collect()
 }
@@ -76,29 +85,64 @@ fn packed_rhs<T: Scalar>(
     Some(PackedRhs::pack(MatRef::new(values, k, n).ok()?))
 }
 
-/// The plan of a MatMul of element type T.
+/// The plan of a MatMul of element type T: operands read through the view
+/// Transposes of `heads`, the output written into its merge Transpose's
+/// layout when `heads` says so (`lower/heads.rs`).
 fn matmul_plan<T: Scalar>(
     g: &Graph,
+    heads: &HeadLayouts,
     id: NodeId,
     workspace: usize,
     packed: Option<PackedRhs<T>>,
     epilogue: EpilogueSpec,
-) -> MatMulPlan<T> {
+) -> Result<MatMulPlan<T>> {
     let ops = g.operands(id);
-    let node = |i: usize| g.node(ops[i]).expect("internal: live operand");
-    let (a, b) = (node(0).shape.dims(), node(1).shape.dims());
-    let out = g.node(id).expect("internal: live node").shape.dims();
-    let (m, k, n) = (a[a.len() - 2], a[a.len() - 1], b[b.len() - 1]);
-    MatMulPlan {
+    let dims = |n: NodeId| g.node(n).expect("internal: live node").shape.dims();
+    let (a, b, out) = (dims(ops[0]), dims(ops[1]), dims(id));
+    let (base_a, sa) = heads::operand_strides(g, heads, ops[0]);
+    let (base_b, sb) = heads::operand_strides(g, heads, ops[1]);
+    let (r, ra, rb) = (out.len(), a.len(), b.len());
+    let (m, k, n) = (a[ra - 2], a[ra - 1], b[rb - 1]);
+    let batch = &out[..r - 2];
+    let (oa, ob) = (
+        strided_batch_offsets(a, &sa, batch),
+        strided_batch_offsets(b, &sb, batch),
+    );
+    let sc = match heads.merged.get(&id) {
+        Some(&t) => heads::merged_output_strides(g, t),
+        None => heads::contiguous_strides(out),
+    };
+    let strided = (sa[ra - 2], sa[ra - 1]) != (k, 1)
+        || (sb[rb - 2], sb[rb - 1]) != (n, 1)
+        || sc != heads::contiguous_strides(out);
+    let layout = if strided {
+        let c = strided_batch_offsets(out, &sc, batch);
+        let l = StridedLayout::new(
+            (m, n),
+            (sa[ra - 2], sa[ra - 1]),
+            (sb[rb - 2], sb[rb - 1]),
+            sc[r - 2],
+            c,
+        );
+        Some(l.map_err(|e| crate::Error::Unsupported {
+            op: format!("MatMul output layout ({e})"),
+            node: g.desc(id),
+        })?)
+    } else {
+        None
+    };
+    let numel = |n: NodeId| g.node(n).expect("internal: live node").shape.numel();
+    Ok(MatMulPlan {
         m,
         k,
         n,
-        batch: batch_offsets(a, b, out),
+        batch: oa.into_iter().zip(ob).collect(),
         packed,
-        lens: (node(0).shape.numel(), node(1).shape.numel()),
+        lens: (numel(base_a), numel(base_b)),
         workspace,
         epilogue,
-    }
+        layout,
+    })
 }
 
 /// Scratch bytes a MatMul's helper needs: the workspace of the whole
@@ -147,12 +191,18 @@ pub struct EpilogueOperands {
 pub use super::small_matmul::is_inline_product;
 
 /// Lowers a MatMul: inline vector code when it is small
-/// ([`is_inline_product`], `lower/small_matmul.rs`), else one helper call.
+/// ([`is_inline_product`], `lower/small_matmul.rs`), else one helper call
+/// (writing into its merge Transpose's buffer when it has one,
+/// `lower/heads.rs`).
 pub(crate) fn matmul(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
     if is_inline_product(l.graph, id, l.inline_macs) {
         return super::small_matmul::lower(l, id);
     }
-    matmul_with_epilogue(l, id, &EpilogueOperands::default())
+    let ops = EpilogueOperands {
+        dest: l.heads.merged.get(&id).copied(),
+        ..EpilogueOperands::default()
+    };
+    matmul_with_epilogue(l, id, &ops)
 }
 
 /// Lowers MatMul `id` followed by the epilogue `ep` to one helper call:
@@ -190,7 +240,7 @@ pub(crate) fn matmul_with_epilogue(
     let (name, plan, packed) = match d {
         DType::F64 => {
             let b = packed_rhs(l.graph, ops[1], |d| d.as_f64()?.as_slice());
-            let p = Box::new(matmul_plan::<f64>(l.graph, id, ws, b, spec));
+            let p = Box::new(matmul_plan::<f64>(l.graph, l.heads, id, ws, b, spec)?);
             let packed = p.packed.is_some();
             let addr = &*p as *const MatMulPlan<f64> as usize;
             l.plans.matmul_f64.push(p);
@@ -198,7 +248,7 @@ pub(crate) fn matmul_with_epilogue(
         }
         _ => {
             let b = packed_rhs(l.graph, ops[1], |d| d.as_f32()?.as_slice());
-            let p = Box::new(matmul_plan::<f32>(l.graph, id, ws, b, spec));
+            let p = Box::new(matmul_plan::<f32>(l.graph, l.heads, id, ws, b, spec)?);
             let packed = p.packed.is_some();
             let addr = &*p as *const MatMulPlan<f32> as usize;
             l.plans.matmul_f32.push(p);

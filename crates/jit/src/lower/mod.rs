@@ -16,7 +16,9 @@
 //! | `index.rs` | Gather, ScatterAdd, with bounds checks |
 //! | `linalg.rs` | MatMul, Conv2d and its gradients (runtime GEMM) |
 //! | `small_matmul.rs` | small MatMuls as inline register-blocked vector code |
+//! | `heads.rs` | attention heads split/merged in place: Transposes read or written through strides by the products |
 //! | `rows.rs` | Softmax, LayerNorm (runtime row kernels) |
+//! | `softmax.rs` | attention's scale → mask select → softmax → row select as one row pass |
 //! | `gather_matmul.rs` | GatherMatMul (grouped runtime GEMM, checked ids) |
 //!
 //! The function's signature is the ABI of [`crate::compiled`]:
@@ -26,6 +28,7 @@ pub(crate) mod elementwise;
 pub(crate) mod epilogue;
 pub(crate) mod fused;
 pub(crate) mod gather_matmul;
+pub(crate) mod heads;
 pub(crate) mod index;
 pub(crate) mod linalg;
 pub(crate) mod loops;
@@ -34,9 +37,10 @@ pub(crate) mod movement;
 pub(crate) mod reduce;
 pub(crate) mod rows;
 pub(crate) mod small_matmul;
+pub(crate) mod softmax;
 
 use crate::memory::{is_view, Loc};
-use crate::runtime::{ConvPlan, MatMulPlan, RowPlan};
+use crate::runtime::{ConvPlan, MatMulPlan, RowPlan, SoftmaxPlan};
 use crate::{Error, Result};
 use cranelift_codegen::ir::{
     types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value,
@@ -59,6 +63,7 @@ pub struct Plans {
     pub(crate) matmul_f64: Vec<Box<MatMulPlan<f64>>>,
     pub(crate) conv: Vec<Box<ConvPlan>>,
     pub(crate) rows: Vec<Box<RowPlan>>,
+    pub(crate) softmax: Vec<Box<SoftmaxPlan>>,
     pub(crate) gather_matmul: Vec<Box<gather_matmul::GatherMatMulPlan>>,
 }
 
@@ -81,6 +86,8 @@ pub(crate) struct Lowerer<'a> {
     /// Address of each constant's first element.
     pub consts: &'a [usize],
     pub plans: &'a mut Plans,
+    /// Transposes the products read or write in place (`heads.rs`).
+    pub heads: &'a heads::HeadLayouts,
     pub args: Args,
     pub ptr: Type,
     /// Products of at most this many multiply-adds are emitted inline
@@ -131,6 +138,7 @@ impl<'a> Lowerer<'a> {
         locs: &'a HashMap<NodeId, Loc>,
         consts: &'a [usize],
         plans: &'a mut Plans,
+        heads: &'a heads::HeadLayouts,
     ) -> Self {
         let ptr = module.target_config().pointer_type();
         let entry = b.create_block();
@@ -152,6 +160,7 @@ impl<'a> Lowerer<'a> {
             locs,
             consts,
             plans,
+            heads,
             args,
             ptr,
             inline_macs: small_matmul::DEFAULT_INLINE_MACS,
@@ -169,10 +178,14 @@ impl<'a> Lowerer<'a> {
         steps: &[Step],
         groups: &[LoopGroup],
         epilogues: &HashMap<usize, epilogue::EpilogueGroup>,
+        softmaxes: &HashMap<NodeId, softmax::FusedSoftmax>,
     ) -> Result<()> {
         for step in steps {
             match *step {
-                Step::Node(id) => self.node(id)?,
+                Step::Node(id) => match softmaxes.get(&id) {
+                    Some(f) => softmax::lower(&mut self, f)?,
+                    None => self.node(id)?,
+                },
                 Step::Group(gi) => match epilogues.get(&gi) {
                     Some(e) => linalg::matmul_with_epilogue(&mut self, e.matmul, &e.operands)?,
                     None => fused::lower_group(&mut self, &groups[gi])?,
@@ -213,6 +226,7 @@ impl<'a> Lowerer<'a> {
             // Read in place (memory.rs); views share their operand's buffer.
             Op::Input { .. } | Op::Constant(_) | Op::Parameter { .. } => Ok(()),
             op if is_view(op) => Ok(()),
+            Op::Transpose { .. } if self.heads.views.contains(&id) => Ok(()),
             op if !crate::lowerable(op) => Err(self.unsupported(id)),
             Op::MatMul => linalg::matmul(self, id),
             Op::Conv2d(_) | Op::Conv2dInputGrad { .. } | Op::Conv2dWeightGrad { .. } => {

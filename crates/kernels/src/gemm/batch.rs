@@ -13,9 +13,16 @@
 //!   entries** to the pool's threads, each packing into its own part of the
 //!   workspace;
 //! - otherwise (large entries) runs them in turn, each split over threads.
+//!
+//! With a [`StridedLayout`] the entries are read through row and column
+//! strides and written with a row stride at per-entry offsets (attention
+//! heads in place, see `layout.rs`). Such a batch is never one product; its
+//! small entries run on the pool's threads when the layout's outputs are
+//! disjoint, each computed into the thread's workspace and then copied row
+//! by row to its place.
 
 use super::driver::per_thread_len;
-use super::{gemm_ep, select, Epilogue, Isa, MatMut, MatRef, PackedRhs, Rhs};
+use super::{gemm_ep, select, Epilogue, Isa, MatMut, MatRef, PackedRhs, Rhs, StridedLayout};
 use crate::{pool, KernelError, Result, Scalar};
 use std::sync::Mutex;
 
@@ -31,6 +38,9 @@ pub struct Batch<'a> {
     /// Element offsets of each entry's `A_i` (row-major m×k) and `B_i`
     /// (row-major k×n; ignored with a packed `B`). `C_i` starts at `i·m·n`.
     pub offsets: &'a [(usize, usize)],
+    /// Strided entries instead (the offsets above still locate `A_i` and
+    /// `B_i`); `None`: contiguous row-major entries.
+    pub layout: Option<&'a StridedLayout>,
 }
 
 /// The right-hand operands of a batch.
@@ -46,6 +56,9 @@ impl Batch<'_> {
     /// Whether all `A_i` are consecutive and all share one `B`: then the
     /// batch is one `(count·m) × k × n` product.
     fn is_one_product<T>(&self, b: &BatchRhs<'_, T>) -> bool {
+        if self.layout.is_some() {
+            return false;
+        }
         let (m, k) = (self.m, self.k);
         let b0 = self.offsets.first().map_or(0, |o| o.1);
         let same_b = matches!(b, BatchRhs::Packed(_)) || self.offsets.iter().all(|o| o.1 == b0);
@@ -65,6 +78,28 @@ impl Batch<'_> {
             .saturating_mul(self.k);
         flops < pool::PARALLEL_MIN_FLOPS
     }
+
+    /// Row and column strides of the `A_i`, the `B_i`, and the row stride of the `C_i`.
+    fn strides(&self) -> ((usize, usize), (usize, usize), usize) {
+        match self.layout {
+            Some(l) => (l.a, l.b, l.c_row),
+            None => ((self.k, 1), (self.n, 1), self.n),
+        }
+    }
+
+    /// Element offset of `C_i`.
+    fn c_offset(&self, i: usize) -> usize {
+        self.layout.map_or(i * self.m * self.n, |l| l.c[i])
+    }
+}
+
+/// Elements a strided `rows × cols` view addresses from its start.
+fn span(rows: usize, cols: usize, (rs, cs): (usize, usize)) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
 }
 
 /// Workspace elements [`gemm_batched`] needs for `count` m×k by k×n products.
@@ -75,7 +110,9 @@ pub fn batched_workspace_len<T: Scalar>(
     k: usize,
     packed: bool,
 ) -> usize {
-    let one = per_thread_len::<T>(select::blocking::<T>(Isa::detect()), m, n, k, packed);
+    // Each thread's part also holds one m×n output (strided layouts).
+    let one = per_thread_len::<T>(select::blocking::<T>(Isa::detect()), m, n, k, packed)
+        + m.saturating_mul(n);
     super::workspace_len::<T>(count.saturating_mul(m), n, k, packed)
         .max(super::workspace_len::<T>(m, n, k, packed))
         .max(one.saturating_mul(pool::threads().min(count)))
@@ -92,13 +129,38 @@ fn out_of_range(what: &'static str, needed: usize, len: usize) -> KernelError {
 /// Checks that every entry lies in its buffer.
 fn check<T: Scalar>(batch: &Batch<'_>, a: &[T], b: &BatchRhs<'_, T>, c: &[T]) -> Result<()> {
     let (m, n, k) = (batch.m, batch.n, batch.k);
-    let a_end = batch.offsets.iter().map(|o| o.0 + m * k).max().unwrap_or(0);
+    let (sa, sb, _) = batch.strides();
+    if let Some(l) = batch.layout {
+        if (l.m, l.n, l.c.len()) != (m, n, batch.offsets.len()) {
+            return Err(KernelError::Geometry {
+                what: "gemm_batched layout",
+                message: format!(
+                    "layout for {} entries of {}×{}, batch has {} of {m}×{n}",
+                    l.c.len(),
+                    l.m,
+                    l.n,
+                    batch.offsets.len()
+                ),
+            });
+        }
+    }
+    let a_end = batch
+        .offsets
+        .iter()
+        .map(|o| o.0 + span(m, k, sa))
+        .max()
+        .unwrap_or(0);
     if a_end > a.len() {
         return Err(out_of_range("gemm_batched A", a_end, a.len()));
     }
     match b {
         BatchRhs::Entries(b) => {
-            let b_end = batch.offsets.iter().map(|o| o.1 + k * n).max().unwrap_or(0);
+            let b_end = batch
+                .offsets
+                .iter()
+                .map(|o| o.1 + span(k, n, sb))
+                .max()
+                .unwrap_or(0);
             if b_end > b.len() {
                 return Err(out_of_range("gemm_batched B", b_end, b.len()));
             }
@@ -112,7 +174,9 @@ fn check<T: Scalar>(batch: &Batch<'_>, a: &[T], b: &BatchRhs<'_, T>, c: &[T]) ->
         }
         BatchRhs::Packed(_) => {}
     }
-    let c_len = batch.offsets.len() * m * n;
+    let c_len = batch
+        .layout
+        .map_or(batch.offsets.len() * m * n, StridedLayout::c_end);
     if c_len > c.len() {
         return Err(out_of_range("gemm_batched C", c_len, c.len()));
     }
@@ -141,9 +205,10 @@ pub fn gemm_batched<T: Scalar>(
     if count == 0 {
         return Ok(());
     }
+    let (sa, sb, c_row) = batch.strides();
     let rhs = |bo: usize| -> Result<Rhs<'_, T>> {
         Ok(match b {
-            BatchRhs::Entries(b) => Rhs::Mat(MatRef::new(&b[bo..bo + k * n], k, n)?),
+            BatchRhs::Entries(b) => Rhs::Mat(MatRef::with_strides(&b[bo..], k, n, sb.0, sb.1)?),
             BatchRhs::Packed(p) => Rhs::Packed(p),
         })
     };
@@ -164,18 +229,29 @@ pub fn gemm_batched<T: Scalar>(
         BatchRhs::Packed(p) => p.isa,
         BatchRhs::Entries(_) => Isa::detect(),
     };
+    let strided_c = batch.layout.is_some();
     let per = per_thread_len::<T>(
         select::blocking::<T>(isa),
         m,
         n,
         k,
         matches!(b, BatchRhs::Packed(_)),
-    );
-    let slots = pool::threads().min(count).min(workspace.len() / per.max(1));
-    let entry = |i: usize, c_i: &mut [T], ws: &mut [T]| -> Result<()> {
+    ) + if strided_c { m * n } else { 0 };
+    // `pool::threads()` may allocate (it asks the OS each time unless set):
+    // only ask when entries could run in parallel.
+    let may_split = count >= 2
+        && batch.entries_are_small()
+        && batch.layout.is_none_or(StridedLayout::outputs_disjoint);
+    let slots = if may_split {
+        pool::threads().min(count).min(workspace.len() / per.max(1))
+    } else {
+        1
+    };
+    // Entry i into `c_i` (an m×n view with row stride `row`).
+    let entry = |i: usize, c_i: &mut [T], row: usize, ws: &mut [T]| -> Result<()> {
         let (ao, bo) = batch.offsets[i];
-        let a_i = MatRef::new(&a[ao..ao + m * k], m, k)?;
-        let c_i = MatMut::new(c_i, m, n)?;
+        let a_i = MatRef::with_strides(&a[ao..], m, k, sa.0, sa.1)?;
+        let c_i = MatMut::with_row_stride(c_i, m, n, row)?;
         gemm_ep(
             T::one(),
             a_i,
@@ -186,24 +262,47 @@ pub fn gemm_batched<T: Scalar>(
             &epilogue.rows(i * m, m),
         )
     };
-    if !batch.entries_are_small() || slots < 2 {
+    if slots < 2 {
         for i in 0..count {
-            entry(i, &mut c[i * m * n..(i + 1) * m * n], workspace)?;
+            entry(i, &mut c[batch.c_offset(i)..], c_row, workspace)?;
         }
         return Ok(());
     }
+    let c_len = c.len();
     let shared = Shared {
         c: c.as_mut_ptr(),
         ws: workspace.as_mut_ptr(),
     };
     let failed = Mutex::new(None);
     pool::parallel_for_slots(count, slots, &|i, slot| {
-        // SAFETY: entry i's C (i·m·n .. (i+1)·m·n ≤ c.len(), checked above) is
-        // written by task i only; workspace chunk `slot` (slot < slots ≤
-        // workspace.len() / per) is used by one running task at a time
-        // (parallel_for_slots' guarantee).
-        let (c_i, ws) = unsafe { shared.parts((i * m * n, m * n), (slot * per, per)) };
-        if let Err(e) = entry(i, c_i, ws) {
+        let result = if strided_c {
+            // SAFETY: workspace chunk `slot` (slot < slots ≤ workspace.len() /
+            // per) is used by one running task at a time (parallel_for_slots'
+            // guarantee); nothing of `c` is borrowed.
+            let ws = unsafe { shared.ws_part(slot * per, per) };
+            let (out, ws) = ws.split_at_mut(m * n);
+            entry(i, out, n, ws).map(|()| {
+                for (r, row) in out.chunks_exact(n).enumerate() {
+                    // SAFETY: row r of entry i lies in `c` (check: c_end ≤
+                    // c_len) and no other task writes it (the layout's
+                    // outputs are disjoint).
+                    let at = batch.c_offset(i) + r * c_row;
+                    debug_assert!(at + n <= c_len);
+                    unsafe { shared.c_part(at, n) }.copy_from_slice(row);
+                }
+            })
+        } else {
+            // SAFETY: entry i's C (i·m·n .. (i+1)·m·n ≤ c.len(), checked above)
+            // is written by task i only; workspace chunk `slot` as above.
+            let (c_i, ws) = unsafe {
+                (
+                    shared.c_part(i * m * n, m * n),
+                    shared.ws_part(slot * per, per),
+                )
+            };
+            entry(i, c_i, n, ws)
+        };
+        if let Err(e) = result {
             *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         }
     });
@@ -224,18 +323,23 @@ struct Shared<T> {
 unsafe impl<T: Send> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
-    /// `c[c_at.0..][..c_at.1]` and `ws[ws_at.0..][..ws_at.1]`.
+    /// `c[at..at + len]`.
     ///
     /// # Safety
-    /// Both ranges lie in their buffers, and no other live slice overlaps them.
+    /// The range lies in `c`, and no other live slice overlaps it.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn parts(&self, c_at: (usize, usize), ws_at: (usize, usize)) -> (&mut [T], &mut [T]) {
+    unsafe fn c_part(&self, at: usize, len: usize) -> &mut [T] {
         // SAFETY: in bounds and exclusive by this function's contract.
-        unsafe {
-            (
-                std::slice::from_raw_parts_mut(self.c.add(c_at.0), c_at.1),
-                std::slice::from_raw_parts_mut(self.ws.add(ws_at.0), ws_at.1),
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.c.add(at), len) }
+    }
+
+    /// `ws[at..at + len]`.
+    ///
+    /// # Safety
+    /// The range lies in the workspace, and no other live slice overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn ws_part(&self, at: usize, len: usize) -> &mut [T] {
+        // SAFETY: in bounds and exclusive by this function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ws.add(at), len) }
     }
 }

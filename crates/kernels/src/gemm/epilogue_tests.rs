@@ -216,6 +216,7 @@ fn check_batches<T: Scalar>(seed: u64) {
             n,
             k,
             offsets: &offsets,
+            layout: None,
         };
         let packed = PackedRhs::pack(MatRef::new(&b[..k * n], k, n).expect("fits"));
         let rhs = if kind == 1 {
@@ -252,6 +253,7 @@ fn batched_rejects_entries_past_their_buffers() {
         n: 2,
         k: 2,
         offsets: &[(0, 0), (6, 4)],
+        layout: None,
     };
     let err = gemm_batched(
         &batch,

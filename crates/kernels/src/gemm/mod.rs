@@ -33,6 +33,7 @@ mod epilogue;
 #[cfg(test)]
 mod epilogue_tests;
 mod kernel;
+mod layout;
 mod pack;
 mod portable;
 #[cfg(test)]
@@ -42,6 +43,7 @@ mod view;
 
 pub use batch::{batched_workspace_len, gemm_batched, Batch, BatchRhs};
 pub use epilogue::{Activation, Epilogue, EpilogueSpec, LoraTerm};
+pub use layout::StridedLayout;
 pub use view::{MatMut, MatRef};
 
 use crate::{DType, KernelError, Result, Scalar};

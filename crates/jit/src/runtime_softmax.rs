@@ -1,0 +1,129 @@
+//! The fused softmax row pass (`lower/softmax.rs`): scale, mask select,
+//! softmax and row select of attention in one pass over each row.
+
+use super::normalize_row;
+use cranelora_kernels::pool::{parallel_for, threads, PARALLEL_MIN_FLOPS};
+use cranelora_kernels::Scalar;
+
+/// How an operand broadcast to the softmax's shape is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bcast {
+    /// Stride of each row dim (0 where broadcast).
+    pub rows: Vec<usize>,
+    /// Stride along the softmax axis (0 where broadcast).
+    pub last: usize,
+    /// Elements of the operand.
+    pub len: usize,
+}
+
+impl Bcast {
+    /// Offset of row `r` (row dims `dims`, row-major).
+    fn row_offset(&self, dims: &[usize], mut r: usize) -> usize {
+        let mut off = 0;
+        for d in (0..dims.len()).rev() {
+            off += (r % dims[d]) * self.rows[d];
+            r /= dims[d];
+        }
+        off
+    }
+}
+
+/// `where(post, softmax(where(mask, scale·x, fill)), other)` over the last axis.
+#[derive(Debug)]
+pub struct SoftmaxPlan {
+    /// The dims before the softmax axis.
+    pub row_dims: Vec<usize>,
+    /// The softmax axis' extent.
+    pub len: usize,
+    /// The factor applied to `x` first.
+    pub scale: Option<f64>,
+    /// The first select's condition and fill.
+    pub mask: Option<(Bcast, Bcast)>,
+    /// The last select's condition and other operand.
+    pub post: Option<(Bcast, Bcast)>,
+}
+
+/// A select's two operands over one row.
+struct Select<'a, T> {
+    cond: &'a [T],
+    other: &'a [T],
+    plan: &'a (Bcast, Bcast),
+}
+
+impl<T: Scalar> Select<'_, T> {
+    /// `out[j] = truthy(cond) ? value(j) : other` along row `r`.
+    fn apply(&self, dims: &[usize], r: usize, out: &mut [T], value: impl Fn(usize, T) -> T) {
+        let (c, o) = self.plan;
+        let (cb, ob) = (c.row_offset(dims, r), o.row_offset(dims, r));
+        for (j, y) in out.iter_mut().enumerate() {
+            // The interpreter's truth value: nonzero, NaN included.
+            *y = if self.cond[cb + j * c.last] != T::zero() {
+                value(j, *y)
+            } else {
+                self.other[ob + j * o.last]
+            };
+        }
+    }
+}
+
+/// The operands of one call, as slices.
+pub(super) struct Operands<'a, T> {
+    pub x: &'a [T],
+    pub mask: Option<(&'a [T], &'a [T])>,
+    pub post: Option<(&'a [T], &'a [T])>,
+}
+
+/// Row `r` of the plan into `out`.
+fn row<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T]) {
+    let x = &ops.x[r * p.len..(r + 1) * p.len];
+    let scaled = |v: T| match p.scale {
+        Some(s) => v * T::from_f64_lossy(s),
+        None => v,
+    };
+    match (ops.mask, &p.mask) {
+        (Some((cond, other)), Some(plan)) => {
+            let sel = Select { cond, other, plan };
+            sel.apply(&p.row_dims, r, out, |j, _| scaled(x[j]));
+        }
+        _ => out.iter_mut().zip(x).for_each(|(o, &v)| *o = scaled(v)),
+    }
+    normalize_row(out);
+    if let (Some((cond, other)), Some(plan)) = (ops.post, &p.post) {
+        let sel = Select { cond, other, plan };
+        sel.apply(&p.row_dims, r, out, |_, v| v);
+    }
+}
+
+/// Every row of the plan, split over the pool's threads when large.
+pub(super) fn run<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, out: &mut [T]) {
+    let rows: usize = p.row_dims.iter().product();
+    let len = p.len;
+    let tasks = if 20 * rows * len >= PARALLEL_MIN_FLOPS {
+        threads().min(rows)
+    } else {
+        1
+    };
+    if tasks <= 1 {
+        for (r, o) in out.chunks_exact_mut(len).enumerate() {
+            row(p, ops, r, o);
+        }
+        return;
+    }
+    let per = rows.div_ceil(tasks);
+    let out_addr = out.as_mut_ptr() as usize;
+    parallel_for(tasks, &|t| {
+        let (start, end) = ((t * per).min(rows), ((t + 1) * per).min(rows));
+        // SAFETY: task `t` alone touches rows start..end of `out` (disjoint
+        // ranges for distinct t, all within `out`, whose borrow outlives
+        // `parallel_for`, which returns only when every task is done).
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(
+                (out_addr as *mut T).add(start * len),
+                (end - start) * len,
+            )
+        };
+        for (i, o) in out.chunks_exact_mut(len).enumerate() {
+            row(p, ops, start + i, o);
+        }
+    });
+}
