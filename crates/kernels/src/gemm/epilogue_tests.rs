@@ -265,3 +265,58 @@ fn batched_rejects_entries_past_their_buffers() {
     );
     assert!(matches!(err, Err(KernelError::Length { .. })), "{err:?}");
 }
+
+/// The LoRA step alone, row by row at column offsets, against the sum
+/// `Σ_p s·XA[i, p]·B[p, j]` in f64: ranks 1–64, row lengths around the
+/// register chunk (31, 32, 33, 70), contiguous and transposed `B`.
+fn lora_rows_match_the_rank_sum<T: Scalar>() {
+    let mut rng = Rng(41);
+    let (m, n) = (3, 75);
+    for r in [1, 5, 16, 64] {
+        let xa: Vec<T> = random(&mut rng, m * r);
+        let lb: Vec<T> = random(&mut rng, r * n);
+        let lb_t: Vec<T> = (0..n * r).map(|q| lb[(q % r) * n + q / r]).collect();
+        let scale = T::from_f64_lossy(0.75);
+        let views = [
+            MatRef::new(&lb, r, n).expect("fits"),
+            MatRef::new(&lb_t, n, r).expect("fits").t(),
+        ];
+        for b in views {
+            let ep = Epilogue {
+                lora: Some(LoraTerm {
+                    xa: MatRef::new(&xa, m, r).expect("fits"),
+                    b,
+                    scale,
+                }),
+                ..Epilogue::none()
+            };
+            for (j0, len) in [(0, 31), (0, 32), (3, 33), (5, 70), (0, n)] {
+                for i in 0..m {
+                    let base: Vec<T> = random(&mut rng, len);
+                    let mut row = base.clone();
+                    ep.apply_row(i, j0, &mut row);
+                    let want: Vec<f64> = (0..len)
+                        .map(|j| {
+                            let term: f64 = (0..r)
+                                .map(|p| {
+                                    xa[i * r + p].to_f64_exact() * lb[p * n + j0 + j].to_f64_exact()
+                                })
+                                .sum();
+                            base[j].to_f64_exact() + 0.75 * term
+                        })
+                        .collect();
+                    let got: Vec<f64> = row.iter().map(|v| v.to_f64_exact()).collect();
+                    let tol = 4.0 * (r as f64 + 2.0) * T::EPSILON_F64;
+                    check_close(&got, &want, tol, tol, Nan::Mismatch)
+                        .unwrap_or_else(|e| panic!("r {r} j0 {j0} len {len}: {e}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_rows_match_the_rank_sum_f32_f64() {
+    lora_rows_match_the_rank_sum::<f32>();
+    lora_rows_match_the_rank_sum::<f64>();
+}
