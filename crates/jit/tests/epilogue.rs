@@ -7,43 +7,9 @@
 
 mod common;
 
-use common::{assert_same, data};
-use cranelora_graph::{interpret, DType, Graph, NodeId, TensorData};
+use common::{apply, assert_same, data, Act, ACTS};
+use cranelora_graph::{interpret, DType, Graph, TensorData};
 use cranelora_jit::{compile, Bindings, JitOptions};
-
-#[derive(Clone, Copy, Debug)]
-enum Act {
-    None,
-    Relu,
-    Gelu,
-    GeluTanh,
-    Silu,
-    Tanh,
-    Sigmoid,
-}
-
-const ACTS: [Act; 7] = [
-    Act::None,
-    Act::Relu,
-    Act::Gelu,
-    Act::GeluTanh,
-    Act::Silu,
-    Act::Tanh,
-    Act::Sigmoid,
-];
-
-fn apply(g: &mut Graph, act: Act, z: NodeId) -> NodeId {
-    let r = match act {
-        Act::None => return z,
-        Act::Relu => g.relu(z),
-        Act::Gelu => g.gelu(z),
-        Act::GeluTanh => g.gelu_tanh(z),
-        Act::Silu => g.silu(z),
-        Act::Tanh => g.tanh(z),
-        Act::Sigmoid => g.sigmoid(z),
-    };
-    r.expect("activation")
-}
 
 struct Case {
     m: usize,

@@ -9,30 +9,9 @@
 
 mod common;
 
-use common::{assert_same, data};
+use common::{apply, assert_same, data, Act, ACTS};
 use cranelora_graph::{interpret, DType, Graph, NodeId, TensorData};
 use cranelora_jit::{compile, Bindings, CompiledGraph, JitOptions};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Act {
-    None,
-    Relu,
-    Gelu,
-    GeluTanh,
-    Silu,
-    Tanh,
-    Sigmoid,
-}
-
-const ACTS: [Act; 7] = [
-    Act::None,
-    Act::Relu,
-    Act::Gelu,
-    Act::GeluTanh,
-    Act::Silu,
-    Act::Tanh,
-    Act::Sigmoid,
-];
 
 /// How the branch is scaled.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,19 +49,6 @@ struct Case {
     constant_adapter: bool,
     /// W as a Constant (prepacked) (else an Input).
     constant_w: bool,
-}
-
-fn apply(g: &mut Graph, act: Act, z: NodeId) -> NodeId {
-    let r = match act {
-        Act::None => return z,
-        Act::Relu => g.relu(z),
-        Act::Gelu => g.gelu(z),
-        Act::GeluTanh => g.gelu_tanh(z),
-        Act::Silu => g.silu(z),
-        Act::Tanh => g.tanh(z),
-        Act::Sigmoid => g.sigmoid(z),
-    };
-    r.expect("activation")
 }
 
 /// The graph, its inputs and its Parameter bindings.

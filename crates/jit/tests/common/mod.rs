@@ -135,3 +135,40 @@ pub fn trainer_matches_interp(
         }
     }
 }
+
+/// The activations a GEMM epilogue takes (epilogue and LoRA-epilogue tests).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    None,
+    Relu,
+    Gelu,
+    GeluTanh,
+    Silu,
+    Tanh,
+    Sigmoid,
+}
+
+/// Every [`Act`].
+pub const ACTS: [Act; 7] = [
+    Act::None,
+    Act::Relu,
+    Act::Gelu,
+    Act::GeluTanh,
+    Act::Silu,
+    Act::Tanh,
+    Act::Sigmoid,
+];
+
+/// `act(z)` appended to `g` (`z` itself for [`Act::None`]).
+pub fn apply(g: &mut Graph, act: Act, z: cranelora_graph::NodeId) -> cranelora_graph::NodeId {
+    let r = match act {
+        Act::None => return z,
+        Act::Relu => g.relu(z),
+        Act::Gelu => g.gelu(z),
+        Act::GeluTanh => g.gelu_tanh(z),
+        Act::Silu => g.silu(z),
+        Act::Tanh => g.tanh(z),
+        Act::Sigmoid => g.sigmoid(z),
+    };
+    r.expect("activation")
+}
