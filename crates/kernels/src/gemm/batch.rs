@@ -98,7 +98,11 @@ fn span(rows: usize, cols: usize, (rs, cs): (usize, usize)) -> usize {
     if rows == 0 || cols == 0 {
         0
     } else {
-        (rows - 1) * rs + (cols - 1) * cs + 1
+        // Saturating: a span past usize::MAX fails the length checks
+        // instead of wrapping to a small number.
+        ((rows - 1).saturating_mul(rs))
+            .saturating_add((cols - 1).saturating_mul(cs))
+            .saturating_add(1)
     }
 }
 
@@ -147,7 +151,7 @@ fn check<T: Scalar>(batch: &Batch<'_>, a: &[T], b: &BatchRhs<'_, T>, c: &[T]) ->
     let a_end = batch
         .offsets
         .iter()
-        .map(|o| o.0 + span(m, k, sa))
+        .map(|o| o.0.saturating_add(span(m, k, sa)))
         .max()
         .unwrap_or(0);
     if a_end > a.len() {
@@ -158,7 +162,7 @@ fn check<T: Scalar>(batch: &Batch<'_>, a: &[T], b: &BatchRhs<'_, T>, c: &[T]) ->
             let b_end = batch
                 .offsets
                 .iter()
-                .map(|o| o.1 + span(k, n, sb))
+                .map(|o| o.1.saturating_add(span(k, n, sb)))
                 .max()
                 .unwrap_or(0);
             if b_end > b.len() {

@@ -80,9 +80,16 @@ impl StridedLayout {
         let span = if self.m == 0 || self.n == 0 {
             0
         } else {
-            (self.m - 1) * self.c_row + self.n
+            // Saturating: an end past usize::MAX fails the length check.
+            (self.m - 1)
+                .saturating_mul(self.c_row)
+                .saturating_add(self.n)
         };
-        self.c.iter().map(|&o| o + span).max().unwrap_or(0)
+        self.c
+            .iter()
+            .map(|&o| o.saturating_add(span))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -98,22 +105,22 @@ fn outputs_disjoint(m: usize, n: usize, c_row: usize, c: &[usize]) -> bool {
     let row_width = c_row.max(1);
     let mut rects: Vec<(usize, usize)> =
         c.iter().map(|&o| (o % row_width, o / row_width)).collect();
-    if m > 1 && rects.iter().any(|&(col, _)| col + n > c_row) {
+    if m > 1 && rects.iter().any(|&(col, _)| col.saturating_add(n) > c_row) {
         return false;
     }
     if m == 1 {
         // One row each: intervals [o, o + n) of the flat buffer.
         let mut starts: Vec<usize> = c.to_vec();
         starts.sort_unstable();
-        return starts.windows(2).all(|w| w[0] + n <= w[1]);
+        return starts.windows(2).all(|w| w[0].saturating_add(n) <= w[1]);
     }
     rects.sort_unstable();
     rects.windows(2).all(|w| {
         let ((c0, r0), (c1, r1)) = (w[0], w[1]);
         if c0 == c1 {
-            r0 + m <= r1
+            r0.saturating_add(m) <= r1
         } else {
-            c0 + n <= c1
+            c0.saturating_add(n) <= c1
         }
     })
 }
@@ -301,6 +308,52 @@ mod tests {
         assert!(!l.outputs_disjoint());
         let l = StridedLayout::new((1, 5), (5, 1), (5, 1), 5, vec![10, 0, 5]).expect("valid");
         assert!(l.outputs_disjoint());
+    }
+
+    /// Offsets or strides whose ends pass usize::MAX are refused by the
+    /// length checks (they must not wrap to a small, "valid" end).
+    #[test]
+    fn offsets_past_usize_max_are_an_error() {
+        let l = StridedLayout::new((1, 4), (1, 1), (4, 1), 4, vec![0, usize::MAX - 2])
+            .expect("valid shape");
+        let batch = Batch {
+            m: 1,
+            n: 4,
+            k: 1,
+            offsets: &[(0, 0), (0, 0)],
+            layout: Some(&l),
+        };
+        let (a, b, mut c) = (vec![1.0f32; 1], vec![1.0f32; 4], vec![0.0f32; 4]);
+        let mut ws = vec![0.0f32; batched_workspace_len::<f32>(2, 1, 4, 1, false)];
+        let err = gemm_batched(
+            &batch,
+            &a,
+            BatchRhs::Entries(&b),
+            &mut c,
+            &mut ws,
+            &Epilogue::none(),
+        );
+        assert!(matches!(err, Err(KernelError::Length { .. })), "{err:?}");
+        let wide = StridedLayout::new((2, 2), (usize::MAX / 2, 1), (2, 1), 2, vec![0, 4])
+            .expect("valid shape");
+        let batch = Batch {
+            m: 2,
+            n: 2,
+            k: 2,
+            offsets: &[(0, 0), (0, 0)],
+            layout: Some(&wide),
+        };
+        let (a, b, mut c) = (vec![1.0f32; 8], vec![1.0f32; 4], vec![0.0f32; 8]);
+        let mut ws = vec![0.0f32; batched_workspace_len::<f32>(2, 2, 2, 2, false)];
+        let err = gemm_batched(
+            &batch,
+            &a,
+            BatchRhs::Entries(&b),
+            &mut c,
+            &mut ws,
+            &Epilogue::none(),
+        );
+        assert!(matches!(err, Err(KernelError::Length { .. })), "{err:?}");
     }
 
     #[test]
