@@ -21,7 +21,10 @@
 //!   element `i` of the old value only, read before it is written — true of
 //!   every elementwise lowering, scalar or vector, and of a fused group,
 //!   whose iterations load all their inputs before storing any output and
-//!   whose members all have the group's shape;
+//!   whose members all have the group's shape. A step that is not purely
+//!   elementwise (a GEMM with its epilogue, which writes C before reading
+//!   the residual; a fused softmax, which writes the row before its
+//!   selects read) allows no same-step reader;
 //! - no output is copied from the Parameter's buffer at the end (the end
 //!   copies run after every node).
 //!
@@ -131,6 +134,14 @@ fn writable(
         return false; // copied from the old value at the end
     }
     let writer = g.node(id).expect("internal: live node");
+    // Same-step readers are safe only in a loop group, whose iterations
+    // load every operand element before storing it. A step holding a
+    // product (a GEMM epilogue: C is written before the residual is read)
+    // or a fused softmax (the row is written before its selects read) is not.
+    let elementwise_step = steps[step].iter().all(|&n| {
+        g.node(n)
+            .is_some_and(|nd| nd.op.is_elementwise() || is_view(&nd.op))
+    });
     let nodes = steps.iter().enumerate();
     for (s, &n) in nodes.flat_map(|(s, ns)| ns.iter().map(move |n| (s, n))) {
         let node = g.node(n).expect("internal: steps list live nodes");
@@ -146,7 +157,8 @@ fn writable(
             let direct = g
                 .node(o)
                 .is_some_and(|on| on.shape == writer.shape && !is_view(&on.op));
-            let ok = s < step || (s == step && node.op.is_elementwise() && direct);
+            let ok =
+                s < step || (s == step && elementwise_step && node.op.is_elementwise() && direct);
             if !ok {
                 return false;
             }

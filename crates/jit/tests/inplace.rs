@@ -326,3 +326,25 @@ fn an_update_of_a_parameter_the_graph_does_not_read_is_stored_too() {
     let p2: Vec<f64> = p0.iter().zip(&x2).map(|(p, x)| p + x).collect();
     assert_eq!(t.bindings().get("p").expect("p").to_f64_vec(), p2);
 }
+
+#[test]
+fn a_fused_softmax_step_never_writes_a_parameter_it_reads() {
+    // new = where(c, softmax(x), p): the fused softmax writes each row
+    // before its select reads `p`, so the update must not go into p.
+    let mut g = Graph::new();
+    let p = g.parameter("p", [2, 5], DType::F32);
+    let x = g.input("x", [2, 5], DType::F32);
+    let c = g.input("c", [2, 5], DType::F32);
+    let s = g.softmax(x, 1).expect("softmax");
+    let new = g.select(c, s, p).expect("select");
+    g.set_outputs(&[new]).expect("outputs");
+    let start = bind(&[("p", data(&[2, 5], DType::F32, 5, false))]);
+    let mask: Vec<f32> = (0..10).map(|i| f32::from(u8::from(i % 3 == 0))).collect();
+    let mask = TensorData::f32([2, 5], mask).expect("mask");
+    let ins = [data(&[2, 5], DType::F32, 6, false), mask];
+    let t = compare(&g, &[(0, "p".into())], &start, &ins, 3);
+    assert!(
+        !t.updates()[0].in_place,
+        "the softmax row is written before p is read"
+    );
+}
