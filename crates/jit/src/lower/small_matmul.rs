@@ -19,9 +19,12 @@
 //!   added in order at the end), so that ~8 independent FMA chains hide the
 //!   FMA latency (a `1×64 · 64×4` product is otherwise one chain of 64);
 //! - n not a multiple of the lane count: when `n ≥ lanes` the last vector
-//!   starts at `n − lanes` and overlaps the one before; every lane computes
-//!   its own column with the same sequence of operations, so the overlapped
-//!   columns are written twice with the same bits. When `n < lanes` the
+//!   starts at `n − lanes` and overlaps the one before; the overlapped
+//!   columns are written twice, the last store winning. Both writes are
+//!   the column's dot product, but when the two vectors fall in blocks
+//!   with different depth splits they may differ in summation order (and
+//!   so in the last bits): the result is deterministic and within the
+//!   tested dot-product bound, not bitwise the other vector's. When `n < lanes` the
 //!   block is scalar (same blocking, `f32`/`f64` accumulators);
 //! - the depth loop runs `U` steps per iteration (`U` a multiple of `S`,
 //!   at least 2) with the block's A and B pointers and accumulators as block
@@ -76,7 +79,19 @@ pub fn is_inline_product(g: &Graph, id: NodeId, max_macs: usize) -> bool {
         return false;
     };
     let macs = s.count.saturating_mul(s.m * s.k * s.n);
-    macs <= max_macs && s.count * blocks_per_entry(s.m, s.n, s.lanes) <= MAX_BLOCKS
+    // The emitted loads and stores use i32 displacements: every operand and
+    // the output must stay below 2 GiB (only a huge threshold reaches this).
+    let bytes = |n: NodeId| {
+        g.node(n).map_or(usize::MAX, |nd| {
+            nd.shape.numel().saturating_mul(nd.dtype.size_bytes())
+        })
+    };
+    let small_buffers = g
+        .operands(id)
+        .iter()
+        .chain([&id])
+        .all(|&n| bytes(n) < i32::MAX as usize);
+    macs <= max_macs && small_buffers && s.count * blocks_per_entry(s.m, s.n, s.lanes) <= MAX_BLOCKS
 }
 
 /// The dims of a MatMul node.
@@ -378,7 +393,7 @@ fn zero(l: &mut Lowerer<'_>, cx: &Ctx, vector: bool) -> Value {
 /// A byte offset as a load/store immediate (products here are small, so
 /// it always fits).
 fn i32_offset(off: i64) -> i32 {
-    i32::try_from(off).expect("internal: inline products are far below 2 GiB")
+    i32::try_from(off).expect("internal: is_inline_product keeps every buffer below 2 GiB")
 }
 
 #[cfg(test)]
