@@ -314,46 +314,27 @@ mod tests {
     /// length checks (they must not wrap to a small, "valid" end).
     #[test]
     fn offsets_past_usize_max_are_an_error() {
-        let l = StridedLayout::new((1, 4), (1, 1), (4, 1), 4, vec![0, usize::MAX - 2])
-            .expect("valid shape");
-        let batch = Batch {
-            m: 1,
-            n: 4,
-            k: 1,
-            offsets: &[(0, 0), (0, 0)],
-            layout: Some(&l),
-        };
-        let (a, b, mut c) = (vec![1.0f32; 1], vec![1.0f32; 4], vec![0.0f32; 4]);
-        let mut ws = vec![0.0f32; batched_workspace_len::<f32>(2, 1, 4, 1, false)];
-        let err = gemm_batched(
-            &batch,
-            &a,
-            BatchRhs::Entries(&b),
-            &mut c,
-            &mut ws,
-            &Epilogue::none(),
-        );
-        assert!(matches!(err, Err(KernelError::Length { .. })), "{err:?}");
-        let wide = StridedLayout::new((2, 2), (usize::MAX / 2, 1), (2, 1), 2, vec![0, 4])
-            .expect("valid shape");
-        let batch = Batch {
-            m: 2,
-            n: 2,
-            k: 2,
-            offsets: &[(0, 0), (0, 0)],
-            layout: Some(&wide),
-        };
-        let (a, b, mut c) = (vec![1.0f32; 8], vec![1.0f32; 4], vec![0.0f32; 8]);
-        let mut ws = vec![0.0f32; batched_workspace_len::<f32>(2, 2, 2, 2, false)];
-        let err = gemm_batched(
-            &batch,
-            &a,
-            BatchRhs::Entries(&b),
-            &mut c,
-            &mut ws,
-            &Epilogue::none(),
-        );
-        assert!(matches!(err, Err(KernelError::Length { .. })), "{err:?}");
+        // (m, n, k, A strides, C offsets): a C offset, then an A stride, too far.
+        let cases = [
+            (1, 4, 1, (1, 1), vec![0, usize::MAX - 2]),
+            (2, 2, 2, (usize::MAX / 2, 1), vec![0, 4]),
+        ];
+        for (m, n, k, sa, c_offsets) in cases {
+            let l = StridedLayout::new((m, n), sa, (n, 1), n, c_offsets).expect("valid shape");
+            let batch = Batch {
+                m,
+                n,
+                k,
+                offsets: &[(0, 0), (0, 0)],
+                layout: Some(&l),
+            };
+            let (a, b) = (vec![1.0f32; m * k], vec![1.0f32; k * n]);
+            let mut c = vec![0.0f32; 2 * m * n];
+            let mut ws = vec![0.0f32; batched_workspace_len::<f32>(2, m, n, k, false)];
+            let rhs = BatchRhs::Entries(&b);
+            let err = gemm_batched(&batch, &a, rhs, &mut c, &mut ws, &Epilogue::none());
+            assert!(matches!(err, Err(KernelError::Length { .. })), "{err:?}");
+        }
     }
 
     #[test]
