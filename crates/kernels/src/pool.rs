@@ -39,10 +39,17 @@ const SPIN: Duration = Duration::from_micros(50);
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
-/// The number of threads kernels may use (default: available parallelism).
+/// The machine's available parallelism, read once: the standard library
+/// reads cgroup files (and allocates) on every call, too slow for a
+/// question asked per product.
+static DEFAULT_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// The number of threads kernels may use (default: available parallelism,
+/// as it was at the first call).
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => *DEFAULT_THREADS
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => n,
     }
 }
