@@ -12,7 +12,7 @@ use cranelora::graph::TensorData;
 use cranelora::jit::serve::AdapterServer;
 use cranelora::kernels::Scalar;
 use cranelora::serving::{adapter_of, compile_server, ServingConfig};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const SIZES: [usize; 3] = [12, 20, 10];
@@ -356,13 +356,17 @@ fn concurrent_swaps_and_calls_each_use_one_whole_adapter() {
         expected.push(srv.run(&xs).expect("run")[0].clone());
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Swaps done so far: the callers start after the first one, so their
+    // calls overlap swapping however the threads are scheduled.
+    let swaps = Arc::new(AtomicUsize::new(0));
     let swapper = {
-        let (srv, stop) = (Arc::clone(&srv), Arc::clone(&stop));
+        let (srv, stop, swaps) = (Arc::clone(&srv), Arc::clone(&stop), Arc::clone(&swaps));
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 srv.set_active(Some(["a", "b"][n % 2])).expect("swap");
                 n += 1;
+                swaps.store(n, Ordering::Release);
             }
             n
         })
@@ -370,7 +374,11 @@ fn concurrent_swaps_and_calls_each_use_one_whole_adapter() {
     let callers: Vec<_> = (0..3)
         .map(|_| {
             let (srv, xs, expected) = (Arc::clone(&srv), xs.clone(), expected.clone());
+            let swaps = Arc::clone(&swaps);
             std::thread::spawn(move || {
+                while swaps.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
                 let mut out = srv.run(&xs).expect("run");
                 for _ in 0..200 {
                     srv.run_into(&xs, &mut out).expect("run");
@@ -594,25 +602,33 @@ fn concurrent_rebinds_and_mixed_calls_each_use_one_whole_set() {
     assert_ne!(expected[0], expected[1]);
     let ids = srv.row_ids(&rows).expect("ids");
     let stop = Arc::new(AtomicBool::new(false));
+    // Rebinds completed so far: the callers start after the first one, so
+    // their calls overlap rebinding however the threads are scheduled.
+    let binds = Arc::new(AtomicUsize::new(0));
     let binder = {
-        let (srv, stop) = (Arc::clone(&srv), Arc::clone(&stop));
+        let (srv, stop, binds) = (Arc::clone(&srv), Arc::clone(&stop), Arc::clone(&binds));
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 srv.bind_adapter("b", &versions[n % 2]).expect("rebind");
                 n += 1;
+                binds.store(n, Ordering::Release);
             }
             n
         })
     };
     let callers: Vec<_> = (0..2)
         .map(|_| {
-            let (srv, inputs, expected) = (
+            let (srv, inputs, expected, binds) = (
                 Arc::clone(&srv),
                 [xs.clone(), ids.clone()],
                 expected.clone(),
+                Arc::clone(&binds),
             );
             std::thread::spawn(move || {
+                while binds.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now();
+                }
                 let mut out = srv.run_batch(&inputs).expect("batch");
                 for _ in 0..200 {
                     srv.run_batch_into(&inputs, &mut out).expect("batch");
