@@ -449,13 +449,21 @@ mod tests {
         s
     }
 
-    fn check_all<T: Scalar>(seed: u64) {
+    /// `check_case` on every shape `shapes` gives, for every available ISA.
+    fn check_every_isa<T: Scalar>(
+        seed: u64,
+        shapes: impl Fn(&mut Rng) -> Vec<(usize, usize, usize)>,
+    ) {
         let mut rng = Rng(seed);
         for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
             for shape in shapes(&mut rng) {
                 check_case::<T>(isa, &mut rng, shape);
             }
         }
+    }
+
+    fn check_all<T: Scalar>(seed: u64) {
+        check_every_isa::<T>(seed, shapes);
     }
 
     #[test]
@@ -473,21 +481,17 @@ mod tests {
     /// `n` crossing a column block, so the even row tiles and the `B`
     /// prefetch (which reaches past the micro-panel) meet every edge.
     fn check_uneven_rows<T: Scalar>(seed: u64) {
-        let mut rng = Rng(seed);
-        let shapes = [
-            (64, 100, 300),
-            (64, 33, 1),
-            (23, 70, 1),
-            (23, 17, 257),
-            (1, 1100, 257),
-            (145, 40, 20),
-            (11, 64, 64),
-        ];
-        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
-            for shape in shapes {
-                check_case::<T>(isa, &mut rng, shape);
-            }
-        }
+        check_every_isa::<T>(seed, |_| {
+            vec![
+                (64, 100, 300),
+                (64, 33, 1),
+                (23, 70, 1),
+                (23, 17, 257),
+                (1, 1100, 257),
+                (145, 40, 20),
+                (11, 64, 64),
+            ]
+        });
     }
 
     #[test]
