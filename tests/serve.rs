@@ -355,38 +355,58 @@ fn concurrent_swaps_and_calls_each_use_one_whole_adapter() {
         srv.set_active(Some(name)).expect("active");
         expected.push(srv.run(&xs).expect("run")[0].clone());
     }
+    let swapper = Arc::clone(&srv);
+    let swaps = while_writing(
+        3,
+        move |n| {
+            swapper.set_active(Some(["a", "b"][n % 2])).expect("swap");
+        },
+        move || {
+            let mut out = srv.run(&xs).expect("run");
+            for _ in 0..200 {
+                srv.run_into(&xs, &mut out).expect("run");
+                assert!(
+                    out[0] == expected[0] || out[0] == expected[1],
+                    "a torn adapter"
+                );
+            }
+        },
+    );
+    assert!(swaps > 0);
+}
+
+/// Runs `write(0)`, `write(1)`, … on one thread while `callers` threads
+/// each run `call` once, starting after the first write (so the calls
+/// overlap writing however the threads are scheduled); returns how many
+/// writes ran.
+fn while_writing(
+    callers: usize,
+    write: impl Fn(usize) + Send + 'static,
+    call: impl Fn() + Send + Sync + 'static,
+) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
-    // Swaps done so far: the callers start after the first one, so their
-    // calls overlap swapping however the threads are scheduled.
-    let swaps = Arc::new(AtomicUsize::new(0));
-    let swapper = {
-        let (srv, stop, swaps) = (Arc::clone(&srv), Arc::clone(&stop), Arc::clone(&swaps));
+    let writes = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, writes) = (Arc::clone(&stop), Arc::clone(&writes));
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                srv.set_active(Some(["a", "b"][n % 2])).expect("swap");
+                write(n);
                 n += 1;
-                swaps.store(n, Ordering::Release);
+                writes.store(n, Ordering::Release);
             }
             n
         })
     };
-    let callers: Vec<_> = (0..3)
+    let call = Arc::new(call);
+    let callers: Vec<_> = (0..callers)
         .map(|_| {
-            let (srv, xs, expected) = (Arc::clone(&srv), xs.clone(), expected.clone());
-            let swaps = Arc::clone(&swaps);
+            let (call, writes) = (Arc::clone(&call), Arc::clone(&writes));
             std::thread::spawn(move || {
-                while swaps.load(Ordering::Acquire) == 0 {
+                while writes.load(Ordering::Acquire) == 0 {
                     std::thread::yield_now();
                 }
-                let mut out = srv.run(&xs).expect("run");
-                for _ in 0..200 {
-                    srv.run_into(&xs, &mut out).expect("run");
-                    assert!(
-                        out[0] == expected[0] || out[0] == expected[1],
-                        "a torn adapter"
-                    );
-                }
+                call();
             })
         })
         .collect();
@@ -394,7 +414,7 @@ fn concurrent_swaps_and_calls_each_use_one_whole_adapter() {
         c.join().expect("caller");
     }
     stop.store(true, Ordering::Relaxed);
-    assert!(swapper.join().expect("swapper") > 0);
+    writer.join().expect("writer")
 }
 
 /// The PEFT fixture `linear_basic` (fc1 Linear(16,32) → ReLU → fc2
@@ -601,50 +621,25 @@ fn concurrent_rebinds_and_mixed_calls_each_use_one_whole_set() {
     }
     assert_ne!(expected[0], expected[1]);
     let ids = srv.row_ids(&rows).expect("ids");
-    let stop = Arc::new(AtomicBool::new(false));
-    // Rebinds completed so far: the callers start after the first one, so
-    // their calls overlap rebinding however the threads are scheduled.
-    let binds = Arc::new(AtomicUsize::new(0));
-    let binder = {
-        let (srv, stop, binds) = (Arc::clone(&srv), Arc::clone(&stop), Arc::clone(&binds));
-        std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                srv.bind_adapter("b", &versions[n % 2]).expect("rebind");
-                n += 1;
-                binds.store(n, Ordering::Release);
+    let binder = Arc::clone(&srv);
+    let inputs = [xs, ids];
+    let binds = while_writing(
+        2,
+        move |n| {
+            binder.bind_adapter("b", &versions[n % 2]).expect("rebind");
+        },
+        move || {
+            let mut out = srv.run_batch(&inputs).expect("batch");
+            for _ in 0..200 {
+                srv.run_batch_into(&inputs, &mut out).expect("batch");
+                assert!(
+                    out[0] == expected[0] || out[0] == expected[1],
+                    "a torn adapter set"
+                );
             }
-            n
-        })
-    };
-    let callers: Vec<_> = (0..2)
-        .map(|_| {
-            let (srv, inputs, expected, binds) = (
-                Arc::clone(&srv),
-                [xs.clone(), ids.clone()],
-                expected.clone(),
-                Arc::clone(&binds),
-            );
-            std::thread::spawn(move || {
-                while binds.load(Ordering::Acquire) == 0 {
-                    std::thread::yield_now();
-                }
-                let mut out = srv.run_batch(&inputs).expect("batch");
-                for _ in 0..200 {
-                    srv.run_batch_into(&inputs, &mut out).expect("batch");
-                    assert!(
-                        out[0] == expected[0] || out[0] == expected[1],
-                        "a torn adapter set"
-                    );
-                }
-            })
-        })
-        .collect();
-    for c in callers {
-        c.join().expect("caller");
-    }
-    stop.store(true, Ordering::Relaxed);
-    assert!(binder.join().expect("binder") > 0);
+        },
+    );
+    assert!(binds > 0);
 }
 
 /// Embedding and Conv2d adapters: single-adapter serving equals the eager
