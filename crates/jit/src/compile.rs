@@ -210,8 +210,7 @@ pub(crate) fn compile_updating(
     // and buffers; a step's nodes stay in topological order. An inline
     // product is not an epilogue's: its group stays a loop.
     let inline = |id: NodeId| is_inline_product(&g, id, options.inline_matmul_macs);
-    let mut epilogues = epilogue::plan(&g, &groups);
-    epilogues.retain(|_, e| !inline(e.matmul));
+    let epilogues = epilogue::plan(&g, &groups, |mm| !inline(mm));
     let absorbed: HashSet<NodeId> = epilogues
         .values()
         .flat_map(|e| e.absorbed.iter().copied())

@@ -70,8 +70,14 @@ pub struct EpilogueGroup {
     pub absorbed_groups: Vec<usize>,
 }
 
-/// The groups of `groups` (by index) that become epilogues.
-pub fn plan(g: &Graph, groups: &[LoopGroup]) -> HashMap<usize, EpilogueGroup> {
+/// The groups of `groups` (by index) that become epilogues; a group whose
+/// base product is not a GEMM call (`gemm_call` false: an inline product)
+/// is left a loop before its absorbed groups are taken.
+pub fn plan(
+    g: &Graph,
+    groups: &[LoopGroup],
+    gemm_call: impl Fn(NodeId) -> bool,
+) -> HashMap<usize, EpilogueGroup> {
     let group_of: HashMap<NodeId, usize> = groups
         .iter()
         .enumerate()
@@ -86,7 +92,7 @@ pub fn plan(g: &Graph, groups: &[LoopGroup]) -> HashMap<usize, EpilogueGroup> {
         let Some(e) = match_group(g, groups, gi, &group_of) else {
             continue;
         };
-        if e.absorbed_groups.iter().any(|a| taken.contains(a)) {
+        if !gemm_call(e.matmul) || e.absorbed_groups.iter().any(|a| taken.contains(a)) {
             continue;
         }
         taken.insert(gi);
