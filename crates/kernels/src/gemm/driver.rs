@@ -12,11 +12,12 @@
 //! split), two per thread; each thread packs into its own slice of the
 //! workspace.
 
+use super::epilogue::{add_lora_row, LoraTerm};
 use super::kernel::{Elem, Tile};
 use super::pack::{pack_a, pack_b, packed_a_len, packed_b_len};
 use super::select::{Blocking, Family};
 use super::MatRef;
-use crate::pool;
+use crate::{pool, Scalar};
 use std::ops::Range;
 
 /// The right-hand operand as the driver sees it.
@@ -173,13 +174,36 @@ pub(super) struct Problem<'a, E> {
     pub k: usize,
     /// Called once per finished block row `C[i, j0..j0 + len]` (the epilogue).
     pub post: Option<&'a PostFn<'a, E>>,
+    /// The LoRA term of the epilogue, when the driver computes it with the
+    /// microkernels (see [`LoraPass`]); `post` then leaves it out.
+    pub lora: Option<LoraPass<'a, E>>,
+}
+
+/// `C += s·XA·LB`, run by the microkernels on each block of `C` after its
+/// last depth block and before `post`: `XA` (m×r) is packed like a depth
+/// block of `A` and `LB` (r×n, row-major) is read in place as micro-panels,
+/// so the rank sum costs what a depth-`r` block of the product costs.
+/// Columns of a block that do not fill a whole micro-panel are left to
+/// [`add_lora_row`].
+#[derive(Clone, Copy)]
+pub(super) struct LoraPass<'a, E> {
+    pub term: LoraTerm<'a, E>,
+}
+
+impl<'a, E: Elem> LoraPass<'a, E> {
+    /// The pass for `term` if the driver can run it with `bl`'s kernels: a
+    /// rank of at most one depth block, and `LB` with unit column stride.
+    pub fn new(term: LoraTerm<'a, E>, bl: Blocking) -> Option<Self> {
+        let r = term.xa.cols();
+        (r > 0 && r <= bl.kc && term.b.col_stride == 1).then_some(Self { term })
+    }
 }
 
 /// `C ← α·A·B + β·C` with `fam`'s kernels; `c` is m×n at row stride `rs`.
 ///
 /// The caller has checked shapes, that `c` holds the view, and that
 /// `workspace` has at least one thread's worth.
-pub(super) fn run<E: Elem>(
+pub(super) fn run<E: Elem + Scalar>(
     fam: &Family<E>,
     p: &Problem<'_, E>,
     c: &mut [E],
@@ -269,7 +293,7 @@ impl Drop for DenormalsAreZero {
 }
 
 /// Computes the rectangle `rows × cols` of `C` single-threaded.
-fn block<E: Elem>(
+fn block<E: Elem + Scalar>(
     fam: &Family<E>,
     p: &Problem<'_, E>,
     (rows, cols): (Range<usize>, Range<usize>),
@@ -294,11 +318,13 @@ fn block<E: Elem>(
                     Panels {
                         data: b_buf,
                         stride: kc * bl.nr,
+                        rs: bl.nr,
                     }
                 }
                 BSource::Packed(d) => Panels {
                     data: &d[jc / bl.nr * p.k * bl.nr + pc * bl.nr..],
                     stride: p.k * bl.nr,
+                    rs: bl.nr,
                 },
             };
             let beta = if pc == 0 { p.beta } else { E::ONE };
@@ -313,7 +339,11 @@ fn block<E: Elem>(
                     size: (mc, nc),
                 };
                 at.run(fam, p.alpha, beta, c);
-                if let (Some(post), true) = (p.post, pc + kc == p.k) {
+                let last = pc + kc == p.k;
+                if let (Some(l), true) = (&p.lora, last) {
+                    lora_block(fam, l, a_buf, (ic, jc), (mc, nc), c);
+                }
+                if let (Some(post), true) = (p.post, last) {
                     for i in ic..ic + mc {
                         // SAFETY: this task owns rows × cols of C, and the
                         // microkernels that wrote it have returned.
@@ -337,19 +367,62 @@ pub(super) fn row_tiles(mc: usize, mr: usize) -> impl Iterator<Item = (usize, us
     })
 }
 
+/// Adds `s·XA·LB` to the `mc × nc` block of `C` at `(ic, jc)`: the whole
+/// micro-panels with the microkernels (`XA` packed into `a_buf`, which the
+/// block's product no longer needs), the columns past them row by row.
+fn lora_block<E: Elem + Scalar>(
+    fam: &Family<E>,
+    l: &LoraPass<'_, E>,
+    a_buf: &mut [E],
+    (ic, jc): (usize, usize),
+    (mc, nc): (usize, usize),
+    c: &CView<E>,
+) {
+    let (bl, t) = (fam.blocking, &l.term);
+    let r = t.xa.cols();
+    let full = nc / bl.nr * bl.nr;
+    if full > 0 {
+        pack_a(t.xa, ic..ic + mc, 0..r, bl.lda, a_buf);
+        let lb = t.b.data;
+        let panels = Panels {
+            data: &lb[jc.min(lb.len())..],
+            stride: bl.nr,
+            rs: t.b.row_stride,
+        };
+        let at = Macro {
+            kc: r,
+            a: a_buf,
+            b: &panels,
+            origin: (ic, jc),
+            size: (mc, full),
+        };
+        at.run(fam, t.scale, E::ONE, c);
+    }
+    if full < nc {
+        for i in ic..ic + mc {
+            // SAFETY: this task owns the block's rows and columns of C, and
+            // the microkernels that wrote it have returned.
+            let row = unsafe { c.row_mut(i, jc + full, nc - full) };
+            add_lora_row(row, i, jc + full, t);
+        }
+    }
+}
+
 /// The `nr`-column micro-panels of `B` for one depth block.
 ///
-/// Panel `q` starts at `q·stride`; its rows are `nr` apart.
+/// Panel `q` starts at `q·stride`; its rows are `rs` apart (`nr` when
+/// packed; a row-major matrix's row stride when read in place).
 struct Panels<'a, E> {
     data: &'a [E],
     stride: usize,
+    rs: usize,
 }
 
 impl<E> Panels<'_, E> {
-    /// Panel `q` over depth `kc`, and its row stride.
+    /// Panel `q` over depth `kc` (`kc` rows of `nr` elements), and its row stride.
     fn panel(&self, q: usize, kc: usize, nr: usize) -> (&[E], usize) {
         let start = q * self.stride;
-        (&self.data[start..start + kc * nr], nr)
+        (&self.data[start..start + (kc - 1) * self.rs + nr], self.rs)
     }
 }
 
@@ -388,7 +461,8 @@ impl<E: Elem> Macro<'_, E> {
                     nr: cols,
                     alpha,
                     beta,
-                    pf: pf * rs_b,
+                    // In-place panels (the LoRA pass) are a few rows deep.
+                    pf: if rs_b == nr { pf * rs_b } else { 0 },
                 };
                 // SAFETY: `a` holds rows × kc at stride lda, `b` kc rows of nr
                 // at stride rs_b (`panel` sliced both), `tile_ptr` checked the

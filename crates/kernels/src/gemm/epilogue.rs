@@ -234,7 +234,7 @@ const LORA_CHUNK: usize = 32;
 /// registers) and added to `row` once, instead of one load and store of
 /// the row per rank column. The order is the interpreter's (`XA·B` summed,
 /// then added), not the base product's.
-fn add_lora_row<T: Scalar>(row: &mut [T], i: usize, j0: usize, l: &LoraTerm<'_, T>) {
+pub(super) fn add_lora_row<T: Scalar>(row: &mut [T], i: usize, j0: usize, l: &LoraTerm<'_, T>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F (checked just above), the only

@@ -47,7 +47,7 @@ pub use layout::StridedLayout;
 pub use view::{MatMut, MatRef};
 
 use crate::{DType, KernelError, Result, Scalar};
-use driver::{BSource, Problem};
+use driver::{BSource, LoraPass, Problem};
 use select::{HasFamily, Isa};
 
 /// A right-hand matrix packed once into the kernel's panel layout.
@@ -303,7 +303,13 @@ fn typed<T: Scalar, E: HasFamily + Scalar>(
     cast: Casts<T, E>,
 ) {
     let view = |s| (cast.slice)(s).expect(SAME_TYPE);
-    let ep = ep.retype(view);
+    let mut ep = ep.retype(view);
+    let fam = E::family(isa);
+    // The LoRA term runs on the microkernels when it can (driver::LoraPass).
+    let lora = ep.lora.and_then(|t| LoraPass::new(t, fam.blocking));
+    if lora.is_some() {
+        ep.lora = None;
+    }
     let post = |i: usize, j0: usize, row: &mut [E]| ep.apply_row(i, j0, row);
     let problem = Problem {
         alpha: E::from_f64_lossy(alpha.to_f64_exact()),
@@ -315,11 +321,12 @@ fn typed<T: Scalar, E: HasFamily + Scalar>(
         beta: E::from_f64_lossy(beta.to_f64_exact()),
         k: a.cols(),
         post: if ep.is_none() { None } else { Some(&post) },
+        lora,
     };
     let dims = (c.rows, c.cols, c.row_stride);
     let c_data = (cast.slice_mut)(c.data).expect(SAME_TYPE);
     let ws = (cast.slice_mut)(workspace).expect(SAME_TYPE);
-    driver::run(E::family(isa), &problem, c_data, dims, ws);
+    driver::run(fam, &problem, c_data, dims, ws);
 }
 
 /// [`gemm`] with a workspace it allocates itself.
