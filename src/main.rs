@@ -50,6 +50,11 @@ USAGE:
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.get(1).map(String::as_str), Some("--help" | "-h")) {
+        // `cranelora <command> --help`: the usage of every command.
+        print!("{USAGE}");
+        return Ok(());
+    }
     match args.first().map(String::as_str) {
         Some("demo") => demo_cmd::run(&args[1..], USAGE),
         Some("peft") => peft_cmd::run(&args[1..], USAGE),
