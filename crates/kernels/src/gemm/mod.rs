@@ -57,7 +57,7 @@ use select::{HasFamily, Isa};
 /// The layout is the one of the microkernel chosen for this host when
 /// packing (panels of [`PackedRhs::panel_width`] columns over the full depth
 /// `k`, zero-padded), and [`gemm`] uses that same microkernel with it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PackedRhs<T> {
     k: usize,
     n: usize,
@@ -83,9 +83,7 @@ impl<T: Scalar> PackedRhs<T> {
         let (k, n) = (b.rows(), b.cols());
         let nr = select::blocking::<T>(isa).nr;
         let len = pack::packed_b_len(n, k, nr);
-        let slack = 64 / std::mem::size_of::<T>();
-        let mut data = vec![T::zero(); len + slack];
-        let off = data.as_ptr().align_offset(64).min(slack);
+        let (mut data, off) = Self::aligned_buffer(len);
         if k > 0 && n > 0 {
             pack::pack_b(b, 0..k, 0..n, nr, &mut data[off..off + len]);
         }
@@ -100,8 +98,16 @@ impl<T: Scalar> PackedRhs<T> {
         }
     }
 
-    /// The packed panels (aligned when packed; a clone may not be, which
-    /// only costs speed).
+    /// A zeroed buffer with `len` elements starting on a 64-byte boundary
+    /// at the returned offset.
+    fn aligned_buffer(len: usize) -> (Vec<T>, usize) {
+        let slack = 64 / std::mem::size_of::<T>();
+        let data = vec![T::zero(); len + slack];
+        let off = data.as_ptr().align_offset(64).min(slack);
+        (data, off)
+    }
+
+    /// The packed panels (64-byte aligned).
     fn panels(&self) -> &[T] {
         &self.data[self.off..self.off + self.len]
     }
@@ -119,6 +125,16 @@ impl<T: Scalar> PackedRhs<T> {
     /// Columns per panel of the packed layout (the microkernel's tile width).
     pub fn panel_width(&self) -> usize {
         self.nr
+    }
+}
+
+impl<T: Scalar> Clone for PackedRhs<T> {
+    /// A copy whose panels start on a 64-byte boundary of its own buffer
+    /// (a derived clone would copy the offset of the original's).
+    fn clone(&self) -> Self {
+        let (mut data, off) = Self::aligned_buffer(self.len);
+        data[off..off + self.len].copy_from_slice(self.panels());
+        Self { data, off, ..*self }
     }
 }
 
@@ -509,6 +525,23 @@ mod tests {
     #[test]
     fn uneven_row_tiles_match_reference_f64() {
         check_uneven_rows::<f64>(0x5eed_0f64_8765_4321);
+    }
+
+    #[test]
+    fn cloned_packed_rhs_is_aligned_and_equal() {
+        let mut rng = Rng(5);
+        let data: Vec<f32> = (0..37 * 29).map(|_| rng.unit() as f32).collect();
+        let packed = PackedRhs::pack(MatRef::new(&data, 37, 29).expect("fits"));
+        // Clones of clones land at unrelated allocator offsets.
+        let clones: Vec<PackedRhs<f32>> = (0..8).map(|_| packed.clone().clone()).collect();
+        for c in &clones {
+            assert_eq!(c.panels(), packed.panels());
+            assert_eq!(c.panels().as_ptr() as usize % 64, 0);
+            assert_eq!(
+                (c.k(), c.n(), c.panel_width()),
+                (37, 29, packed.panel_width())
+            );
+        }
     }
 
     #[test]
