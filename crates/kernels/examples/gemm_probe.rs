@@ -1,12 +1,15 @@
-//! Interleaved timing probe for the GEMM at W1's shapes (ratios within one
-//! process; the machine is shared, so absolute times are noisy).
+//! Interleaved timing probe for the GEMM at W1's and W3's shapes (ratios
+//! within one process; the machine is shared, so absolute times are noisy).
 //!
-//! `cargo run --release -p cranelora-kernels --example gemm_probe -- [reps]`
+//! `cargo run --release -p cranelora-kernels --example gemm_probe -- [rounds] [w1|w3|all]`
 //!
-//! Each round times, in turn: the 64×1024×1024 product with a prepacked
-//! weight on 1 and 2 threads, the same with a bias + GELU-tanh epilogue, a
-//! chain of four such layers (W1 folded), and the GELU-tanh pass alone;
-//! medians over the rounds are printed with GFLOP/s.
+//! W1: each round times, in turn, the 64×1024×1024 product with a
+//! prepacked weight on 1 and 2 threads, the same with a bias + GELU-tanh
+//! epilogue, a chain of four such layers (W1 folded), and the GELU-tanh
+//! pass alone. W3: each of MiniLM's 1024-row products (prepacked weights,
+//! four in turn, 2 threads) as the library splits it and as a column or a
+//! row split emulated over the pool (`w3` below). Medians over the rounds
+//! are printed with GFLOP/s.
 
 use cranelora_kernels::gemm::{
     gemm_ep, workspace_len, Activation, Epilogue, MatMut, MatRef, PackedRhs, Rhs,
@@ -61,23 +64,44 @@ fn layer(s: &mut Setup, l: usize, input: Option<usize>, gelu: bool) {
     s.out[l] = out;
 }
 
-/// µs per call: wall time, or with `PROBE_CPU=1` the calling thread's time
-/// on a CPU (Linux schedstat; only meaningful for 1-thread rows).
+/// µs per call: wall time; with `PROBE_CPU=1` the calling thread's time
+/// on a CPU (Linux schedstat; only meaningful for 1-thread rows); with
+/// `PROBE_CPU=all` the CPU time of all the process's threads (pool workers
+/// included, with their spinning between jobs: on a loaded machine the
+/// work a product costs, where its wall time mostly measures the load).
 fn time(reps: usize, f: &mut dyn FnMut()) -> f64 {
-    let cpu = std::env::var("PROBE_CPU").is_ok_and(|v| v == "1");
-    let (t, c) = (Instant::now(), thread_cpu_ns());
-    for _ in 0..reps {
-        f();
-    }
-    if cpu {
-        return (thread_cpu_ns() - c) as f64 / 1e3 / reps as f64;
-    }
-    t.elapsed().as_secs_f64() * 1e6 / reps as f64
+    let cpu = std::env::var("PROBE_CPU").unwrap_or_default();
+    let clock = match cpu.as_str() {
+        "1" => thread_cpu_ns,
+        "all" => process_cpu_ns,
+        _ => {
+            let t = Instant::now();
+            (0..reps).for_each(|_| f());
+            return t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        }
+    };
+    let c = clock();
+    (0..reps).for_each(|_| f());
+    (clock() - c) as f64 / 1e3 / reps as f64
 }
 
 /// Nanoseconds the calling thread has run on a CPU (0 where unavailable).
 fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+    schedstat_ns("/proc/thread-self/schedstat")
+}
+
+/// Nanoseconds all threads of this process have run on a CPU.
+fn process_cpu_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .map(|t| schedstat_ns(&t.path().join("schedstat").to_string_lossy()))
+        .sum()
+}
+
+fn schedstat_ns(path: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
@@ -93,6 +117,16 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(15);
+    let which = std::env::args().nth(2).unwrap_or_else(|| "all".into());
+    if which == "w1" || which == "all" {
+        w1(rounds);
+    }
+    if which == "w3" || which == "all" {
+        w3::run(rounds);
+    }
+}
+
+fn w1(rounds: usize) {
     let w: Vec<PackedRhs<f32>> = (0..4)
         .map(|l| {
             let d = data(K * N, 7 + l);
@@ -156,8 +190,179 @@ fn main() {
             _ => flops / med / 1e3,
         };
         println!(
-            "{name:28} median {med:9.1} µs  min {:9.1} µs  {gf:6.0} GFLOP/s",
+            "{name:32} median {med:9.1} µs  min {:9.1} µs  {gf:6.0} GFLOP/s",
             v[0]
         );
+    }
+}
+
+/// W3 (MiniLM on 8 × 128 tokens): the 1024-row products with prepacked
+/// weights, on 2 threads, four weights in turn (a forward pass streams its
+/// weights). Besides the library's own split, a column split and a row
+/// split are emulated through the public API: `parallel_for_slots` runs
+/// the tasks, each a single-threaded `gemm` on its rectangle (a nested
+/// call stays on its thread) into its own output buffer.
+mod w3 {
+    use super::{data, median, time};
+    use cranelora_kernels::gemm::{gemm, workspace_len, MatMut, MatRef, PackedRhs, Rhs};
+    use cranelora_kernels::pool;
+    use std::ops::Range;
+    use std::sync::Mutex;
+
+    /// (m, n, k): the attention projections, the FFN's up and down products.
+    const SHAPES: [(usize, usize, usize); 3] =
+        [(1024, 384, 384), (1024, 1536, 384), (1024, 384, 1536)];
+
+    /// `SHAPES`, or the `MxNxK` list (comma-separated) in `PROBE_SHAPES`.
+    fn shapes() -> Vec<(usize, usize, usize)> {
+        let Ok(list) = std::env::var("PROBE_SHAPES") else {
+            return SHAPES.to_vec();
+        };
+        let dims = |s: &str| {
+            let d: Vec<usize> = s
+                .split('x')
+                .map(|x| x.trim().parse().expect("MxNxK"))
+                .collect();
+            (d[0], d[1], d[2])
+        };
+        list.split(',').map(dims).collect()
+    }
+    /// Distinct weights per shape, used in turn.
+    const WEIGHTS: usize = 4;
+    /// Tasks of the emulated column split (two per thread, as the driver).
+    const COLUMN_TASKS: usize = 4;
+    /// Row tasks start at multiples of this (the AVX-512 f32 tile height).
+    const MR: usize = 12;
+
+    /// How a product is cut into tasks.
+    #[derive(Clone, Copy)]
+    enum Split {
+        Library,
+        Columns,
+        Rows(usize),
+    }
+
+    const SPLITS: [(Split, &str); 4] = [
+        (Split::Library, "library"),
+        (Split::Columns, "4 column tasks"),
+        (Split::Rows(4), "4 row tasks"),
+        (Split::Rows(2), "2 row tasks"),
+    ];
+
+    /// Task `t` of `tasks` over `len`, cut at multiples of `unit` (as the driver).
+    fn bounds(len: usize, unit: usize, tasks: usize, t: usize) -> Range<usize> {
+        let units = len.div_ceil(unit);
+        let bound = |t: usize| (units * t / tasks * unit).min(len);
+        bound(t)..bound(t + 1)
+    }
+
+    struct Product {
+        dims: (usize, usize, usize),
+        x: Vec<f32>,
+        weights: Vec<PackedRhs<f32>>,
+        /// `columns[w][t]`: the columns of weight `w` owned by column task `t`.
+        columns: Vec<Vec<PackedRhs<f32>>>,
+        out: Vec<f32>,
+        ws: Vec<f32>,
+        task_out: Vec<Mutex<Vec<f32>>>,
+        slot_ws: Vec<Mutex<Vec<f32>>>,
+    }
+
+    impl Product {
+        fn new((m, n, k): (usize, usize, usize)) -> Self {
+            let raw: Vec<Vec<f32>> = (0..WEIGHTS).map(|w| data(k * n, 11 + w as u64)).collect();
+            let pack = |d: &[f32], cols: Range<usize>| {
+                let v = MatRef::with_strides(&d[cols.start..], k, cols.len(), n, 1);
+                PackedRhs::pack(v.expect("fits"))
+            };
+            let weights: Vec<_> = raw.iter().map(|d| pack(d, 0..n)).collect();
+            let nr = weights[0].panel_width();
+            let columns = raw
+                .iter()
+                .map(|d| {
+                    (0..COLUMN_TASKS)
+                        .map(|t| pack(d, bounds(n, nr, COLUMN_TASKS, t)))
+                        .collect()
+                })
+                .collect();
+            pool::set_threads(1);
+            let one = workspace_len::<f32>(m, n, k, true);
+            pool::set_threads(2);
+            Self {
+                dims: (m, n, k),
+                x: data(m * k, 5),
+                weights,
+                columns,
+                out: vec![0.0; m * n],
+                ws: vec![0.0; workspace_len::<f32>(m, n, k, true)],
+                task_out: (0..COLUMN_TASKS)
+                    .map(|_| Mutex::new(vec![0.0; m * n]))
+                    .collect(),
+                slot_ws: (0..2).map(|_| Mutex::new(vec![0.0; one])).collect(),
+            }
+        }
+
+        /// One product with weight `w`, cut as `split`.
+        fn call(&mut self, w: usize, split: Split) {
+            let (m, n, k) = self.dims;
+            let a = MatRef::new(&self.x, m, k).expect("fits");
+            let tasks = match split {
+                Split::Library => {
+                    let c = MatMut::new(&mut self.out, m, n).expect("fits");
+                    let b = Rhs::Packed(&self.weights[w]);
+                    gemm(1.0, a, b, 0.0, c, &mut self.ws).expect("valid");
+                    return;
+                }
+                Split::Columns => COLUMN_TASKS,
+                Split::Rows(t) => t,
+            };
+            let this = &*self;
+            pool::parallel_for_slots(tasks, 2, &|t, slot| {
+                let mut ws = this.slot_ws[slot].lock().expect("unpoisoned");
+                let mut out = this.task_out[t].lock().expect("unpoisoned");
+                let (a, b) = match split {
+                    Split::Rows(_) => {
+                        let rows = bounds(m, MR, tasks, t);
+                        let a = MatRef::new(&this.x[rows.start * k..rows.end * k], rows.len(), k);
+                        (a.expect("fits"), &this.weights[w])
+                    }
+                    _ => (a, &this.columns[w][t]),
+                };
+                let c = MatMut::new(&mut out[..a.rows() * b.n()], a.rows(), b.n());
+                gemm(1.0, a, Rhs::Packed(b), 0.0, c.expect("fits"), &mut ws).expect("valid");
+            });
+        }
+    }
+
+    pub(super) fn run(rounds: usize) {
+        pool::set_threads(2);
+        let shapes = shapes();
+        let mut products: Vec<Product> = shapes.iter().map(|&s| Product::new(s)).collect();
+        let mut t = vec![vec![Vec::new(); SPLITS.len()]; shapes.len()];
+        for _ in 0..rounds {
+            for (p, times) in products.iter_mut().zip(&mut t) {
+                let (m, n, k) = p.dims;
+                let reps = (4e9 / (WEIGHTS * 2 * m * n * k) as f64).ceil() as usize;
+                for (&(split, _), v) in SPLITS.iter().zip(times.iter_mut()) {
+                    v.push(
+                        time(reps, &mut || (0..WEIGHTS).for_each(|w| p.call(w, split)))
+                            / WEIGHTS as f64,
+                    );
+                }
+            }
+        }
+        pool::set_threads(0);
+        for (&(m, n, k), times) in shapes.iter().zip(&mut t) {
+            let flops = 2.0 * (m * n * k) as f64;
+            for (&(_, name), v) in SPLITS.iter().zip(times.iter_mut()) {
+                let med = median(v);
+                let name = format!("{m}x{n}x{k} 2t {name}");
+                println!(
+                    "{name:32} median {med:9.1} µs  min {:9.1} µs  {:6.0} GFLOP/s",
+                    v[0],
+                    flops / med / 1e3
+                );
+            }
+        }
     }
 }

@@ -9,8 +9,8 @@
 //!
 //! The product is cut into tasks, each a rectangle of `C` (a range of
 //! `nr`-column panels, or of `mr`-row panels when `N` is too narrow to
-//! split), two per thread; each thread packs into its own slice of the
-//! workspace.
+//! split or when `B` is prepacked and `A` is tall: see [`rows_pay_off`]),
+//! two per thread; each thread packs into its own slice of the workspace.
 
 use super::epilogue::{add_lora_row, LoraTerm};
 use super::kernel::{Elem, Tile};
@@ -72,10 +72,14 @@ struct Split {
 }
 
 impl Split {
-    fn new(bl: Blocking, m: usize, n: usize, parts: usize) -> Self {
+    fn new(bl: Blocking, m: usize, n: usize, parts: usize, b_packed: bool) -> Self {
         let (col_panels, row_panels) = (n.div_ceil(bl.nr), m.div_ceil(bl.mr));
-        // Splitting columns keeps each thread's B packing disjoint; prefer it.
-        let by_columns = col_panels >= 2 * parts || col_panels >= row_panels;
+        let by_columns = if b_packed && rows_pay_off(m, n, parts, row_panels) {
+            false
+        } else {
+            // Splitting columns keeps each thread's B packing disjoint.
+            col_panels >= 2 * parts || col_panels >= row_panels
+        };
         let panels = if by_columns { col_panels } else { row_panels };
         let parts = parts.min(panels);
         Self {
@@ -105,6 +109,22 @@ impl Split {
             (cut(self.m, self.bl.mr), 0..self.n)
         }
     }
+}
+
+/// Whether a product with a prepacked `B` (no `B` packing for the tasks
+/// to share) is better cut by rows than by columns on `parts` threads.
+///
+/// Each cut repeats work on one operand. By columns, every task packs the
+/// whole of `A` (its `mc × kc` blocks feed only the task's columns):
+/// `tasks − 1` extra copies of m×k. By rows, every thread streams the whole
+/// of `B` into its own L2: `parts − 1` extra reads of k×n. Rows win when
+/// the first is at least the second (`k` cancels) and there are rows
+/// enough for two `mr`-tall tasks per thread. W3's 1024-row products
+/// (n = 384 or 1536) go by rows, W1's 64 × 1024 by columns (docs/jit.md,
+/// "Task split with prepacked weights", has the measurements).
+fn rows_pay_off(m: usize, n: usize, parts: usize, row_panels: usize) -> bool {
+    let tasks = 2 * parts;
+    parts > 1 && row_panels >= tasks && m * (tasks - 1) >= n * (parts - 1)
 }
 
 /// The output matrix as a raw pointer, so threads can write disjoint tiles.
@@ -211,9 +231,10 @@ pub(super) fn run<E: Elem + Scalar>(
     workspace: &mut [E],
 ) {
     let bl = fam.blocking;
-    let per = per_thread_len::<E>(bl, m, n, p.k, matches!(p.b, BSource::Packed(_)));
+    let packed = matches!(p.b, BSource::Packed(_));
+    let per = per_thread_len::<E>(bl, m, n, p.k, packed);
     let threads = planned_threads(bl, m, n, p.k).min(workspace.len() / per.max(1));
-    let split = Split::new(bl, m, n, threads.max(1));
+    let split = Split::new(bl, m, n, threads.max(1), packed);
     let view = CView {
         ptr: c.as_mut_ptr(),
         len: c.len(),
@@ -471,6 +492,62 @@ impl<E: Elem> Macro<'_, E> {
                 // the host has (select.rs).
                 unsafe { (table[rows - 1])(&tile) };
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 f32 blocking (the sizes W1 and W3 were measured with).
+    const BL: Blocking = Blocking {
+        mr: 12,
+        nr: 32,
+        kc: 256,
+        lda: 272,
+        mc: 144,
+        nc: 1024,
+        pf: 32,
+    };
+
+    /// The tasks' rectangles tile `C` exactly, cut at `mr` rows or `nr`
+    /// columns (the last piece excepted).
+    fn assert_tiles(s: &Split, case: &str) {
+        let mut covered = vec![0u8; s.m * s.n];
+        for t in 0..s.tasks {
+            let (rows, cols) = s.part(t);
+            assert!(
+                rows.start % s.bl.mr == 0 && cols.start % s.bl.nr == 0,
+                "{case}"
+            );
+            for i in rows {
+                cols.clone().for_each(|j| covered[i * s.n + j] += 1);
+            }
+        }
+        assert!(covered.iter().all(|&c| c == 1), "{case}: gap or overlap");
+    }
+
+    #[test]
+    fn prepacked_tall_products_split_by_rows() {
+        // (m, n, parts, B prepacked) → by rows?
+        let cases = [
+            ((1024, 384, 2, true), true),   // W3 projections
+            ((1024, 1536, 2, true), true),  // W3 FFN up
+            ((1024, 384, 2, false), false), // B packed per call: share it
+            ((64, 1024, 2, true), false),   // W1: A is the small operand
+            ((256, 1024, 2, true), false),  // 3·256 < 1024
+            ((301, 200, 2, true), true),    // odd rows
+            ((301, 200, 1, true), false),   // one thread: one task
+            ((40, 1024, 4, true), false),   // too few rows for 8 tasks
+            ((1000, 64, 2, false), true),   // narrow N: rows as before
+        ];
+        for ((m, n, parts, packed), rows) in cases {
+            let s = Split::new(BL, m, n, parts, packed);
+            let case = format!("{m}×{n} on {parts} threads, packed {packed}");
+            assert_eq!(!s.by_columns, rows, "{case}");
+            assert_eq!(s.tasks, if parts > 1 { 2 * parts } else { 1 }, "{case}");
+            assert_tiles(&s, &case);
         }
     }
 }

@@ -404,7 +404,17 @@ mod tests {
     }
 
     /// One product on `isa` against the reference loop.
-    fn check_case<T: Scalar>(isa: Isa, rng: &mut Rng, (m, n, k): (usize, usize, usize)) {
+    fn check_case<T: Scalar>(isa: Isa, rng: &mut Rng, shape: (usize, usize, usize)) {
+        check_product::<T>(isa, rng, shape, false);
+    }
+
+    /// `check_case`, with `B` always prepacked if `packed_only`.
+    fn check_product<T: Scalar>(
+        isa: Isa,
+        rng: &mut Rng,
+        (m, n, k): (usize, usize, usize),
+        packed_only: bool,
+    ) {
         let (la, lb) = (rng.below(3), rng.below(3));
         let (a_data, b_data) = (operand::<T>(rng, m, k, la), operand::<T>(rng, k, n, lb));
         let (a, b) = (view(&a_data, m, k, la), view(&b_data, k, n, lb));
@@ -421,7 +431,7 @@ mod tests {
         let mut ev = MatMut::with_row_stride(&mut expected, m, n, ldc).expect("fits");
         reference::gemm(alpha, a, b, beta, &mut ev);
         let packed = PackedRhs::pack_for(b, isa);
-        let rhs = if rng.below(2) == 0 {
+        let rhs = if !packed_only && rng.below(2) == 0 {
             Rhs::Mat(b)
         } else {
             Rhs::Packed(&packed)
@@ -525,6 +535,35 @@ mod tests {
     #[test]
     fn uneven_row_tiles_match_reference_f64() {
         check_uneven_rows::<f64>(0x5eed_0f64_8765_4321);
+    }
+
+    /// Tall products with a prepacked `B`, which the driver cuts by rows
+    /// (`driver::rows_pay_off`) on two threads: row counts that are not a
+    /// multiple of `mr`, tasks taller than `mc`, `k` crossing a depth block.
+    fn check_tall_prepacked<T: Scalar>(seed: u64) {
+        crate::pool::set_threads(2);
+        let mut rng = Rng(seed);
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            for shape in [
+                (301, 200, 40),
+                (700, 100, 20),
+                (157, 130, 300),
+                (1000, 48, 50),
+            ] {
+                check_product::<T>(isa, &mut rng, shape, true);
+            }
+        }
+        crate::pool::set_threads(0);
+    }
+
+    #[test]
+    fn tall_prepacked_products_match_reference_f32() {
+        check_tall_prepacked::<f32>(0x7a11_0f32_0bad_5eed);
+    }
+
+    #[test]
+    fn tall_prepacked_products_match_reference_f64() {
+        check_tall_prepacked::<f64>(0x7a11_0f64_0bad_5eed);
     }
 
     #[test]
