@@ -186,7 +186,20 @@ impl CompiledGraph {
         bindings: &Bindings,
         outputs: &mut [TensorData],
     ) -> Result<()> {
-        count("inputs", self.inputs.len(), inputs.len())?;
+        self.run_into_iter(inputs.len(), inputs, bindings, outputs)
+    }
+
+    /// [`Self::run_into`] with the `len` inputs from an iterator (the
+    /// serving functions splice their id tensor in without copying the
+    /// others). `inputs` must yield exactly `len` items.
+    pub(crate) fn run_into_iter<'t>(
+        &self,
+        len: usize,
+        inputs: impl IntoIterator<Item = &'t TensorData>,
+        bindings: &Bindings,
+        outputs: &mut [TensorData],
+    ) -> Result<()> {
+        count("inputs", self.inputs.len(), len)?;
         count("outputs", self.outputs.len(), outputs.len())?;
         self.with_state(|state| self.fill_ptrs(state, inputs, bindings, outputs))
     }
@@ -281,21 +294,28 @@ impl CompiledGraph {
     }
 
     /// Checks the inputs and lists their pointers.
-    fn fill_inputs(&self, state: &mut CallState, inputs: &[TensorData]) -> Result<()> {
+    fn fill_inputs<'t>(
+        &self,
+        state: &mut CallState,
+        inputs: impl IntoIterator<Item = &'t TensorData>,
+    ) -> Result<()> {
+        let mut n = 0;
         for (spec, t) in self.inputs.iter().zip(inputs) {
             check("input", spec, t)?;
             state
                 .ptrs
                 .push(data_ptr(t).ok_or_else(|| not_contiguous("input", spec))? as usize);
+            n += 1;
         }
-        Ok(())
+        // The code reads one pointer per input: never fewer.
+        count("inputs", self.inputs.len(), n)
     }
 
     /// Checks every buffer and lists its pointer: inputs, params, outputs.
-    fn fill_ptrs(
+    fn fill_ptrs<'t>(
         &self,
         state: &mut CallState,
-        inputs: &[TensorData],
+        inputs: impl IntoIterator<Item = &'t TensorData>,
         bindings: &Bindings,
         outputs: &mut [TensorData],
     ) -> Result<()> {
