@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `folded` | the batch through a function compiled with one adapter folded into the weights |
 //! | `bound` | the batch through the serving function, the adapter a runtime binding (rank padded to r) |
-//! | `bound-merged` | the same, every layer merged (bound weight W + s·A·B, packed per call: `AdapterStrategy::Auto`'s alternative) |
+//! | `bound-merged` | the same, every layer merged (bound weight W + s·A·B, merged and packed once per bind: `AdapterStrategy::Auto`'s alternative) |
 //! | `swap` | `set_active` between two bound adapters |
 //! | `mixed` | the batch with rows spread evenly over the N adapters (in N consecutive blocks), one `run_batch_named` call (names resolved per call) |
 //! | `mixed-interleaved` | the same with row i on adapter i mod N (every group gathered) |
@@ -252,7 +252,7 @@ fn measure_all(o: &Options) -> Result<Vec<(&'static str, Stats)>> {
 }
 
 /// The batch through a server whose every layer is merged (the bound base
-/// weight is W + s·A·B, packed for the GEMM on every call): what
+/// weight is W + s·A·B, packed for the GEMM once when bound): what
 /// `AdapterStrategy::Auto` trades against `bound` (its `MOVE_COST`).
 fn bound_merged(
     o: &Options,

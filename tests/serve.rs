@@ -5,11 +5,10 @@
 
 use cranelora::core::export::{tensor_to_data, InputSpec};
 use cranelora::core::layers::{Dense, Sequential};
-use cranelora::core::lora::{LoraAdapter, LoraConfig};
+use cranelora::core::lora::LoraConfig;
 use cranelora::core::testing::assert_close;
 use cranelora::core::{Activation, Layer, Rng, Tensor};
 use cranelora::graph::TensorData;
-use cranelora::jit::serve::AdapterServer;
 use cranelora::kernels::Scalar;
 use cranelora::serving::{adapter_of, compile_server, ServingConfig};
 
@@ -364,15 +363,17 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
     let rows = 64;
     let x = Tensor::<f32>::random_normal(&[rows, SIZES[0]], 0.0, 1.0, &mut Rng::new(5));
     let xs = [tensor_to_data(&x)];
-    let per_copy = |i: usize, o: usize| 2 * i * o * 4; // 2 resident adapters, f32
+    // 2 resident adapters, each merged and packed, f32.
+    let per_copy = |i: usize, o: usize| 2 * 2 * i * o * 4;
     for (budget, merged) in [
         (usize::MAX, [true, true]),
         (per_copy(12, 20), [true, false]),
     ] {
         let mut cfg = ServingConfig::new(8);
         cfg.mixed_capacity = 4;
-        // 64 rows per call: merging pays (branch 64·8·32 = 16384 vs
-        // repack 8·12·20 = 1920 multiply-adds per call).
+        // 64 rows per call: merging pays (branch 64·8·32 = 16384
+        // multiply-adds per call vs folding and packing 12·20 once per 10⁶
+        // calls).
         let load = ServingLoad::new(2, 1e6, budget);
         cfg.jit.adapter_strategy = AdapterStrategy::Auto(load);
         let srv = server_for_rows::<f32>(&cfg, rows);
@@ -394,6 +395,9 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
             "a merged layer has no branch: {names:?}"
         );
         assert_eq!(names.contains(&"fc1.lora_a"), !merged[1], "{names:?}");
+        // The merged weight is packed for the GEMM once per bind.
+        assert!(srv.compiled().packs("fc0.base_layer.weight"));
+        assert!(srv.active_bindings().is_packed("fc0.base_layer.weight"));
         let mut expected = Vec::new();
         for (i, (name, c)) in kinds()
             .into_iter()
@@ -404,6 +408,7 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
             srv.bind_adapter(name, &adapter_of(&model).expect("a"))
                 .expect("bind");
             srv.set_active(Some(name)).expect("active");
+            assert!(srv.active_bindings().is_packed("fc0.base_layer.weight"));
             let y = srv.run(&xs).expect("run")[0].to_f64_vec();
             let want = eager(&mut model, &x);
             assert_close(&y, &want, 2e-5, 2e-5);
@@ -421,7 +426,8 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
         let y = srv.run(&xs).expect("run")[0].to_f64_vec();
         assert_close(&y, &eager(&mut plain::<f32>(), &x), 2e-5, 2e-5);
     }
-    // Few rows per call: packing the merged weight does not pay, the branch stays.
+    // Few rows per call and a rebind per call: folding and packing the
+    // merged weight does not pay, the branch stays.
     let mut cfg = ServingConfig::new(8);
     let load = ServingLoad::new(2, 1.0, usize::MAX);
     cfg.jit.adapter_strategy = AdapterStrategy::Auto(load);

@@ -7,8 +7,10 @@
 //! scaling, LoRA bias, DoRA magnitude) are then bound by name:
 //!
 //! - [`AdapterServer::bind_adapter`] pads A and s·B to rank R, computes the
-//!   DoRA scale, and stores the finished [`Bindings`] behind an `Arc`
-//!   (the work and the allocation happen here, once per adapter);
+//!   DoRA scale, merges (`W + s·A·B`) and packs for the GEMM the weight of
+//!   each layer the compiler merged, and stores the finished [`Bindings`]
+//!   behind an `Arc` (the work and the allocation happen here, once per
+//!   adapter, outside every lock);
 //! - [`AdapterServer::set_active`] is a pointer swap: it clones that `Arc`
 //!   into the active slot under a write lock. No recompilation, no
 //!   allocation. A call takes the active set when it starts and keeps it
@@ -145,7 +147,8 @@ impl AdapterServer {
             };
             slot.merged_base = Some(Arc::clone(base));
         }
-        let none = Arc::new(bind_layers("<none>", &slots, &Adapter::default())?);
+        let none = adapter_values("<none>", &slots, &Adapter::default())?;
+        let none = Arc::new(bindings_of(&slots, &none, |p| single.packs(p))?);
         check_parameters(&single, &none)?;
         let mixed = match opts.mixed_capacity {
             0 => None,
@@ -202,7 +205,8 @@ impl AdapterServer {
     pub fn bind_adapter(&self, name: &str, adapter: &Adapter) -> Result<()> {
         // The padding, scaling and DoRA norms, outside every lock.
         let values = adapter_values(name, &self.slots, adapter)?;
-        let bindings = Arc::new(bindings_of(&self.slots, &values)?);
+        let packs = |p: &str| self.single.packs(p);
+        let bindings = Arc::new(bindings_of(&self.slots, &values, packs)?);
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // The stack copy holds no lock a call, swap or lookup takes.
         if let Some(m) = &self.mixed {
