@@ -6,9 +6,9 @@
 //! | --- | --- |
 //! | `folded` | the batch through a function compiled with one adapter folded into the weights |
 //! | `bound` | the batch through the serving function, the adapter a runtime binding (rank padded to r) |
-//! | `bound-merged` | the same, every layer merged (bound weight W + s·A·B, packed per call: `AdapterStrategy::Auto`'s alternative) |
+//! | `bound-merged` | the same, every layer merged (bound weight W + s·A·B, merged and packed once per bind: `AdapterStrategy::Auto`'s alternative) |
 //! | `swap` | `set_active` between two bound adapters |
-//! | `mixed` | the batch with rows spread evenly over the N adapters (in N consecutive blocks), one call |
+//! | `mixed` | the batch with rows spread evenly over the N adapters (in N consecutive blocks), one `run_batch_named` call (names resolved per call) |
 //! | `mixed-interleaved` | the same with row i on adapter i mod N (every group gathered) |
 //! | `separate` | N calls, one per adapter, each a function compiled for batch/N rows with that adapter folded, summed |
 //! | `merged-per-adapter` | N calls of the whole batch on per-adapter merged functions (a server keeping one merged copy per adapter; forward only, the merges not timed), summed |
@@ -215,16 +215,17 @@ fn measure_all(o: &Options) -> Result<Vec<(&'static str, Stats)>> {
         })?,
     ));
 
+    let names: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
     for (mode, blocked) in [("mixed", true), ("mixed-interleaved", false)] {
-        let ids: Vec<i64> = (0..o.batch)
-            .map(|r| if blocked { r * n / o.batch } else { r % n } as i64)
+        let rows: Vec<Option<&str>> = (0..o.batch)
+            .map(|r| Some(names[if blocked { r * n / o.batch } else { r % n }].as_str()))
             .collect();
-        let mut inputs = xs.clone();
-        inputs.push(TensorData::i64([o.batch], ids)?);
-        let mut y = srv.run_batch(&inputs)?;
+        let mut y = srv.run_batch_named(&xs, &rows)?;
         out.push((
             mode,
-            measure(o.target, &mut || Ok(srv.run_batch_into(&inputs, &mut y)?))?,
+            measure(o.target, &mut || {
+                Ok(srv.run_batch_named_into(&xs, &rows, &mut y)?)
+            })?,
         ));
     }
 
@@ -251,7 +252,7 @@ fn measure_all(o: &Options) -> Result<Vec<(&'static str, Stats)>> {
 }
 
 /// The batch through a server whose every layer is merged (the bound base
-/// weight is W + s·A·B, packed for the GEMM on every call): what
+/// weight is W + s·A·B, packed for the GEMM once when bound): what
 /// `AdapterStrategy::Auto` trades against `bound` (its `MOVE_COST`).
 fn bound_merged(
     o: &Options,

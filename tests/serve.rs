@@ -5,105 +5,15 @@
 
 use cranelora::core::export::{tensor_to_data, InputSpec};
 use cranelora::core::layers::{Dense, Sequential};
-use cranelora::core::lora::{LoraAdapter, LoraConfig};
+use cranelora::core::lora::LoraConfig;
 use cranelora::core::testing::assert_close;
 use cranelora::core::{Activation, Layer, Rng, Tensor};
 use cranelora::graph::TensorData;
-use cranelora::jit::serve::AdapterServer;
 use cranelora::kernels::Scalar;
 use cranelora::serving::{adapter_of, compile_server, ServingConfig};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
-const SIZES: [usize; 3] = [12, 20, 10];
-const ROWS: usize = 6;
-
-/// The base layers: fixed weights for every model of a test.
-fn base<T: Scalar>() -> Vec<Dense<T>> {
-    let mut rng = Rng::new(7);
-    let acts = [Activation::GeluTanh, Activation::Identity];
-    (0..2)
-        .map(|k| {
-            let (i, o) = (SIZES[k], SIZES[k + 1]);
-            let w = Tensor::random_normal(&[i, o], 0.0, 1.0 / (i as f64).sqrt(), &mut rng);
-            let b = Tensor::random_normal(&[o], 0.0, 0.1, &mut rng);
-            Dense::from_weights(w, Some(b), acts[k]).expect("dense")
-        })
-        .collect()
-}
-
-/// The base model with an adapter of `cfg` on both layers, random non-zero
-/// A, B, LoRA bias and DoRA magnitude from `seed`.
-fn adapted<T: Scalar>(cfg: LoraConfig, seed: u64) -> Sequential<T> {
-    let mut rng = Rng::new(seed);
-    let mut model = Sequential::new();
-    for (k, layer) in base::<T>().into_iter().enumerate() {
-        let (i, o, r) = (SIZES[k], SIZES[k + 1], cfg.rank);
-        let mut a = LoraAdapter::wrap(layer, cfg).expect("adapter");
-        let l = a.lora_layer_mut();
-        l.a_mut()
-            .set_value(Tensor::random_normal(&[i, r], 0.0, 0.5, &mut rng))
-            .expect("A");
-        l.b_mut()
-            .set_value(Tensor::random_normal(&[r, o], 0.0, 0.5, &mut rng))
-            .expect("B");
-        if let Some(b) = l.bias_mut() {
-            b.set_value(Tensor::random_normal(&[o], 0.0, 0.3, &mut rng))
-                .expect("bias");
-        }
-        if let Some(m) = l.magnitude_mut() {
-            let scale = Tensor::random_normal(&[o], 1.0, 0.2, &mut rng);
-            let v: Vec<T> = m
-                .value()
-                .to_vec()
-                .iter()
-                .zip(scale.to_vec())
-                .map(|(&a, b)| a * b)
-                .collect();
-            m.set_value(Tensor::from_vec(v, &[o]).expect("m"))
-                .expect("magnitude");
-        }
-        model.push(&format!("fc{k}"), a).expect("push");
-    }
-    model.set_training(false);
-    model
-}
-
-fn plain<T: Scalar>() -> Sequential<T> {
-    let mut model = Sequential::new();
-    for (k, layer) in base::<T>().into_iter().enumerate() {
-        model.push(&format!("fc{k}"), layer).expect("push");
-    }
-    model.set_training(false);
-    model
-}
-
-fn input<T: Scalar>() -> Tensor<T> {
-    Tensor::random_normal(&[ROWS, SIZES[0]], 0.0, 1.0, &mut Rng::new(99))
-}
-
-fn eager<T: Scalar>(model: &mut Sequential<T>, x: &Tensor<T>) -> Vec<f64> {
-    let y = model.forward_float(x).expect("eager forward");
-    y.to_vec().iter().map(|v| v.to_f64_exact()).collect()
-}
-
-fn server<T: Scalar>(cfg: &ServingConfig) -> AdapterServer {
-    server_for_rows::<T>(cfg, ROWS)
-}
-
-fn server_for_rows<T: Scalar>(cfg: &ServingConfig, rows: usize) -> AdapterServer {
-    let template = adapted::<T>(LoraConfig::new(2), 1);
-    let spec = InputSpec::float("x", &[rows, SIZES[0]]);
-    compile_server(&template, &[spec], cfg).expect("compiles")
-}
-
-fn tol<T: Scalar>() -> f64 {
-    if T::DTYPE == cranelora::graph::DType::F32 {
-        2e-5
-    } else {
-        1e-12
-    }
-}
+mod serve_support;
+use serve_support::*;
 
 /// The adapter kinds the JIT serves, each with a distinct rank ≤ 8.
 fn kinds() -> Vec<(&'static str, LoraConfig)> {
@@ -288,8 +198,10 @@ fn mixed_batches_equal_row_by_row_with<T: Scalar>(mut cfg: ServingConfig, skip: 
     let cases: [[Option<&str>; ROWS]; 3] =
         [[a, a, b, b, c, None], [c, None, a, b, a, c], [None; ROWS]];
     for rows in cases {
-        let ids = srv.row_ids(&rows).expect("ids");
-        let got = srv.run_batch(&[xs.clone(), ids]).expect("mixed")[0].to_f64_vec();
+        let got = srv
+            .run_batch_named(std::slice::from_ref(&xs), &rows)
+            .expect("mixed")[0]
+            .to_f64_vec();
         let o = SIZES[2];
         for (r, name) in rows.iter().enumerate() {
             srv.set_active(*name).expect("active");
@@ -307,11 +219,10 @@ fn mixed_batches_equal_row_by_row_with<T: Scalar>(mut cfg: ServingConfig, skip: 
     assert!(e.to_string().contains("id 4"), "{e}");
     let freed = srv.slot_of(special).expect("bound") as i64;
     srv.unbind_adapter(special).expect("unbind");
-    let free = srv.row_ids(&[None; ROWS]).expect("ids");
     let ids = TensorData::i64([ROWS], vec![freed; ROWS]).expect("ids");
     let (a, b) = (
         srv.run_batch(&[xs.clone(), ids]).expect("mixed"),
-        srv.run_batch(&[xs, free]).expect("mixed"),
+        srv.run_batch_named(&[xs], &[None; ROWS]).expect("mixed"),
     );
     assert_close(&a[0].to_f64_vec(), &b[0].to_f64_vec(), 0.0, 0.0);
 }
@@ -340,81 +251,6 @@ fn mixed_slots_run_out_with_a_clear_error() {
     srv.unbind_adapter("a").expect("frees a slot");
     srv.bind_adapter("c", &a).expect("3");
     assert_eq!(srv.slot_of("c"), Some(0));
-}
-
-#[test]
-fn concurrent_swaps_and_calls_each_use_one_whole_adapter() {
-    let srv = Arc::new(server::<f32>(&ServingConfig::new(8)));
-    let x = input::<f32>();
-    let xs = [tensor_to_data(&x)];
-    let mut expected = Vec::new();
-    for (i, name) in ["a", "b"].iter().enumerate() {
-        let m = adapted::<f32>(LoraConfig::new(4 + 4 * i), 30 + i as u64);
-        srv.bind_adapter(name, &adapter_of(&m).expect("a"))
-            .expect("bind");
-        srv.set_active(Some(name)).expect("active");
-        expected.push(srv.run(&xs).expect("run")[0].clone());
-    }
-    let swapper = Arc::clone(&srv);
-    let swaps = while_writing(
-        3,
-        move |n| {
-            swapper.set_active(Some(["a", "b"][n % 2])).expect("swap");
-        },
-        move || {
-            let mut out = srv.run(&xs).expect("run");
-            for _ in 0..200 {
-                srv.run_into(&xs, &mut out).expect("run");
-                assert!(
-                    out[0] == expected[0] || out[0] == expected[1],
-                    "a torn adapter"
-                );
-            }
-        },
-    );
-    assert!(swaps > 0);
-}
-
-/// Runs `write(0)`, `write(1)`, … on one thread while `callers` threads
-/// each run `call` once, starting after the first write (so the calls
-/// overlap writing however the threads are scheduled); returns how many
-/// writes ran.
-fn while_writing(
-    callers: usize,
-    write: impl Fn(usize) + Send + 'static,
-    call: impl Fn() + Send + Sync + 'static,
-) -> usize {
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (stop, writes) = (Arc::clone(&stop), Arc::clone(&writes));
-        std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                write(n);
-                n += 1;
-                writes.store(n, Ordering::Release);
-            }
-            n
-        })
-    };
-    let call = Arc::new(call);
-    let callers: Vec<_> = (0..callers)
-        .map(|_| {
-            let (call, writes) = (Arc::clone(&call), Arc::clone(&writes));
-            std::thread::spawn(move || {
-                while writes.load(Ordering::Acquire) == 0 {
-                    std::thread::yield_now();
-                }
-                call();
-            })
-        })
-        .collect();
-    for c in callers {
-        c.join().expect("caller");
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer.join().expect("writer")
 }
 
 /// The PEFT fixture `linear_basic` (fc1 Linear(16,32) → ReLU → fc2
@@ -527,15 +363,17 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
     let rows = 64;
     let x = Tensor::<f32>::random_normal(&[rows, SIZES[0]], 0.0, 1.0, &mut Rng::new(5));
     let xs = [tensor_to_data(&x)];
-    let per_copy = |i: usize, o: usize| 2 * i * o * 4; // 2 resident adapters, f32
+    // 2 resident adapters, each merged and packed, f32.
+    let per_copy = |i: usize, o: usize| 2 * 2 * i * o * 4;
     for (budget, merged) in [
         (usize::MAX, [true, true]),
         (per_copy(12, 20), [true, false]),
     ] {
         let mut cfg = ServingConfig::new(8);
         cfg.mixed_capacity = 4;
-        // 64 rows per call: merging pays (branch 64·8·32 = 16384 vs
-        // repack 8·12·20 = 1920 multiply-adds per call).
+        // 64 rows per call: merging pays (branch 64·8·32 = 16384
+        // multiply-adds per call vs folding and packing 12·20 once per 10⁶
+        // calls).
         let load = ServingLoad::new(2, 1e6, budget);
         cfg.jit.adapter_strategy = AdapterStrategy::Auto(load);
         let srv = server_for_rows::<f32>(&cfg, rows);
@@ -557,6 +395,9 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
             "a merged layer has no branch: {names:?}"
         );
         assert_eq!(names.contains(&"fc1.lora_a"), !merged[1], "{names:?}");
+        // The merged weight is packed for the GEMM once per bind.
+        assert!(srv.compiled().packs("fc0.base_layer.weight"));
+        assert!(srv.active_bindings().is_packed("fc0.base_layer.weight"));
         let mut expected = Vec::new();
         for (i, (name, c)) in kinds()
             .into_iter()
@@ -567,6 +408,7 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
             srv.bind_adapter(name, &adapter_of(&model).expect("a"))
                 .expect("bind");
             srv.set_active(Some(name)).expect("active");
+            assert!(srv.active_bindings().is_packed("fc0.base_layer.weight"));
             let y = srv.run(&xs).expect("run")[0].to_f64_vec();
             let want = eager(&mut model, &x);
             assert_close(&y, &want, 2e-5, 2e-5);
@@ -574,8 +416,7 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
         }
         // The mixed-batch function keeps the branch and agrees.
         let per_row: Vec<Option<&str>> = (0..rows).map(|r| Some(expected[r % 3].0)).collect();
-        let ids = srv.row_ids(&per_row).expect("ids");
-        let y = srv.run_batch(&[xs[0].clone(), ids]).expect("batch")[0].to_f64_vec();
+        let y = srv.run_batch_named(&xs, &per_row).expect("batch")[0].to_f64_vec();
         let o = SIZES[2];
         for (r, row) in y.chunks(o).enumerate() {
             let want = &expected[r % 3].1[r * o..(r + 1) * o];
@@ -585,7 +426,8 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
         let y = srv.run(&xs).expect("run")[0].to_f64_vec();
         assert_close(&y, &eager(&mut plain::<f32>(), &x), 2e-5, 2e-5);
     }
-    // Few rows per call: packing the merged weight does not pay, the branch stays.
+    // Few rows per call and a rebind per call: folding and packing the
+    // merged weight does not pay, the branch stays.
     let mut cfg = ServingConfig::new(8);
     let load = ServingLoad::new(2, 1.0, usize::MAX);
     cfg.jit.adapter_strategy = AdapterStrategy::Auto(load);
@@ -594,52 +436,6 @@ fn auto_strategy_merges_by_the_cost_model_and_serves_the_same_results() {
         .strategy()
         .iter()
         .all(|c| !c.merged && c.reason.contains("branch is cheaper")));
-}
-
-/// Rebinding an adapter (a new copy of the mixed stacks) while other
-/// threads run mixed batches: every call sees one whole set — each batch
-/// equals the batch under the old or the new weights, bit for bit.
-#[test]
-fn concurrent_rebinds_and_mixed_calls_each_use_one_whole_set() {
-    let mut cfg = ServingConfig::new(8);
-    cfg.mixed_capacity = 3;
-    let srv = Arc::new(server::<f32>(&cfg));
-    let xs = tensor_to_data(&input::<f32>());
-    let versions: Vec<_> = (0..2)
-        .map(|i| adapter_of(&adapted::<f32>(LoraConfig::new(3 + i), 60 + i as u64)).expect("a"))
-        .collect();
-    let fixed = adapter_of(&adapted::<f32>(LoraConfig::new(5), 70)).expect("a");
-    srv.bind_adapter("fixed", &fixed).expect("bind");
-    let rows: Vec<Option<&str>> = (0..ROWS)
-        .map(|r| [Some("fixed"), Some("b"), None][r % 3])
-        .collect();
-    let mut expected = Vec::new();
-    for v in &versions {
-        srv.bind_adapter("b", v).expect("bind");
-        let ids = srv.row_ids(&rows).expect("ids");
-        expected.push(srv.run_batch(&[xs.clone(), ids]).expect("batch")[0].clone());
-    }
-    assert_ne!(expected[0], expected[1]);
-    let ids = srv.row_ids(&rows).expect("ids");
-    let binder = Arc::clone(&srv);
-    let inputs = [xs, ids];
-    let binds = while_writing(
-        2,
-        move |n| {
-            binder.bind_adapter("b", &versions[n % 2]).expect("rebind");
-        },
-        move || {
-            let mut out = srv.run_batch(&inputs).expect("batch");
-            for _ in 0..200 {
-                srv.run_batch_into(&inputs, &mut out).expect("batch");
-                assert!(
-                    out[0] == expected[0] || out[0] == expected[1],
-                    "a torn adapter set"
-                );
-            }
-        },
-    );
-    assert!(binds > 0);
 }
 
 /// Embedding and Conv2d adapters: single-adapter serving equals the eager

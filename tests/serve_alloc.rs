@@ -75,16 +75,22 @@ fn swaps_and_calls_allocate_nothing_once_warm() {
     let (xs, mixed) = ([x.clone()], [x, ids]);
     let mut y = srv.run(&xs).expect("run");
     let mut ym = srv.run_batch(&mixed).expect("mixed");
+    let (a, b) = (Some("a"), Some("b"));
+    let named = [a, a, b, None, b, a, b, b];
     for name in ["a", "b", "a"] {
         srv.set_active(Some(name)).expect("swap");
         srv.run_into(&xs, &mut y).expect("run");
         srv.run_batch_into(&mixed, &mut ym).expect("mixed");
+        srv.run_batch_named_into(&xs, &named, &mut ym)
+            .expect("named");
     }
     COUNTING.with(|c| c.set(true));
     for i in 0..500 {
         srv.set_active(Some(["a", "b"][i % 2])).expect("swap");
         srv.run_into(&xs, &mut y).expect("run");
         srv.run_batch_into(&mixed, &mut ym).expect("mixed");
+        srv.run_batch_named_into(&xs, &named, &mut ym)
+            .expect("named");
     }
     srv.set_active(None).expect("none");
     COUNTING.with(|c| c.set(false));

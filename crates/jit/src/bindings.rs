@@ -2,8 +2,16 @@
 
 use crate::{Error, Result};
 use cranelora_graph::TensorData;
+use cranelora_kernels::gemm::{MatRef, PackedRhs};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+/// A bound 2-D weight packed for the GEMM ([`Bindings::insert_packed`]).
+#[derive(Debug)]
+pub(crate) enum PackedWeight {
+    F32(PackedRhs<f32>),
+    F64(PackedRhs<f64>),
+}
 
 /// Parameter name → value, each a contiguous row-major buffer (naturally
 /// aligned for its dtype, which is all the generated code assumes).
@@ -13,9 +21,14 @@ use std::sync::{Arc, RwLock};
 /// running on the old one. A [`crate::Trainer`] owns its `Bindings` and
 /// writes each step's new values into them in place; publish a copy
 /// (`SharedBindings::store(trainer.bindings().clone())`) for inference.
+///
+/// A 2-D weight bound with [`Bindings::insert_packed`] also carries a copy
+/// packed for the GEMM: a compiled product `x·W` reading that Parameter as
+/// its right operand uses it instead of packing W on every call.
 #[derive(Clone, Debug, Default)]
 pub struct Bindings {
     map: HashMap<String, TensorData>,
+    packed: HashMap<String, Arc<PackedWeight>>,
 }
 
 impl Bindings {
@@ -36,13 +49,52 @@ impl Bindings {
                 name,
             });
         }
+        self.packed.remove(&name);
         self.map.insert(name, value);
         Ok(())
+    }
+
+    /// Binds `name` to the 2-D weight `value` and keeps a copy packed for
+    /// the GEMM of this host (k × n = `value`'s dims): products `x·W` of a
+    /// compiled graph that read this Parameter as their right operand skip
+    /// packing it on every call. Packing costs about one pass over the
+    /// weight and one more copy of it in memory; worth it for a weight
+    /// bound once and used by many calls (a merged adapter weight).
+    ///
+    /// # Errors
+    /// [`Error::Pack`] for a value that is not a 2-D float matrix;
+    /// [`Error::NotContiguous`] as [`Bindings::insert`].
+    pub fn insert_packed(&mut self, name: impl Into<String>, value: TensorData) -> Result<()> {
+        let name = name.into();
+        let packed = pack(&name, &value)?;
+        self.insert(name.clone(), value)?;
+        self.packed.insert(name, Arc::new(packed));
+        Ok(())
+    }
+
+    /// Whether `name` is bound with a packed copy ([`Bindings::insert_packed`]).
+    pub fn is_packed(&self, name: &str) -> bool {
+        self.packed.contains_key(name)
+    }
+
+    /// The packed copy of `name` as a `*const PackedRhs<T>` of the given
+    /// dtype and dims (0 if there is none that fits).
+    pub(crate) fn packed_ptr(&self, name: &str, f64: bool, k: usize, n: usize) -> usize {
+        match (self.packed.get(name).map(|p| &**p), f64) {
+            (Some(PackedWeight::F32(p)), false) if (p.k(), p.n()) == (k, n) => {
+                p as *const PackedRhs<f32> as usize
+            }
+            (Some(PackedWeight::F64(p)), true) if (p.k(), p.n()) == (k, n) => {
+                p as *const PackedRhs<f64> as usize
+            }
+            _ => 0,
+        }
     }
 
     /// Removes the binding of `name`.
     pub fn remove(&mut self, name: &str) {
         self.map.remove(name);
+        self.packed.remove(name);
     }
 
     /// The value bound to `name`.
@@ -51,7 +103,9 @@ impl Bindings {
     }
 
     /// The value bound to `name`, for writing in place (training steps).
+    /// Drops the packed copy of `name`, which the caller may make stale.
     pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut TensorData> {
+        self.packed.remove(name);
         self.map.get_mut(name)
     }
 
@@ -91,6 +145,34 @@ impl Bindings {
         }
         Ok(b)
     }
+}
+
+/// `value` packed as the right operand of a GEMM.
+fn pack(name: &str, value: &TensorData) -> Result<PackedWeight> {
+    let shape = value.shape();
+    let err = |why: &str| Error::Pack {
+        name: name.to_string(),
+        reason: format!("{why}, got {} {shape}", value.dtype()),
+    };
+    let &[k, n] = shape.dims() else {
+        return Err(err("it must be a 2-D matrix"));
+    };
+    let not_contiguous = || Error::NotContiguous {
+        what: "parameter",
+        name: name.to_string(),
+    };
+    let packed = match value {
+        TensorData::F32(a) => {
+            let v = a.as_slice().ok_or_else(not_contiguous)?;
+            MatRef::new(v, k, n).map(|m| PackedWeight::F32(PackedRhs::pack(m)))
+        }
+        TensorData::F64(a) => {
+            let v = a.as_slice().ok_or_else(not_contiguous)?;
+            MatRef::new(v, k, n).map(|m| PackedWeight::F64(PackedRhs::pack(m)))
+        }
+        TensorData::I64(_) => return Err(err("it must be f32 or f64")),
+    };
+    packed.map_err(|e| err(&e.to_string()))
 }
 
 /// A [`Bindings`] set swappable as a whole while other threads use the old one.

@@ -5,7 +5,8 @@
 //! ```text
 //! extern "C" fn(inputs: *const *const u8,   // one pointer per graph input
 //!               params: *const *const u8,   // one per Parameter, sorted by name
-//!               outputs: *const *mut u8,    // one per graph output
+//!               outputs: *const *mut u8,    // one per graph output, then one
+//!                                           // packed copy (or null) per packed slot
 //!               arena: *mut u8,             // MemoryPlan::arena_bytes, 64-byte aligned
 //!               status: *mut i64)           // 4 words: node, id, bound, unused
 //!     -> i32                                // 0, INDEX_OUT_OF_RANGE or KERNEL_ERROR
@@ -13,6 +14,11 @@
 //!
 //! [`CompiledGraph::run_into`] checks every buffer's dtype, shape and
 //! contiguity before the call, so the generated code may assume them.
+//!
+//! A *packed slot* is a 2-D Parameter that products read as their right
+//! operand (`Plans::packed_params`): its entry after the outputs points to
+//! the `PackedRhs<T>` the binding carries (`Bindings::insert_packed`, its
+//! dtype and dims checked here) or is null (the GEMM packs B per call).
 //!
 //! A graph compiled with in-place updates (`inplace.rs`) also runs through
 //! [`CompiledGraph::run_updating`]: the output slot of each update is then
@@ -144,6 +150,14 @@ impl CompiledGraph {
         &self.params
     }
 
+    /// Whether products read Parameter `name` as a 2-D right operand, so
+    /// binding it with [`Bindings::insert_packed`] spares them packing it
+    /// on every call.
+    pub fn packs(&self, name: &str) -> bool {
+        let packed = &self._plans.packed_params;
+        packed.iter().any(|&i| self.params[i].name == name)
+    }
+
     /// The outputs, in order.
     pub fn outputs(&self) -> &[Spec] {
         &self.outputs
@@ -186,7 +200,20 @@ impl CompiledGraph {
         bindings: &Bindings,
         outputs: &mut [TensorData],
     ) -> Result<()> {
-        count("inputs", self.inputs.len(), inputs.len())?;
+        self.run_into_iter(inputs.len(), inputs, bindings, outputs)
+    }
+
+    /// [`Self::run_into`] with the `len` inputs from an iterator (the
+    /// serving functions splice their id tensor in without copying the
+    /// others). `inputs` must yield exactly `len` items.
+    pub(crate) fn run_into_iter<'t>(
+        &self,
+        len: usize,
+        inputs: impl IntoIterator<Item = &'t TensorData>,
+        bindings: &Bindings,
+        outputs: &mut [TensorData],
+    ) -> Result<()> {
+        count("inputs", self.inputs.len(), len)?;
         count("outputs", self.outputs.len(), outputs.len())?;
         self.with_state(|state| self.fill_ptrs(state, inputs, bindings, outputs))
     }
@@ -276,26 +303,39 @@ impl CompiledGraph {
             };
             state.ptrs.push(ptr);
         }
-        debug_assert_eq!(state.ptrs.len(), first_param + np + self.outputs.len());
+        // Buffers updated in place have no packed copy (`Bindings::get_mut`).
+        let packed = self._plans.packed_params.len();
+        state.ptrs.extend(std::iter::repeat_n(0, packed));
+        debug_assert_eq!(
+            state.ptrs.len(),
+            first_param + np + self.outputs.len() + packed
+        );
         Ok(())
     }
 
     /// Checks the inputs and lists their pointers.
-    fn fill_inputs(&self, state: &mut CallState, inputs: &[TensorData]) -> Result<()> {
+    fn fill_inputs<'t>(
+        &self,
+        state: &mut CallState,
+        inputs: impl IntoIterator<Item = &'t TensorData>,
+    ) -> Result<()> {
+        let mut n = 0;
         for (spec, t) in self.inputs.iter().zip(inputs) {
             check("input", spec, t)?;
             state
                 .ptrs
                 .push(data_ptr(t).ok_or_else(|| not_contiguous("input", spec))? as usize);
+            n += 1;
         }
-        Ok(())
+        // The code reads one pointer per input: never fewer.
+        count("inputs", self.inputs.len(), n)
     }
 
     /// Checks every buffer and lists its pointer: inputs, params, outputs.
-    fn fill_ptrs(
+    fn fill_ptrs<'t>(
         &self,
         state: &mut CallState,
-        inputs: &[TensorData],
+        inputs: impl IntoIterator<Item = &'t TensorData>,
         bindings: &Bindings,
         outputs: &mut [TensorData],
     ) -> Result<()> {
@@ -316,6 +356,14 @@ impl CompiledGraph {
             state
                 .ptrs
                 .push(data_ptr_mut(t).ok_or_else(|| not_contiguous("output", spec))? as usize);
+        }
+        for &i in &self._plans.packed_params {
+            let spec = &self.params[i];
+            let &[k, n] = spec.shape.dims() else {
+                unreachable!("internal: packed slots are 2-D")
+            };
+            let f64 = spec.dtype == DType::F64;
+            state.ptrs.push(bindings.packed_ptr(&spec.name, f64, k, n));
         }
         Ok(())
     }
@@ -374,7 +422,12 @@ impl CompiledGraph {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         pooled.unwrap_or_else(|| CallState {
             arena: vec![Line([0; 64]); self.arena_bytes.div_ceil(64).max(1)],
-            ptrs: Vec::with_capacity(self.inputs.len() + self.params.len() + self.outputs.len()),
+            ptrs: Vec::with_capacity(
+                self.inputs.len()
+                    + self.params.len()
+                    + self.outputs.len()
+                    + self._plans.packed_params.len(),
+            ),
             status: [0; 4],
         })
     }

@@ -106,6 +106,15 @@ pub enum Error {
         /// What is wrong, naming the layer and shapes.
         reason: String,
     },
+    /// A value given to `Bindings::insert_packed` that is not a 2-D float
+    /// matrix.
+    #[error("parameter {name:?} cannot be packed for the GEMM: {reason}")]
+    Pack {
+        /// The Parameter's name.
+        name: String,
+        /// Its dtype and shape.
+        reason: String,
+    },
 }
 
 impl From<cranelift_module::ModuleError> for Error {

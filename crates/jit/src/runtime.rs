@@ -49,6 +49,11 @@ pub const KERNEL_ERROR: i32 = 2;
 /// Their buffers are the helper's pointer arguments after `scratch` (null
 /// when the step is absent), then a runtime factor of the LoRA term (one
 /// element multiplying the plan's `s`; null: `s` alone).
+///
+/// **Packed B.** A constant 2-D B is packed at compile time
+/// ([`Self::packed`]). A 2-D Parameter B may come packed with its binding
+/// (`Bindings::insert_packed`): the helper's last argument then points to
+/// that [`PackedRhs`] (null: B is packed by the GEMM on every call).
 /// `linalg::matmul_with_epilogue` is the lowering entry point that fills
 /// both.
 #[derive(Debug)]
@@ -220,7 +225,9 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
 /// when the plan holds a packed B), c not overlapping a, b or the epilogue
 /// operands; `scratch` points to `workspace` writable elements used by
 /// nothing else during the call; the epilogue pointers are as
-/// [`MatMulPlan::bind_epilogue`] requires (null for absent steps).
+/// [`MatMulPlan::bind_epilogue`] requires (null for absent steps);
+/// `packed_b` is null or points to a live `PackedRhs<T>` of B's values,
+/// `k × n` (`CompiledGraph` passes one only with those dims).
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn matmul<T: Scalar>(
     plan: *const MatMulPlan<T>,
@@ -234,6 +241,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
     bias: *const T,
     residual: *const T,
     lora_scale: *const T,
+    packed_b: *const PackedRhs<T>,
 ) -> i32 {
     let ptrs = EpiloguePtrs {
         xa,
@@ -245,7 +253,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
     };
     // SAFETY: the caller's contract above (the compiled code passes the
     // buffers the memory plan sized for this node).
-    unsafe { matmul_call(&*plan, a, b, c, scratch, &ptrs) }
+    unsafe { matmul_call(&*plan, a, b, c, scratch, &ptrs, packed_b) }
 }
 
 /// [`matmul`] with the epilogue pointers gathered (also called by tests).
@@ -259,6 +267,7 @@ pub(crate) unsafe fn matmul_call<T: Scalar>(
     c: *mut T,
     scratch: *mut T,
     ptrs: &EpiloguePtrs<T>,
+    packed_b: *const PackedRhs<T>,
 ) -> i32 {
     // SAFETY: the caller's contract (see `matmul`).
     let (a, c, ws, ep) = unsafe {
@@ -269,10 +278,13 @@ pub(crate) unsafe fn matmul_call<T: Scalar>(
             p.bind_epilogue(ptrs),
         )
     };
-    let rhs = match &p.packed {
-        Some(packed) => BatchRhs::Packed(packed),
+    let rhs = match (&p.packed, packed_b.is_null()) {
+        (Some(packed), _) => BatchRhs::Packed(packed),
+        // SAFETY: the caller's contract: a non-null `packed_b` points to a
+        // live PackedRhs<T> for the whole call.
+        (None, false) => BatchRhs::Packed(unsafe { &*packed_b }),
         // SAFETY: as above; without a packed B, b points to lens.1 elements.
-        None => BatchRhs::Entries(unsafe { std::slice::from_raw_parts(b, p.lens.1) }),
+        (None, true) => BatchRhs::Entries(unsafe { std::slice::from_raw_parts(b, p.lens.1) }),
     };
     let batch = Batch {
         m: p.m,

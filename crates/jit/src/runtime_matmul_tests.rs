@@ -90,6 +90,7 @@ fn check<T: Scalar>(shared_b: bool) {
             c.as_mut_ptr(),
             ws.as_mut_ptr(),
             &ptrs,
+            std::ptr::null(),
         )
     };
     assert_eq!(status, OK);

@@ -7,7 +7,7 @@ use super::heads::{self, HeadLayouts};
 use super::Lowerer;
 use crate::runtime::{ConvKind, ConvPlan, MatMulPlan};
 use crate::Result;
-use cranelift_codegen::ir::{types, Value};
+use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelora_graph::{DType, Graph, NodeId, Op, TensorData};
 use cranelora_kernels::gemm::{
     batched_workspace_len, EpilogueSpec, MatRef, PackedRhs, StridedLayout,
@@ -255,6 +255,10 @@ pub(crate) fn matmul_with_epilogue(
             ("cranelora_matmul_f32", addr, packed)
         }
     };
+    let packed_slot = match packed {
+        true => None,
+        false => packed_param_slot(l, ops[1]),
+    };
     let plan = l.iconst_ptr(plan);
     let a = l.addr(ops[0]);
     let b = if packed {
@@ -280,10 +284,41 @@ pub(crate) fn matmul_with_epilogue(
         };
         args.push(v);
     }
+    let packed_b = match packed_slot {
+        // The slot's pointer follows the output pointers (`compiled.rs`).
+        Some(j) => {
+            let off = (l.graph.outputs().len() + j) * l.ptr.bytes() as usize;
+            let off = i32::try_from(off).map_err(|_| crate::Error::Unsupported {
+                op: "a pointer table over 2 GiB".into(),
+                node: l.graph.desc(id),
+            })?;
+            let table = l.args.outputs;
+            l.b.ins().load(l.ptr, super::flags(), table, off)
+        }
+        None => l.iconst_ptr(0),
+    };
+    args.push(packed_b);
     let ptr = l.ptr;
     let r = l.call(name, &vec![ptr; args.len()], &[types::I32], &args)?;
     l.check_status(id, r[0]);
     Ok(())
+}
+
+/// The packed-weight slot of `b` when it is a 2-D Parameter (a bound
+/// weight the caller may pass packed, `Bindings::insert_packed`).
+fn packed_param_slot(l: &mut Lowerer<'_>, b: NodeId) -> Option<usize> {
+    let node = l.graph.node(b)?;
+    if !matches!(node.op, Op::Parameter { .. }) || node.shape.rank() != 2 {
+        return None;
+    }
+    let Some(&crate::memory::Loc::Param(i)) = l.locs.get(&b) else {
+        return None;
+    };
+    let slots = &mut l.plans.packed_params;
+    Some(slots.iter().position(|&p| p == i).unwrap_or_else(|| {
+        slots.push(i);
+        slots.len() - 1
+    }))
 }
 
 /// Calls a `(plan, p, p, p, scratch) -> i32` helper and checks its status.

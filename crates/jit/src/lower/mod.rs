@@ -65,6 +65,10 @@ pub struct Plans {
     pub(crate) rows: Vec<Box<RowPlan>>,
     pub(crate) softmax: Vec<Box<SoftmaxPlan>>,
     pub(crate) gather_matmul: Vec<Box<gather_matmul::GatherMatMulPlan>>,
+    /// Parameters (indices into the sorted Parameters) that products read
+    /// as a 2-D right operand, in slot order: the caller passes each one's
+    /// packed copy, or null, after the output pointers (`compiled.rs`).
+    pub(crate) packed_params: Vec<usize>,
 }
 
 /// The function's arguments.

@@ -244,7 +244,7 @@ pub(crate) fn tensor(shape: &[usize], v: Vec<f64>, dtype: DType) -> TensorData {
 /// [`Error::Adapter`] naming the layer: a layer the model does not adapt,
 /// wrong shapes or dtype, a rank above R, a bias or magnitude without a slot.
 pub fn bind_layers(name: &str, slots: &[LayerSlot], adapter: &Adapter) -> Result<Bindings> {
-    bindings_of(slots, &adapter_values(name, slots, adapter)?)
+    bindings_of(slots, &adapter_values(name, slots, adapter)?, |_| false)
 }
 
 /// Every slot's values for `adapter` (errors as [`bind_layers`]).
@@ -262,7 +262,14 @@ pub(crate) fn adapter_values(
 
 /// The single-adapter Parameters from every slot's values: `W + A·(s·B)`
 /// for a merged slot (and its LoRA bias), A, s·B, bias, DoRA scale otherwise.
-pub(crate) fn bindings_of(slots: &[LayerSlot], values: &[LayerValues]) -> Result<Bindings> {
+/// A merged weight whose Parameter name `packed` accepts (the compiled
+/// products read it as their right operand) is bound with its GEMM-packed
+/// copy ([`Bindings::insert_packed`]), so calls do not repack it.
+pub(crate) fn bindings_of(
+    slots: &[LayerSlot],
+    values: &[LayerValues],
+    packed: impl Fn(&str) -> bool,
+) -> Result<Bindings> {
     let mut out = Bindings::new();
     for (s, v) in slots.iter().zip(values) {
         let (d, fo) = (s.dtype, s.fan_out);
@@ -270,8 +277,12 @@ pub(crate) fn bindings_of(slots: &[LayerSlot], values: &[LayerValues]) -> Result
             out.insert(s.param("lora_bias"), tensor(&[fo], b.clone(), d))?;
         }
         if let Some(w) = &s.merged_base {
-            let merged = merge(w, &v.a, &v.b, s.rank);
-            out.insert(s.base_param(), tensor(&[s.fan_in, fo], merged, d))?;
+            let merged = tensor(&[s.fan_in, fo], merge(w, &v.a, &v.b, s.rank), d);
+            let param = s.base_param();
+            match packed(&param) {
+                true => out.insert_packed(param, merged)?,
+                false => out.insert(param, merged)?,
+            }
             continue;
         }
         out.insert(

@@ -7,17 +7,23 @@
 //! scaling, LoRA bias, DoRA magnitude) are then bound by name:
 //!
 //! - [`AdapterServer::bind_adapter`] pads A and s·B to rank R, computes the
-//!   DoRA scale, and stores the finished [`Bindings`] behind an `Arc`
-//!   (the work and the allocation happen here, once per adapter);
+//!   DoRA scale, merges (`W + s·A·B`) and packs for the GEMM the weight of
+//!   each layer the compiler merged, and stores the finished [`Bindings`]
+//!   behind an `Arc` (the work and the allocation happen here, once per
+//!   adapter, outside every lock);
 //! - [`AdapterServer::set_active`] is a pointer swap: it clones that `Arc`
 //!   into the active slot under a write lock. No recompilation, no
 //!   allocation. A call takes the active set when it starts and keeps it
 //!   until it returns, so a swap while other threads call is safe.
-//! - [`AdapterServer::run_batch`] (when compiled with a mixed capacity)
-//!   runs a batch whose rows each use their own adapter, or none, in one call:
-//!   the base product runs once for the whole batch, the low-rank products
-//!   through [`Op::GatherMatMul`](cranelora_graph::Op::GatherMatMul), one
-//!   pair of small GEMMs per adapter present (SGMV).
+//! - [`AdapterServer::run_batch_named`] (when compiled with a mixed
+//!   capacity) runs a batch whose rows each use their own adapter, or none,
+//!   in one call: the base product runs once for the whole batch, the
+//!   low-rank products through
+//!   [`Op::GatherMatMul`](cranelora_graph::Op::GatherMatMul), one pair of
+//!   small GEMMs per adapter present (SGMV). The rows' adapter names are
+//!   resolved to slots in the same [`MixedSnapshot`] the call runs with, so
+//!   a concurrent unbind/bind that hands a slot to another adapter cannot
+//!   make a row run with an adapter it did not name (`mixed.rs`).
 //!
 //! The graph rewrites are in `rewrite.rs`, the binding math in
 //! `adapters.rs`, the mixed-batch slot stacks in `stacks.rs`. Merged or
@@ -28,6 +34,7 @@
 
 mod adapters;
 mod calibrate;
+mod mixed;
 pub(crate) mod plan;
 mod rewrite;
 mod stacks;
@@ -35,6 +42,7 @@ mod strategy;
 
 pub use adapters::{bind_layers, Adapter, LayerAdapter, LayerSlot};
 pub use calibrate::{measure_move_cost, MoveCost, MoveCostShape};
+pub use mixed::MixedSnapshot;
 pub use plan::plan;
 pub use rewrite::ADAPTER_IDS;
 pub use strategy::{
@@ -44,6 +52,7 @@ pub use strategy::{
 use crate::{compile, Bindings, CompiledGraph, Error, JitOptions, Result};
 use adapters::{adapter_values, bindings_of};
 use cranelora_graph::{Graph, TensorData};
+use mixed::Mixed;
 use stacks::Stacks;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -60,12 +69,12 @@ pub struct ServeOptions {
     pub mixed_capacity: usize,
 }
 
-/// A bound adapter: its single-adapter Parameters and its mixed-batch slot.
+/// A bound adapter: its single-adapter Parameters (its mixed-batch slot is
+/// in the stacks' current set).
 #[derive(Debug)]
 struct Bound {
     name: Arc<str>,
     bindings: Arc<Bindings>,
-    slot: Option<usize>,
 }
 
 /// The adapter in use by [`AdapterServer::run`].
@@ -78,7 +87,7 @@ struct Active {
 /// One compiled base model serving many adapters (module docs).
 pub struct AdapterServer {
     single: CompiledGraph,
-    mixed: Option<(CompiledGraph, Stacks)>,
+    mixed: Option<Mixed>,
     slots: Vec<LayerSlot>,
     /// Held by bind and unbind for their whole work (stack copies
     /// included), so that they see each other's results; calls, swaps and
@@ -89,7 +98,7 @@ pub struct AdapterServer {
     none: Arc<Bindings>,
 }
 
-fn unknown(name: &str) -> Error {
+pub(super) fn unknown(name: &str) -> Error {
     Error::Adapter {
         adapter: name.to_string(),
         reason: "no adapter of that name is bound".into(),
@@ -138,7 +147,8 @@ impl AdapterServer {
             };
             slot.merged_base = Some(Arc::clone(base));
         }
-        let none = Arc::new(bind_layers("<none>", &slots, &Adapter::default())?);
+        let none = adapter_values("<none>", &slots, &Adapter::default())?;
+        let none = Arc::new(bindings_of(&slots, &none, |p| single.packs(p))?);
         check_parameters(&single, &none)?;
         let mixed = match opts.mixed_capacity {
             0 => None,
@@ -146,8 +156,8 @@ impl AdapterServer {
                 rewrite::mixed(&mut g, &slots, n)?;
                 let c = compile(&g, &jit)?;
                 let stacks = Stacks::new(&slots, n);
-                check_parameters(&c, &stacks.load())?;
-                Some((c, stacks))
+                check_parameters(&c, &stacks.load().bindings)?;
+                Some(Mixed::new(c, stacks)?)
             }
         };
         Ok(Self {
@@ -182,7 +192,7 @@ impl AdapterServer {
 
     /// The mixed-batch function, if compiled.
     pub fn compiled_mixed(&self) -> Option<&CompiledGraph> {
-        self.mixed.as_ref().map(|(c, _)| c)
+        self.mixed.as_ref().map(Mixed::compiled)
     }
 
     /// Binds `adapter` under `name` (replacing an adapter of that name; the
@@ -195,20 +205,17 @@ impl AdapterServer {
     pub fn bind_adapter(&self, name: &str, adapter: &Adapter) -> Result<()> {
         // The padding, scaling and DoRA norms, outside every lock.
         let values = adapter_values(name, &self.slots, adapter)?;
-        let bindings = Arc::new(bindings_of(&self.slots, &values)?);
+        let packs = |p: &str| self.single.packs(p);
+        let bindings = Arc::new(bindings_of(&self.slots, &values, packs)?);
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // The stack copy holds no lock a call, swap or lookup takes.
-        let slot = match &self.mixed {
-            Some((_, stacks)) => {
-                Some(stacks.bind(name, &self.slots, &values, self.slot_of(name))?)
-            }
-            None => None,
-        };
+        if let Some(m) = &self.mixed {
+            m.stacks.bind(name, &self.slots, &values)?;
+        }
         let name: Arc<str> = Arc::from(name);
         let entry = Bound {
             name: Arc::clone(&name),
             bindings: Arc::clone(&bindings),
-            slot,
         };
         let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
         bound.insert(name.to_string(), entry);
@@ -228,17 +235,18 @@ impl AdapterServer {
     /// [`Error::Adapter`] if no adapter of that name is bound.
     pub fn unbind_adapter(&self, name: &str) -> Result<()> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = {
+        {
             let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
-            let entry = bound.remove(name).ok_or_else(|| unknown(name))?;
+            bound.remove(name).ok_or_else(|| unknown(name))?;
             let mut active = self.active.write().unwrap_or_else(|e| e.into_inner());
             if active.name.as_deref() == Some(name) {
                 *active = self.no_adapter();
             }
-            entry.slot
-        };
-        if let (Some((_, stacks)), Some(slot)) = (&self.mixed, slot) {
-            stacks.clear(&self.slots, slot);
+        }
+        if let Some(m) = &self.mixed {
+            if let Some(slot) = m.stacks.load().slot_of(name) {
+                m.stacks.clear(&self.slots, slot);
+            }
         }
         Ok(())
     }
@@ -293,10 +301,11 @@ impl AdapterServer {
         v
     }
 
-    /// The mixed-batch slot (row id) of adapter `name`.
+    /// The mixed-batch slot (row id) of adapter `name` now. A later
+    /// unbind and bind may give the slot to another adapter: to run rows
+    /// by name, use [`Self::run_batch_named`] or a [`MixedSnapshot`].
     pub fn slot_of(&self, name: &str) -> Option<usize> {
-        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner());
-        bound.get(name).and_then(|b| b.slot)
+        self.mixed.as_ref()?.stacks.load().slot_of(name)
     }
 
     /// The active adapter's Parameters (kept alive by the returned `Arc`).
@@ -322,24 +331,65 @@ impl AdapterServer {
             .run_into(inputs, &self.active_bindings(), outputs)
     }
 
-    fn mixed(&self) -> Result<&(CompiledGraph, Stacks)> {
-        self.mixed.as_ref().ok_or_else(|| Error::Adapter {
+    /// The mixed-batch slots as they are now: resolve adapter names and
+    /// run batches against one state of the slots (see [`MixedSnapshot`]).
+    ///
+    /// # Errors
+    /// [`Error::Adapter`] without a mixed-batch function.
+    pub fn mixed_snapshot(&self) -> Result<MixedSnapshot<'_>> {
+        let m = self.mixed.as_ref().ok_or_else(|| Error::Adapter {
             adapter: String::new(),
             reason: "compiled without a mixed-batch function (ServeOptions::mixed_capacity = 0)"
                 .into(),
-        })
+        })?;
+        Ok(m.snapshot())
+    }
+
+    /// Runs a batch whose row `r` uses adapter `rows[r]` (`None`: no
+    /// adapter), in one call: `inputs` are the model's inputs (no ids). The
+    /// names are resolved in the same state of the slots the call runs with
+    /// ([`MixedSnapshot::run_batch_named`]): every row runs with the adapter
+    /// it names as bound when the call started, whatever binds and unbinds
+    /// run meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::Count`] unless there is one name per batch row;
+    /// [`Error::Adapter`] for a name that is not bound (or without a
+    /// mixed-batch function); as [`CompiledGraph::run`].
+    pub fn run_batch_named(
+        &self,
+        inputs: &[TensorData],
+        rows: &[Option<&str>],
+    ) -> Result<Vec<TensorData>> {
+        self.mixed_snapshot()?.run_batch_named(inputs, rows)
+    }
+
+    /// [`Self::run_batch_named`] into the caller's outputs; allocates
+    /// nothing once warm.
+    ///
+    /// # Errors
+    /// As [`Self::run_batch_named`].
+    pub fn run_batch_named_into(
+        &self,
+        inputs: &[TensorData],
+        rows: &[Option<&str>],
+        outputs: &mut [TensorData],
+    ) -> Result<()> {
+        self.mixed_snapshot()?
+            .run_batch_named_into(inputs, rows, outputs)
     }
 
     /// Runs a batch whose row `r` uses the adapter in mixed slot `ids[r]`
-    /// ([`Self::slot_of`]; −1: none): `inputs` are the model's inputs
-    /// followed by the ids, an i64 `[rows]` tensor.
+    /// (−1: none) at the time of the call: `inputs` are the model's inputs
+    /// followed by the ids, an i64 `[rows]` tensor. For callers that manage
+    /// slots themselves; ids from names belong with
+    /// [`Self::run_batch_named`] or [`MixedSnapshot::row_ids`].
     ///
     /// # Errors
     /// As [`CompiledGraph::run`]; an id outside `−1..capacity` is
     /// [`Error::IndexOutOfRange`]. An empty slot gives the base model.
     pub fn run_batch(&self, inputs: &[TensorData]) -> Result<Vec<TensorData>> {
-        let (c, stacks) = self.mixed()?;
-        c.run(inputs, &stacks.load())
+        self.mixed_snapshot()?.run_batch(inputs)
     }
 
     /// [`Self::run_batch`] into the caller's outputs; allocates nothing once warm.
@@ -347,23 +397,19 @@ impl AdapterServer {
     /// # Errors
     /// As [`Self::run_batch`].
     pub fn run_batch_into(&self, inputs: &[TensorData], outputs: &mut [TensorData]) -> Result<()> {
-        let (c, stacks) = self.mixed()?;
-        c.run_into(inputs, &stacks.load(), outputs)
+        self.mixed_snapshot()?.run_batch_into(inputs, outputs)
     }
 
-    /// The ids tensor of a mixed batch from adapter names per row (`None`: no adapter).
+    /// The ids tensor of a mixed batch from adapter names per row (`None`:
+    /// no adapter), resolved against the slots now.
     ///
     /// # Errors
     /// [`Error::Adapter`] for a name that is not bound.
+    #[deprecated(
+        note = "the ids can name other adapters by the time they run (a concurrent unbind + bind reassigns slots): use run_batch_named, or MixedSnapshot::row_ids with that snapshot's run_batch"
+    )]
     pub fn row_ids(&self, rows: &[Option<&str>]) -> Result<TensorData> {
-        let ids: Result<Vec<i64>> = rows
-            .iter()
-            .map(|r| match r {
-                None => Ok(-1),
-                Some(n) => self.slot_of(n).map(|s| s as i64).ok_or_else(|| unknown(n)),
-            })
-            .collect();
-        Ok(TensorData::i64([rows.len()], ids?)?)
+        self.mixed_snapshot()?.row_ids(rows)
     }
 }
 

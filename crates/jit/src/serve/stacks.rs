@@ -5,23 +5,42 @@
 //! slot or a −1 row has scale 1). Slot `n` of every stack belongs to one
 //! adapter; an empty slot is all zeros, i.e. the base model.
 //!
+//! A set ([`MixedSet`]) is the stacks *and* the name of the adapter in
+//! each slot, so a call that resolves its rows' adapter names and runs on
+//! one set cannot mix one binding's slots with another's stacks.
+//!
 //! Binding builds a new set — each stack copied once, with the slot's
 //! entry written as it is copied — and swaps it in (copy-on-write): calls
 //! running on the old set are not disturbed, and no call waits for the
-//! copy (a call only clones the current `Arc`). Binds and unbinds must not
-//! run concurrently with each other (the caller serializes them: each
-//! builds on the set it loads).
+//! copy (a call only clones the current `Arc`). Binds and unbinds are
+//! serialized by a writer lock here (each builds on the set it loads).
 
 use super::adapters::{tensor, LayerSlot, LayerValues};
 use crate::{Bindings, Error, Result};
 use cranelora_graph::TensorData;
 use std::sync::{Arc, Mutex, RwLock};
 
-/// The stacks and which adapter holds each slot.
+/// One published state of the mixed slots: the stacked Parameters and the
+/// adapter name in each slot (`None`: empty, all zeros).
+#[derive(Debug)]
+pub(crate) struct MixedSet {
+    pub bindings: Bindings,
+    pub owners: Vec<Option<Arc<str>>>,
+}
+
+impl MixedSet {
+    /// The slot holding adapter `name` in this set.
+    pub fn slot_of(&self, name: &str) -> Option<usize> {
+        self.owners.iter().position(|o| o.as_deref() == Some(name))
+    }
+}
+
+/// The current [`MixedSet`]; binds and unbinds publish new ones.
 #[derive(Debug)]
 pub(crate) struct Stacks {
-    current: RwLock<Arc<Bindings>>,
-    owners: Mutex<Vec<Option<String>>>,
+    current: RwLock<Arc<MixedSet>>,
+    /// Held by bind and clear for their whole work.
+    writer: Mutex<()>,
 }
 
 /// The stacked Parameters of `slot` and the length of one entry.
@@ -55,27 +74,28 @@ impl Stacks {
                     .expect("internal: a new tensor is contiguous");
             }
         }
+        let set = MixedSet {
+            bindings: b,
+            owners: vec![None; capacity],
+        };
         Self {
-            current: RwLock::new(Arc::new(b)),
-            owners: Mutex::new(vec![None; capacity]),
+            current: RwLock::new(Arc::new(set)),
+            writer: Mutex::new(()),
         }
     }
 
     /// The current set.
-    pub fn load(&self) -> Arc<Bindings> {
+    pub fn load(&self) -> Arc<MixedSet> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Writes an adapter's `values` (one per slot, [`super::adapters`])
-    /// into slot `reuse` or the first free one; returns the slot.
-    pub fn bind(
-        &self,
-        name: &str,
-        slots: &[LayerSlot],
-        values: &[LayerValues],
-        reuse: Option<usize>,
-    ) -> Result<usize> {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+    /// into the slot `name` holds or the first free one; returns the slot.
+    pub fn bind(&self, name: &str, slots: &[LayerSlot], values: &[LayerValues]) -> Result<usize> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.load();
+        let owners = &current.owners;
+        let reuse = current.slot_of(name);
         let slot = match reuse.or_else(|| owners.iter().position(Option::is_none)) {
             Some(s) => s,
             None => {
@@ -99,40 +119,52 @@ impl Stacks {
                 .map(|(param, _)| param)
                 .zip(vals.into_iter().flatten())
         });
-        self.publish(slot, entries);
-        owners[slot] = Some(name.to_string());
+        self.publish(&current, slot, Some(Arc::from(name)), entries);
         Ok(slot)
     }
 
     /// Zeros slot `slot` and frees it.
     pub fn clear(&self, slots: &[LayerSlot], slot: usize) {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.load();
         let entries = slots.iter().flat_map(|s| {
             stack_params(s)
                 .into_iter()
                 .map(|(param, [rows, cols, _])| (param, vec![0.0; rows * cols]))
         });
-        self.publish(slot, entries);
-        owners[slot] = None;
+        self.publish(&current, slot, None, entries);
     }
 
-    /// Swaps in the current set with entry `slot` of each stack `(param,
-    /// values)` replaced: each stack is copied once, outside the lock calls
-    /// take (they only wait for the pointer swap).
-    fn publish(&self, slot: usize, entries: impl Iterator<Item = (String, Vec<f64>)>) {
-        let current = self.load();
+    /// Swaps in `current` with slot `slot` given to `owner` and entry
+    /// `slot` of each stack `(param, values)` replaced: each stack is
+    /// copied once, outside the lock calls take (they only wait for the
+    /// pointer swap).
+    fn publish(
+        &self,
+        current: &MixedSet,
+        slot: usize,
+        owner: Option<Arc<str>>,
+        entries: impl Iterator<Item = (String, Vec<f64>)>,
+    ) {
         let mut next = Bindings::new();
         for (param, vals) in entries {
             let old = current
+                .bindings
                 .get(&param)
                 .expect("internal: every stack was created in Stacks::new");
             next.insert(param, with_entry(old, slot, &vals))
                 .expect("internal: a new stack is contiguous");
         }
+        let mut owners = current.owners.clone();
+        owners[slot] = owner;
+        let next = Arc::new(MixedSet {
+            bindings: next,
+            owners,
+        });
         // The pointer swap; the old set lives on in the calls still using it.
         let old = std::mem::replace(
             &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
-            Arc::new(next),
+            next,
         );
         drop(old);
     }

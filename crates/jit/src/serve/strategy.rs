@@ -12,15 +12,17 @@
 //!   A) for Embedding; memory `n·r·(i + o)·e` (the adapters; the base
 //!   weight is shared and, for Linear, prepacked once).
 //! - **merged** — each bind folds `W + s·A·B` (`i·o·r` multiply-adds plus
-//!   `i·o` to write the copy), amortized over `c` calls; every call then
-//!   packs the bound weight for the GEMM (`K·i·o`: a bound weight is a
-//!   Parameter, so it cannot be prepacked at compile time; an Embedding's
-//!   gather reads the bound table as it is, so nothing there); memory
-//!   `n·i·o·e` (one merged copy per resident adapter).
+//!   `i·o` to write the copy) and, for Linear, packs it for the GEMM once
+//!   (`K·i·o`; the server binds it with `Bindings::insert_packed`, so calls
+//!   read the packed copy as they read a prepacked Constant); an
+//!   Embedding's gather reads the bound table as it is. That work is
+//!   amortized over `c` calls; a call itself costs nothing over the base
+//!   model. Memory `n·i·o·e` per resident adapter, twice for Linear (the
+//!   merged copy and its packed copy).
 //!
-//! Merged is chosen when its per-call work is below the branch's and the
-//! merged copies fit what is left of the budget (charged layer by layer, in
-//! graph order). DoRA layers (the per-feature scale needs the branch),
+//! Merged is chosen when the per-bind work over `c` calls is below the
+//! branch's per-call work and the merged copies fit what is left of the
+//! budget (charged layer by layer, in graph order). DoRA layers (the per-feature scale needs the branch),
 //! Conv2d layers (a bound kernel is not merged yet) and the mixed-batch
 //! branch (rows take different adapters) stay unmerged under every
 //! strategy, with that reason.
@@ -192,8 +194,9 @@ pub fn choose(layers: &[AdaptedLayer], strategy: &AdapterStrategy) -> Vec<(bool,
         .collect()
 }
 
-/// Per-call multiply-adds of the branch and of the merged weight (module docs).
-fn per_call(l: &AdaptedLayer, load: &ServingLoad) -> (f64, f64, f64) {
+/// The branch's multiply-adds per call, and the merged weight's fold and
+/// pack per bind (module docs).
+fn costs(l: &AdaptedLayer, load: &ServingLoad) -> (f64, f64, f64) {
     let (i, o, r, b) = (
         l.fan_in as f64,
         l.fan_out as f64,
@@ -201,27 +204,29 @@ fn per_call(l: &AdaptedLayer, load: &ServingLoad) -> (f64, f64, f64) {
         l.rows as f64,
     );
     let k = load.move_cost;
-    let (branch, repack) = match l.kind {
+    let (branch, pack) = match l.kind {
         BranchKind::Embedding => (b * r * o + k * b * r, 0.0),
         _ => (b * r * (i + o), k * i * o),
     };
-    let fold = i * o * (r + 1.0) / load.calls_per_rebind.max(1.0);
-    (branch, repack, fold)
+    (branch, i * o * (r + 1.0), pack)
 }
 
 /// One mergeable layer under `Auto`; `left` is the budget not yet used.
 fn decide(l: &AdaptedLayer, load: &ServingLoad, left: &mut usize) -> (bool, String) {
-    let (branch, repack, fold) = per_call(l, load);
+    let (branch, fold, pack) = costs(l, load);
+    let calls = load.calls_per_rebind.max(1.0);
+    let per_call = (fold + pack) / calls;
+    let copies = if pack > 0.0 { 2 } else { 1 }; // merged (+ packed)
     let bytes = load
         .resident_adapters
-        .saturating_mul(l.fan_in * l.fan_out * l.dtype.size_bytes());
+        .saturating_mul(copies * l.fan_in * l.fan_out * l.dtype.size_bytes());
     let numbers = format!(
-        "{} rows; per call: branch {branch:.3e} vs repack {repack:.3e} + fold/{} calls {fold:.3e} madds; {} merged copies {bytes} B, budget left {} B",
+        "{} rows; per call: branch {branch:.3e} vs (fold {fold:.3e} + pack {pack:.3e})/{} calls = {per_call:.3e} madds; {} merged copies {bytes} B, budget left {} B",
         l.rows, load.calls_per_rebind, load.resident_adapters, *left
     );
     if bytes > *left {
         (false, format!("over the memory budget; {numbers}"))
-    } else if repack + fold >= branch {
+    } else if per_call >= branch {
         (false, format!("branch is cheaper; {numbers}"))
     } else {
         *left -= bytes;
@@ -253,13 +258,17 @@ mod tests {
     }
 
     #[test]
-    fn w1_layers_stay_unmerged_at_batch_64_and_merge_at_large_batches() {
+    fn w1_layers_merge_when_rebinds_are_rarer_than_fold_and_pack() {
         // W1: 1024×1024, r 16, K 2.7. Batch 64: branch 64·16·2048 = 2.1e6
-        // per call < the repack alone, 2.7·1024² = 2.8e6: never merged.
+        // per call vs (fold 1024²·17 = 1.78e7 + pack 2.7·1024² = 2.8e6)/c:
+        // merged for c > ~9.8 calls per rebind.
         let big = usize::MAX;
-        let c = choose(&[layer(1024, 1024, 16, 64)], &auto(f64::INFINITY, big));
+        let s = [layer(1024, 1024, 16, 64)];
+        let c = choose(&s, &auto(9.0, big));
         assert!(!c[0].0 && c[0].1.contains("branch is cheaper"), "{c:?}");
-        // Batch 512: branch 1.68e7 vs 2.8e6 + 1.78e7/c → merged for c > ~1.3.
+        let c = choose(&s, &auto(10.0, big));
+        assert!(c[0].0 && c[0].1.contains("merged is cheaper"), "{c:?}");
+        // Batch 512: branch 1.68e7 → merged from c = 2.
         let s = [layer(1024, 1024, 16, 512)];
         assert!(!choose(&s, &auto(1.0, big))[0].0);
         assert!(choose(&s, &auto(2.0, big))[0].0);
@@ -268,8 +277,9 @@ mod tests {
     #[test]
     fn the_budget_and_unmergeable_layers_keep_the_branch() {
         let s = [layer(1024, 1024, 16, 512), layer(1024, 1024, 16, 512)];
-        // Two resident copies of one 4 MiB layer fit 8 MiB once.
-        let c = choose(&s, &auto(1e6, 8 << 20));
+        // Two resident adapters of one 4 MiB layer, merged and packed, fit
+        // 16 MiB once.
+        let c = choose(&s, &auto(1e6, 16 << 20));
         assert_eq!((c[0].0, c[1].0), (true, false));
         assert!(c[1].1.contains("budget"), "{c:?}");
         let mut dora = s.clone();
