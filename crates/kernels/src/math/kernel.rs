@@ -6,7 +6,7 @@
 //! registers it is the vector kernel. Everything is `#[inline(always)]` so
 //! that it is compiled inside the `#[target_feature]` loop that calls it.
 
-use super::lanes::{poly, poly_select, Elem, Lanes};
+use super::lanes::{poly, poly_lookup, Elem, Lanes};
 use super::Func;
 
 /// The loop of [`map`] for one kernel `$k`. A macro, not a function taking
@@ -202,36 +202,42 @@ fn exp_neg_square<V: Lanes>(a: V, s: V, c: V) -> V {
     exp(-(z * z) * s) * exp(((z - a) * (z + a)).mul_add(s, c))
 }
 
-/// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane selecting
-/// its piece; NaN passes through.
+/// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane
+/// selecting its piece; NaN passes through.
+///
+/// Every piece is a rational in its own argument (a², a − 1 or 1/a²), so
+/// each lane picks its argument and, by table lookup, its coefficients, and
+/// one numerator, one denominator and one division serve all pieces (bit
+/// for bit what evaluating each piece and selecting gives; see
+/// [`poly_lookup`]). Divisions are the costliest step here (`vdivps` is
+/// several times the throughput cost of an FMA), which leaves two: this one
+/// and 1/a for the tail.
 #[inline(always)]
 fn erf_erfc<V: Lanes>(a: V) -> (V, V) {
     let t = &V::E::C.erf;
     let one = V::splat(V::E::ONE);
     let half = V::splat(V::E::HALF);
+    let is_small = a.lt(V::splat(t.small_max));
+    let is_mid = a.lt(V::splat(t.mid_max));
+    let at = V::splat(t.tail_max).min(a);
+    let inv = one / at;
+    let near = at.lt(V::splat(t.tail_split));
+    let arg = V::select(is_small, a * a, V::select(is_mid, a - one, inv * inv));
+    let piece = V::index4(is_small, is_mid, near);
+    let y = poly_lookup(piece, arg, [t.pp, t.pa, t.ra, t.rb])
+        / poly_lookup(piece, arg, [t.qq, t.qa, t.sa, t.sb]);
     // a < 0.84375: erf = a + a·y; erfc = 1/2 − ((a − 1/2) + a·y) above 1/4.
-    let z = a * a;
-    let y = poly(z, t.pp) / poly(z, t.qq);
     let erf_small = a.mul_add(y, a);
     let erfc_small = V::select(
         a.lt(half * half),
         one - erf_small,
         half - a.mul_add(y, a - half),
     );
-    // 0.84375 ≤ a < 1.25: erf(1 + s) = erx + pa(s)/qa(s).
-    let s = a - one;
-    let q = poly(s, t.pa) / poly(s, t.qa);
+    // 0.84375 ≤ a < 1.25: erf(1 + s) = erx + y, y = pa(s)/qa(s).
     let erx = V::splat(t.erx);
-    let (erf_mid, erfc_mid) = (erx + q, (one - erx) - q);
-    // a ≥ 1.25: erfc = e^(−a² − 0.5625 + R/S)/a, R/S in w = 1/a².
-    let at = V::splat(t.tail_max).min(a);
-    let inv = one / at;
-    let w = inv * inv;
-    let near = at.lt(V::splat(t.tail_split));
-    let rs = poly_select(near, w, t.ra, t.rb) / poly_select(near, w, t.sa, t.sb);
-    let erfc_tail = exp_neg_square(at, one, rs + V::splat(t.tail_offset)) * inv;
-    let is_small = a.lt(V::splat(t.small_max));
-    let is_mid = a.lt(V::splat(t.mid_max));
+    let (erf_mid, erfc_mid) = (erx + y, (one - erx) - y);
+    // a ≥ 1.25: erfc = e^(−a² − 0.5625 + y)/a, y = R/S in w = 1/a².
+    let erfc_tail = exp_neg_square(at, one, y + V::splat(t.tail_offset)) * inv;
     let erf = V::select(
         is_small,
         erf_small,

@@ -38,6 +38,8 @@ pub(crate) trait Lanes:
     type E: Elem;
     /// The result of a comparison, one flag per lane.
     type Mask: Copy;
+    /// A per-lane position 0…3 in a four-entry table (see [`Lanes::lookup4`]).
+    type Index: Copy;
     /// Lanes per register (at most 16).
     const WIDTH: usize;
     /// Loads the first `WIDTH` elements of `s` (panics if `s` is shorter).
@@ -60,6 +62,10 @@ pub(crate) trait Lanes:
     fn lt(self, b: Self) -> Self::Mask;
     /// `m ? a : b` per lane.
     fn select(m: Self::Mask, a: Self, b: Self) -> Self;
+    /// Per lane: 0 where `m0`, else 1 where `m1`, else 2 where `m2`, else 3.
+    fn index4(m0: Self::Mask, m1: Self::Mask, m2: Self::Mask) -> Self::Index;
+    /// `t[i]` per lane (one permute on AVX-512 and AVX2, selects elsewhere).
+    fn lookup4(i: Self::Index, t: [Self::E; 4]) -> Self;
     /// `self` with its low `n` mantissa bits cleared (n < mantissa bits).
     fn clear_low_bits(self, n: u32) -> Self;
     /// 2^self for integral lanes in the normal exponent range:
@@ -87,14 +93,20 @@ pub(crate) fn poly<V: Lanes>(t: V, c: &[V::E]) -> V {
         .fold(V::splat(*last), |acc, &k| acc.mul_add(t, V::splat(k)))
 }
 
-/// [`poly`] with per-lane choice between two coefficient lists of equal length.
+/// [`poly`] with per-lane coefficients: lane j evaluates list `c[i_j]`.
+///
+/// Shorter lists are padded with zeros at the high-degree end; Horner's
+/// steps through those give `0·t + 0 = 0` and then the list's own leading
+/// coefficient exactly, so each lane gets bit for bit what [`poly`] gives
+/// for its own list (t finite). One polynomial and one table lookup per
+/// coefficient thus replace up to four polynomials and their selects.
 #[inline(always)]
-pub(crate) fn poly_select<V: Lanes>(m: V::Mask, t: V, a: &[V::E], b: &[V::E]) -> V {
-    debug_assert_eq!(a.len(), b.len());
-    let n = a.len() - 1;
-    let mut acc = V::select(m, V::splat(a[n]), V::splat(b[n]));
-    for i in (0..n).rev() {
-        acc = acc.mul_add(t, V::select(m, V::splat(a[i]), V::splat(b[i])));
+pub(crate) fn poly_lookup<V: Lanes>(i: V::Index, t: V, c: [&[V::E]; 4]) -> V {
+    let n = c.iter().map(|s| s.len()).max().unwrap_or(0);
+    let coef = |k: usize| V::lookup4(i, c.map(|s| s.get(k).copied().unwrap_or(V::E::ZERO)));
+    let mut acc = coef(n - 1);
+    for k in (0..n - 1).rev() {
+        acc = acc.mul_add(t, coef(k));
     }
     acc
 }
@@ -124,6 +136,7 @@ macro_rules! scalar_lanes {
         impl Lanes for $t {
             type E = $t;
             type Mask = bool;
+            type Index = (bool, bool, bool);
             const WIDTH: usize = 1;
             #[inline(always)]
             fn load(s: &[$t]) -> $t {
@@ -182,6 +195,19 @@ macro_rules! scalar_lanes {
                 } else {
                     b
                 }
+            }
+            #[inline(always)]
+            fn index4(m0: bool, m1: bool, m2: bool) -> Self::Index {
+                (m0, m1, m2)
+            }
+            #[inline(always)]
+            fn lookup4((m0, m1, m2): Self::Index, t: [$t; 4]) -> $t {
+                // Selects, not `t[i]`: they keep the portable loop vectorizable.
+                Self::select(
+                    m0,
+                    t[0],
+                    Self::select(m1, t[1], Self::select(m2, t[2], t[3])),
+                )
             }
             #[inline(always)]
             fn clear_low_bits(self, n: u32) -> $t {
