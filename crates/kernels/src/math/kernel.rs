@@ -63,12 +63,37 @@ pub(crate) fn exp<V: Lanes>(x: V) -> V {
     let n = x.mul_add(V::splat(c.log2e), shifter) - shifter;
     let r = (-n).mul_add(V::splat(c.ln2_hi), x);
     let r = (-n).mul_add(V::splat(c.ln2_lo), r);
-    let p = poly(r, c.exp_poly);
-    // 2ⁿ = 2^n1 · 2^n2 with both factors normal, so that results in the
-    // subnormal range and in the binade below overflow round only once.
+    scale(poly(r, c.exp_poly), n)
+}
+
+/// p·2ⁿ = (p·2^n1)·2^n2 with both factors normal, so that results in the
+/// subnormal range and in the binade below overflow round only once.
+#[inline(always)]
+fn scale<V: Lanes>(p: V, n: V) -> V {
+    let c = V::E::C;
     let n1 = n.clamp(c.exp2_min_n, c.exp2_max_n);
     let n2 = n - n1;
     p * n1.exp2i() * n2.exp2i()
+}
+
+/// e^(hi + lo) for hi ≤ 0 exact and |lo| ≲ 1 + 2⁻¹⁰·|hi|, with one
+/// reduction: n = round((hi + lo)·log2e) as in [`exp`], then
+/// r = (hi − n·ln2_hi − n·ln2_lo) + lo, so that the rounding of hi + lo
+/// only affects the choice of n, not r. Below `exp_min` the result is 0
+/// (where r is meaningless); NaN passes through.
+#[inline(always)]
+fn exp_sum<V: Lanes>(hi: V, lo: V) -> V {
+    let c = V::E::C;
+    let t = hi + lo;
+    let shifter = V::splat(c.round_shifter);
+    let n = t
+        .clamp(c.exp_min, c.exp_max)
+        .mul_add(V::splat(c.log2e), shifter)
+        - shifter;
+    let r = (-n).mul_add(V::splat(c.ln2_hi), hi);
+    let r = (-n).mul_add(V::splat(c.ln2_lo), r) + lo;
+    let y = scale(poly(r, c.exp_poly), n);
+    V::select(t.lt(V::splat(c.exp_min)), V::splat(V::E::ZERO), y)
 }
 
 /// ln x: fdlibm's reduction to m ∈ (√2/2, √2] and its rational in s = f/(2 + f).
@@ -193,13 +218,14 @@ pub(crate) fn erf<V: Lanes>(x: V) -> V {
     erf_erfc(x.abs()).0.copysign(x)
 }
 
-/// e^(s·(−a²) + c) for s ∈ {1, 1/2}, as e^(−s·z²)·e^(s·(z − a)(z + a) + c)
+/// e^(s·(−a²) + c) for s ∈ {1, 1/2} and c ≲ 0, as e^(−s·z² + (s·(z − a)(z + a) + c))
 /// with z = a rounded down to few bits, so that −s·z² is exact and the
-/// rounding of a² does not become a relative error of e^(−a²).
+/// rounding of a² does not become a relative error of e^(−a²); one
+/// exponential of the two parts ([`exp_sum`]).
 #[inline(always)]
 fn exp_neg_square<V: Lanes>(a: V, s: V, c: V) -> V {
     let z = a.clear_low_bits(V::E::C.erf.split_bits);
-    exp(-(z * z) * s) * exp(((z - a) * (z + a)).mul_add(s, c))
+    exp_sum(-(z * z) * s, ((z - a) * (z + a)).mul_add(s, c))
 }
 
 /// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane

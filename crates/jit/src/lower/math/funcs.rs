@@ -18,12 +18,38 @@ impl Emit<'_, '_> {
         let r = self.fma(nn, lo, r);
         let c = self.c;
         let p = self.poly(r, &c.exp_poly);
-        // 2ⁿ = 2^n1·2^n2 with both factors normal.
+        self.scale(p, n)
+    }
+
+    /// p·2ⁿ = (p·2^n1)·2^n2 with both factors normal.
+    fn scale(&mut self, p: Value, n: Value) -> Value {
         let n1 = self.clamp(n, self.c.exp2_min_n, self.c.exp2_max_n);
         let n2 = self.sub(n, n1);
         let (s1, s2) = (self.exp2i(n1), self.exp2i(n2));
         let p = self.mul(p, s1);
         self.mul(p, s2)
+    }
+
+    /// e^(hi + lo), hi exact: one reduction, lo added to the reduced
+    /// argument; 0 below `exp_min`.
+    fn exp_sum(&mut self, hi: Value, lo: Value) -> Value {
+        let t = self.add(hi, lo);
+        let x = self.clamp(t, self.c.exp_min, self.c.exp_max);
+        let shifter = self.splat(self.c.round_shifter);
+        let log2e = self.splat(self.c.log2e);
+        let u = self.fma(x, log2e, shifter);
+        let n = self.sub(u, shifter);
+        let nn = self.neg(n);
+        let (ln2_hi, ln2_lo) = (self.splat(self.c.ln2_hi), self.splat(self.c.ln2_lo));
+        let r = self.fma(nn, ln2_hi, hi);
+        let r = self.fma(nn, ln2_lo, r);
+        let r = self.add(r, lo);
+        let c = self.c;
+        let p = self.poly(r, &c.exp_poly);
+        let y = self.scale(p, n);
+        let (zero, min) = (self.splat(0.0), self.splat(self.c.exp_min));
+        let under = self.lt(t, min);
+        self.select(under, zero, y)
     }
 
     /// ln x: fdlibm's reduction to m ∈ (√2/2, √2] and its rational in s.
@@ -190,18 +216,16 @@ impl Emit<'_, '_> {
         self.copysign(e, x)
     }
 
-    /// e^(−s·z²)·e^(s·(z − a)(z + a) + c), z = a with low bits cleared.
+    /// e^(−s·z² + (s·(z − a)(z + a) + c)), z = a with low bits cleared.
     fn exp_neg_square(&mut self, a: Value, s: Value, c: Value) -> Value {
         let z = self.clear_low_bits(a, self.c.erf.split_bits);
         let zz = self.mul(z, z);
         let nzz = self.neg(zz);
-        let e1 = self.mul(nzz, s);
-        let e1 = self.exp(e1);
+        let hi = self.mul(nzz, s);
         let (d, u) = (self.sub(z, a), self.add(z, a));
         let du = self.mul(d, u);
-        let e2 = self.fma(du, s, c);
-        let e2 = self.exp(e2);
-        self.mul(e1, e2)
+        let lo = self.fma(du, s, c);
+        self.exp_sum(hi, lo)
     }
 
     /// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane
