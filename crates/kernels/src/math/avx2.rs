@@ -246,3 +246,21 @@ pub(super) unsafe fn map_f32(f: Func, x: &[f32], out: &mut [f32]) {
 pub(super) unsafe fn map_f64(f: Func, x: &[f64], out: &mut [f64]) {
     kernel::map::<F64x4>(f, x, out);
 }
+
+/// `x[i] = f(x[i])` for f32, in place.
+///
+/// # Safety
+/// As for [`map_f32`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn map_inplace_f32(f: Func, x: &mut [f32]) {
+    kernel::map_inplace::<F32x8>(f, x);
+}
+
+/// `x[i] = f(x[i])` for f64, in place.
+///
+/// # Safety
+/// As for [`map_f32`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn map_inplace_f64(f: Func, x: &mut [f64]) {
+    kernel::map_inplace::<F64x4>(f, x);
+}

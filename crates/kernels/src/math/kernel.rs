@@ -32,6 +32,42 @@ macro_rules! map_with {
     }};
 }
 
+/// [`map_with`] for one slice updated in place: each register is loaded
+/// from and stored back to the same elements (no copy of the input).
+macro_rules! map_inplace_with {
+    ($x:expr, $k:expr) => {{
+        let mut xs = $x.chunks_exact_mut(V::WIDTH);
+        for c in &mut xs {
+            $k(V::load(c)).store(c);
+        }
+        let tail = xs.into_remainder();
+        if !tail.is_empty() {
+            let mut buf = [V::E::ZERO; 16];
+            buf[..tail.len()].copy_from_slice(tail);
+            $k(V::load(&buf)).store(&mut buf);
+            let n = tail.len();
+            tail.copy_from_slice(&buf[..n]);
+        }
+    }};
+}
+
+/// `x[i] = f(x[i])` in registers of `V`, the in-place form of [`map`].
+#[inline(always)]
+pub(crate) fn map_inplace<V: Lanes>(f: Func, x: &mut [V::E]) {
+    match f {
+        Func::Exp => map_inplace_with!(x, exp::<V>),
+        Func::Log => map_inplace_with!(x, log::<V>),
+        Func::Tanh => map_inplace_with!(x, tanh::<V>),
+        Func::Erf => map_inplace_with!(x, erf::<V>),
+        Func::Sigmoid => map_inplace_with!(x, sigmoid::<V>),
+        Func::Silu => map_inplace_with!(x, silu::<V>),
+        Func::GeluErf => map_inplace_with!(x, gelu_erf::<V>),
+        Func::GeluTanh => map_inplace_with!(x, gelu_tanh::<V>),
+        Func::GeluErfGrad => map_inplace_with!(x, gelu_erf_grad::<V>),
+        Func::GeluTanhGrad => map_inplace_with!(x, gelu_tanh_grad::<V>),
+    }
+}
+
 /// `out[i] = f(x[i])`, `x` and `out` of equal length, in registers of `V`.
 ///
 /// The match is outside the loop so that each arm is one straight loop; a

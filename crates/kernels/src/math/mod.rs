@@ -294,14 +294,39 @@ pub fn apply_with<T: Scalar>(isa: Isa, f: Func, x: &[T], out: &mut [T]) -> Resul
 
 /// [`apply_inplace`] with a chosen instruction set (for tests and benchmarks).
 pub fn apply_inplace_with<T: Scalar>(isa: Isa, f: Func, x: &mut [T]) {
-    // The kernels read and write distinct slices; a small stack copy of each
-    // block (L1-resident) is cheap next to a transcendental function.
-    const BLOCK: usize = 256;
-    let mut buf = [T::zero(); BLOCK];
-    for chunk in x.chunks_mut(BLOCK) {
-        let src = &mut buf[..chunk.len()];
-        src.copy_from_slice(chunk);
-        apply_with(isa, f, src, chunk).expect("internal: equal lengths");
+    // Each register is loaded from and stored back to the same elements, so
+    // no copy of the input is needed.
+    if let Some(x) = T::as_f32_slice_mut(x) {
+        map_inplace_f32(isa, f, x);
+    } else if let Some(x) = T::as_f64_slice_mut(x) {
+        map_inplace_f64(isa, f, x);
+    } else {
+        unreachable!("internal: Scalar is sealed to f32 and f64");
+    }
+}
+
+fn map_inplace_f32(isa: Isa, f: Func, x: &mut [f32]) {
+    match isa.0 {
+        // SAFETY: an `Isa` of this kind exists only after detection found
+        // AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx512 => unsafe { avx512::map_inplace_f32(f, x) },
+        // SAFETY: as above, with AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx2 => unsafe { avx2::map_inplace_f32(f, x) },
+        _ => kernel::map_inplace::<f32>(f, x),
+    }
+}
+
+fn map_inplace_f64(isa: Isa, f: Func, x: &mut [f64]) {
+    match isa.0 {
+        // SAFETY: as in `map_inplace_f32`.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx512 => unsafe { avx512::map_inplace_f64(f, x) },
+        // SAFETY: as in `map_inplace_f32`.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx2 => unsafe { avx2::map_inplace_f64(f, x) },
+        _ => kernel::map_inplace::<f64>(f, x),
     }
 }
 
