@@ -60,19 +60,31 @@
 //!
 //! # Throughput
 //!
-//! Elements per nanosecond on one core over 64×1024 f32 (in and out in L2),
-//! measured on the 2-core AVX-512 development VM by the ignored test
-//! `throughput` (`cargo test -p cranelora-kernels math::tests::throughput
-//! -- --ignored --nocapture`); the VM is shared, so figures vary by ±30 %:
+//! CPU cycles per element on one core (at the nominal 2.6 GHz of the 2-core
+//! AVX-512 development VM), f32 over 64K elements (in and out in L2),
+//! median of two runs of the `math_probe` example
+//! (`cargo run --release -p cranelora-kernels --example math_probe`; the VM
+//! is shared, so figures vary by ±10 %):
 //!
-//! | function | AVX-512 | AVX2 | portable | scalar `libm::tanhf` formula |
-//! |---|---|---|---|---|
-//! | gelu_tanh | 2.2 | 0.75 | 0.3 | 0.1–0.15 |
-//! | gelu_erf | 0.4 | 0.2 | 0.1 | |
-//! | exp | 3.5–3.9 | 2.6 | 0.8–1.1 | |
+//! | function | AVX-512 | before issue 7 |
+//! |---|---|---|
+//! | exp | 0.6 | 0.6 |
+//! | sigmoid | 0.9 | 0.9 |
+//! | gelu_tanh | 1.1 | 1.1 |
+//! | tanh | 1.2 | 1.2 |
+//! | erf | 3.4 | 4.4 |
+//! | gelu_erf | 4.0 | 4.8 |
+//! | gelu_erf_grad | 5.3 | 6.1 |
+//! | gelu_erf (f64) | 9.6 | 12.6 |
 //!
-//! gelu_erf pays for its accuracy: every lane evaluates the three erf
-//! pieces (four divisions and two exponentials) before selecting.
+//! gelu_erf pays for its accuracy in both tails: every lane evaluates one
+//! rational (its own erf piece's, coefficients picked per lane by a
+//! register permute), two divisions (the rational and 1/a of the erfc
+//! tail) and one exponential. A division is the costliest instruction
+//! here, and the chain a → 1/a → rational → division → exponential is
+//! long enough that the loop is bound by latency and the reorder window as
+//! much as by port throughput. `apply_inplace` runs an in-place loop
+//! (each register loaded from and stored to the same elements).
 
 pub mod coeffs;
 mod kernel;
