@@ -78,6 +78,7 @@ macro_rules! avx2_lanes {
             type Mask = Self;
             type Index = __m256i;
             const WIDTH: usize = $width;
+            const PERMUTE: bool = true;
             #[inline(always)]
             fn load(s: &[$e]) -> Self {
                 assert!(s.len() >= $width, "internal: short load");

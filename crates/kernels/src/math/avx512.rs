@@ -78,6 +78,7 @@ macro_rules! avx512_lanes {
             type Mask = $mask;
             type Index = __m512i;
             const WIDTH: usize = $width;
+            const PERMUTE: bool = true;
             #[inline(always)]
             fn load(s: &[$e]) -> Self {
                 assert!(s.len() >= $width, "internal: short load");

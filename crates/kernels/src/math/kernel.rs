@@ -6,7 +6,7 @@
 //! registers it is the vector kernel. Everything is `#[inline(always)]` so
 //! that it is compiled inside the `#[target_feature]` loop that calls it.
 
-use super::lanes::{poly, poly_lookup, Elem, Lanes};
+use super::lanes::{poly, rational_lookup, Elem, Lanes};
 use super::Func;
 
 /// The loop of [`map`] for one kernel `$k`. A macro, not a function taking
@@ -271,7 +271,8 @@ fn exp_neg_square<V: Lanes>(a: V, s: V, c: V) -> V {
 /// each lane picks its argument and, by table lookup, its coefficients, and
 /// one numerator, one denominator and one division serve all pieces (bit
 /// for bit what evaluating each piece and selecting gives; see
-/// [`poly_lookup`]). Divisions are the costliest step here (`vdivps` is
+/// [`rational_lookup`]; the portable path evaluates every piece and selects,
+/// which LLVM vectorizes better than per-lane coefficients). Divisions are the costliest step here (`vdivps` is
 /// several times the throughput cost of an FMA), which leaves two: this one
 /// and 1/a for the tail.
 #[inline(always)]
@@ -285,9 +286,13 @@ fn erf_erfc<V: Lanes>(a: V) -> (V, V) {
     let inv = one / at;
     let near = at.lt(V::splat(t.tail_split));
     let arg = V::select(is_small, a * a, V::select(is_mid, a - one, inv * inv));
-    let piece = V::index4(is_small, is_mid, near);
-    let y = poly_lookup(piece, arg, [t.pp, t.pa, t.ra, t.rb])
-        / poly_lookup(piece, arg, [t.qq, t.qa, t.sa, t.sb]);
+    let pieces = [is_small, is_mid, near];
+    let y = rational_lookup(
+        pieces,
+        arg,
+        [t.pp, t.pa, t.ra, t.rb],
+        [t.qq, t.qa, t.sa, t.sb],
+    );
     // a < 0.84375: erf = a + a·y; erfc = 1/2 − ((a − 1/2) + a·y) above 1/4.
     let erf_small = a.mul_add(y, a);
     let erfc_small = V::select(

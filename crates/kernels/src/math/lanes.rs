@@ -42,6 +42,10 @@ pub(crate) trait Lanes:
     type Index: Copy;
     /// Lanes per register (at most 16).
     const WIDTH: usize;
+    /// Whether [`Lanes::lookup4`] is one register permute. Where it is not
+    /// (plain `f32`/`f64`, whose loops LLVM vectorizes), evaluating every
+    /// coefficient list and selecting the results is cheaper.
+    const PERMUTE: bool;
     /// Loads the first `WIDTH` elements of `s` (panics if `s` is shorter).
     fn load(s: &[Self::E]) -> Self;
     /// Stores into the first `WIDTH` elements of `s` (panics if `s` is shorter).
@@ -93,6 +97,45 @@ pub(crate) fn poly<V: Lanes>(t: V, c: &[V::E]) -> V {
         .fold(V::splat(*last), |acc, &k| acc.mul_add(t, V::splat(k)))
 }
 
+/// The rational `n[k]/d[k]` per lane, k = 0 where `m0`, else 1 where `m1`,
+/// else 2 where `m2`, else 3: with [`Lanes::PERMUTE`], one numerator and
+/// one denominator with per-lane coefficients ([`poly_lookup`]); otherwise
+/// all four of each, selected. Either way one division, and the same
+/// values bit for bit.
+#[inline(always)]
+pub(crate) fn rational_lookup<V: Lanes>(
+    m: [V::Mask; 3],
+    t: V,
+    n: [&[V::E]; 4],
+    d: [&[V::E]; 4],
+) -> V {
+    if V::PERMUTE {
+        let i = V::index4(m[0], m[1], m[2]);
+        return poly_lookup(i, t, n) / poly_lookup(i, t, d);
+    }
+    // No `array::map` or closures here: a call left in the loop would stop
+    // LLVM from vectorizing the portable path.
+    let num = V::select(
+        m[0],
+        poly(t, n[0]),
+        V::select(
+            m[1],
+            poly(t, n[1]),
+            V::select(m[2], poly(t, n[2]), poly(t, n[3])),
+        ),
+    );
+    let den = V::select(
+        m[0],
+        poly(t, d[0]),
+        V::select(
+            m[1],
+            poly(t, d[1]),
+            V::select(m[2], poly(t, d[2]), poly(t, d[3])),
+        ),
+    );
+    num / den
+}
+
 /// [`poly`] with per-lane coefficients: lane j evaluates list `c[i_j]`.
 ///
 /// Shorter lists are padded with zeros at the high-degree end; Horner's
@@ -103,7 +146,8 @@ pub(crate) fn poly<V: Lanes>(t: V, c: &[V::E]) -> V {
 #[inline(always)]
 pub(crate) fn poly_lookup<V: Lanes>(i: V::Index, t: V, c: [&[V::E]; 4]) -> V {
     let n = c.iter().map(|s| s.len()).max().unwrap_or(0);
-    let coef = |k: usize| V::lookup4(i, c.map(|s| s.get(k).copied().unwrap_or(V::E::ZERO)));
+    let at = |s: &[V::E], k: usize| s.get(k).copied().unwrap_or(V::E::ZERO);
+    let coef = |k: usize| V::lookup4(i, [at(c[0], k), at(c[1], k), at(c[2], k), at(c[3], k)]);
     let mut acc = coef(n - 1);
     for k in (0..n - 1).rev() {
         acc = acc.mul_add(t, coef(k));
@@ -138,6 +182,7 @@ macro_rules! scalar_lanes {
             type Mask = bool;
             type Index = (bool, bool, bool);
             const WIDTH: usize = 1;
+            const PERMUTE: bool = false;
             #[inline(always)]
             fn load(s: &[$t]) -> $t {
                 s[0]
