@@ -26,7 +26,8 @@ macro_rules! avx2_lanes {
         to_int = $to_int:ident, from_int = $from_int:ident, slli = $slli:ident,
         srli = $srli:ident,
         loadu = $loadu:ident, storeu = $storeu:ident,
-        int = $int:ty, set1_int = $set1_int:ident
+        int = $int:ty, set1_int = $set1_int:ident,
+        index = $index:ident, lookup = $lookup:ident, to_ps = $to_ps:ident
     ) => {
         #[derive(Clone, Copy)]
         struct $name($reg);
@@ -75,7 +76,9 @@ macro_rules! avx2_lanes {
         impl Lanes for $name {
             type E = $e;
             type Mask = Self;
+            type Index = __m256i;
             const WIDTH: usize = $width;
+            const PERMUTE: bool = true;
             #[inline(always)]
             fn load(s: &[$e]) -> Self {
                 assert!(s.len() >= $width, "internal: short load");
@@ -123,6 +126,20 @@ macro_rules! avx2_lanes {
                 $name(unsafe { $blend(b.0, a.0, m.0) })
             }
             #[inline(always)]
+            fn index4(m0: Self, m1: Self, m2: Self) -> __m256i {
+                unsafe {
+                    let pick = |i: __m256i, k, m: Self| {
+                        let (i, k) = (_mm256_castsi256_ps(i), _mm256_castsi256_ps($index(k)));
+                        _mm256_castps_si256(_mm256_blendv_ps(i, k, $to_ps(m.0)))
+                    };
+                    pick(pick(pick($index(3), 2, m2), 1, m1), 0, m0)
+                }
+            }
+            #[inline(always)]
+            fn lookup4(i: __m256i, t: [$e; 4]) -> Self {
+                $name(unsafe { $lookup(i, t) })
+            }
+            #[inline(always)]
             fn clear_low_bits(self, n: u32) -> Self {
                 let keep = unsafe { $from_int($set1_int((<$int>::MAX << n) as _)) };
                 $name(unsafe { $and(self.0, keep) })
@@ -151,6 +168,43 @@ macro_rules! avx2_lanes {
     };
 }
 
+// The four-entry lookups permute 32-bit lanes (`vpermps`), which AVX2 has
+// across the whole register; an f64 entry k is the pair of halves 2k, 2k+1.
+// SAFETY (for the helpers below): they are `unsafe fn`s called only from
+// `Lanes` methods, so the module invariant (AVX2 + FMA present) holds.
+
+/// The f32 lane index of table entry `k`.
+#[inline(always)]
+unsafe fn index_f32(k: i32) -> __m256i {
+    _mm256_set1_epi32(k)
+}
+
+/// The pair of 32-bit indices of f64 table entry `k`.
+#[inline(always)]
+unsafe fn index_f64(k: i32) -> __m256i {
+    _mm256_set1_epi64x((i64::from(2 * k + 1) << 32) | i64::from(2 * k))
+}
+
+/// `t[i]` per f32 lane.
+#[inline(always)]
+unsafe fn lookup_f32(i: __m256i, t: [f32; 4]) -> __m256 {
+    let table = _mm256_setr_ps(t[0], t[1], t[2], t[3], 0.0, 0.0, 0.0, 0.0);
+    _mm256_permutevar8x32_ps(table, i)
+}
+
+/// `t[i]` per f64 lane (`i` from [`index_f64`]).
+#[inline(always)]
+unsafe fn lookup_f64(i: __m256i, t: [f64; 4]) -> __m256d {
+    let table = _mm256_castpd_ps(_mm256_setr_pd(t[0], t[1], t[2], t[3]));
+    _mm256_castps_pd(_mm256_permutevar8x32_ps(table, i))
+}
+
+/// The identity (an f32 mask is already `__m256`).
+#[inline(always)]
+unsafe fn identity_ps(m: __m256) -> __m256 {
+    m
+}
+
 avx2_lanes! {
     F32x8(__m256): f32, 8,
     set1 = _mm256_set1_ps, add = _mm256_add_ps, sub = _mm256_sub_ps, mul = _mm256_mul_ps,
@@ -159,7 +213,8 @@ avx2_lanes! {
     cmp = _mm256_cmp_ps, blend = _mm256_blendv_ps,
     to_int = _mm256_castps_si256, from_int = _mm256_castsi256_ps, slli = _mm256_slli_epi32, srli = _mm256_srli_epi32,
     loadu = _mm256_loadu_ps, storeu = _mm256_storeu_ps,
-    int = u32, set1_int = _mm256_set1_epi32
+    int = u32, set1_int = _mm256_set1_epi32,
+    index = index_f32, lookup = lookup_f32, to_ps = identity_ps
 }
 
 avx2_lanes! {
@@ -170,7 +225,8 @@ avx2_lanes! {
     cmp = _mm256_cmp_pd, blend = _mm256_blendv_pd,
     to_int = _mm256_castpd_si256, from_int = _mm256_castsi256_pd, slli = _mm256_slli_epi64, srli = _mm256_srli_epi64,
     loadu = _mm256_loadu_pd, storeu = _mm256_storeu_pd,
-    int = u64, set1_int = _mm256_set1_epi64x
+    int = u64, set1_int = _mm256_set1_epi64x,
+    index = index_f64, lookup = lookup_f64, to_ps = _mm256_castpd_ps
 }
 
 /// `out[i] = f(x[i])` for f32 with AVX2 and FMA.
@@ -190,4 +246,22 @@ pub(super) unsafe fn map_f32(f: Func, x: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn map_f64(f: Func, x: &[f64], out: &mut [f64]) {
     kernel::map::<F64x4>(f, x, out);
+}
+
+/// `x[i] = f(x[i])` for f32, in place.
+///
+/// # Safety
+/// As for [`map_f32`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn map_inplace_f32(f: Func, x: &mut [f32]) {
+    kernel::map_inplace::<F32x8>(f, x);
+}
+
+/// `x[i] = f(x[i])` for f64, in place.
+///
+/// # Safety
+/// As for [`map_f32`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn map_inplace_f64(f: Func, x: &mut [f64]) {
+    kernel::map_inplace::<F64x4>(f, x);
 }

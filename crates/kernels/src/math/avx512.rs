@@ -25,7 +25,8 @@ macro_rules! avx512_lanes {
         to_int = $to_int:ident, from_int = $from_int:ident, slli = $slli:ident,
         srli = $srli:ident,
         loadu = $loadu:ident, storeu = $storeu:ident, mask = $mask:ty,
-        int = $int:ty, set1_int = $set1_int:ident
+        int = $int:ty, set1_int = $set1_int:ident,
+        mask_mov = $mask_mov:ident, permute = $permute:ident, table = $table:ident
     ) => {
         #[derive(Clone, Copy)]
         struct $name($reg);
@@ -75,7 +76,9 @@ macro_rules! avx512_lanes {
         impl Lanes for $name {
             type E = $e;
             type Mask = $mask;
+            type Index = __m512i;
             const WIDTH: usize = $width;
+            const PERMUTE: bool = true;
             #[inline(always)]
             fn load(s: &[$e]) -> Self {
                 assert!(s.len() >= $width, "internal: short load");
@@ -125,6 +128,19 @@ macro_rules! avx512_lanes {
                 $name(unsafe { $blend(m, b.0, a.0) })
             }
             #[inline(always)]
+            fn index4(m0: $mask, m1: $mask, m2: $mask) -> __m512i {
+                unsafe {
+                    let i = $mask_mov($set1_int(3), m2, $set1_int(2));
+                    let i = $mask_mov(i, m1, $set1_int(1));
+                    $mask_mov(i, m0, $set1_int(0))
+                }
+            }
+            #[inline(always)]
+            fn lookup4(i: __m512i, t: [$e; 4]) -> Self {
+                // Indices are 0…3, so only the table's low four lanes are read.
+                $name(unsafe { $permute(i, $table(t)) })
+            }
+            #[inline(always)]
             fn clear_low_bits(self, n: u32) -> Self {
                 let keep = unsafe { $set1_int((<$int>::MAX << n) as _) };
                 $name(unsafe { $from_int(_mm512_and_si512($to_int(self.0), keep)) })
@@ -153,6 +169,25 @@ macro_rules! avx512_lanes {
     };
 }
 
+/// Four f32 in the low lanes of a `zmm` (the rest zero), for `lookup4`.
+///
+/// # Safety
+/// The CPU must support AVX-512F (callers are `Lanes` methods, see the
+/// module invariant).
+#[inline(always)]
+unsafe fn table_f32(t: [f32; 4]) -> __m512 {
+    _mm512_zextps128_ps512(_mm_setr_ps(t[0], t[1], t[2], t[3]))
+}
+
+/// Four f64 in the low lanes of a `zmm` (the rest zero), for `lookup4`.
+///
+/// # Safety
+/// As for [`table_f32`].
+#[inline(always)]
+unsafe fn table_f64(t: [f64; 4]) -> __m512d {
+    _mm512_zextpd256_pd512(_mm256_setr_pd(t[0], t[1], t[2], t[3]))
+}
+
 avx512_lanes! {
     F32x16(__m512): f32, 16,
     set1 = _mm512_set1_ps, add = _mm512_add_ps, sub = _mm512_sub_ps, mul = _mm512_mul_ps,
@@ -160,7 +195,8 @@ avx512_lanes! {
     abs = _mm512_abs_ps, cmp = _mm512_cmp_ps_mask, blend = _mm512_mask_blend_ps,
     to_int = _mm512_castps_si512, from_int = _mm512_castsi512_ps, slli = _mm512_slli_epi32, srli = _mm512_srli_epi32,
     loadu = _mm512_loadu_ps, storeu = _mm512_storeu_ps, mask = __mmask16,
-    int = u32, set1_int = _mm512_set1_epi32
+    int = u32, set1_int = _mm512_set1_epi32,
+    mask_mov = _mm512_mask_mov_epi32, permute = _mm512_permutexvar_ps, table = table_f32
 }
 
 avx512_lanes! {
@@ -170,7 +206,8 @@ avx512_lanes! {
     abs = _mm512_abs_pd, cmp = _mm512_cmp_pd_mask, blend = _mm512_mask_blend_pd,
     to_int = _mm512_castpd_si512, from_int = _mm512_castsi512_pd, slli = _mm512_slli_epi64, srli = _mm512_srli_epi64,
     loadu = _mm512_loadu_pd, storeu = _mm512_storeu_pd, mask = __mmask8,
-    int = u64, set1_int = _mm512_set1_epi64
+    int = u64, set1_int = _mm512_set1_epi64,
+    mask_mov = _mm512_mask_mov_epi64, permute = _mm512_permutexvar_pd, table = table_f64
 }
 
 /// `out[i] = f(x[i])` for f32 with AVX-512F.
@@ -190,4 +227,22 @@ pub(super) unsafe fn map_f32(f: Func, x: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn map_f64(f: Func, x: &[f64], out: &mut [f64]) {
     kernel::map::<F64x8>(f, x, out);
+}
+
+/// `x[i] = f(x[i])` for f32, in place.
+///
+/// # Safety
+/// As for [`map_f32`].
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn map_inplace_f32(f: Func, x: &mut [f32]) {
+    kernel::map_inplace::<F32x16>(f, x);
+}
+
+/// `x[i] = f(x[i])` for f64, in place.
+///
+/// # Safety
+/// As for [`map_f32`].
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn map_inplace_f64(f: Func, x: &mut [f64]) {
+    kernel::map_inplace::<F64x8>(f, x);
 }

@@ -66,8 +66,11 @@
 //!    log(±0) = −∞, log(x < 0) = NaN.
 //!
 //! # erf and GELU, erf form
-//! The piecewise rationals of FreeBSD/musl `s_erf.c` ([`Erf`]), all pieces
-//! evaluated and one selected per lane, each piece giving erf(|x|) and
+//! The piecewise rationals of FreeBSD/musl `s_erf.c` ([`Erf`]), each lane
+//! evaluating its own piece's rational (the Rust kernels pick the
+//! coefficients per lane; the JIT evaluates all pieces and selects the
+//! numerator and denominator: the same values bit for bit) and one division,
+//! each piece giving erf(|x|) and
 //! erfc(|x|) without cancellation (f32 uses the same coefficients rounded,
 //! as musl's `erff` does). With Φ(x) = (1 + erf(x/√2))/2 taken from erfc
 //! for x < 0, `gelu_erf(x) = max(−arg_clamp, x)·Φ(x)` and its derivative
@@ -286,9 +289,12 @@ pub const F64: Coeffs<f64> = Coeffs {
 /// - otherwise, with a ← min(a, `tail_max`) and w = 1/a²:
 ///   erfc = exp(−a² − 0.5625 + R(w)/S(w))/a, erf = 1 − erfc, where (R, S)
 ///   is (ra, sa) for a < `tail_split` and (rb, sb) beyond, chosen per
-///   coefficient so that only one rational is evaluated. e^(−a²) is
-///   computed as e^(−z²)·e^((z−a)(z+a)) with z = a with its low
-///   `split_bits` mantissa bits cleared, so that z² is exact.
+///   coefficient so that only one rational is evaluated. e^(−a² + c) is
+///   computed as one exponential of the two parts −z² (exact) and
+///   (z−a)(z+a) + c, with z = a with its low `split_bits` mantissa bits
+///   cleared: n = round((−z² + rest)·log2e) as in exp, then
+///   r = (−z² − n·ln2_hi − n·ln2_lo) + rest, so that the rounding of a²
+///   never becomes a relative error of the result; 0 below `exp_min`.
 ///
 /// erf(x) is then sign(x)·erf(a), and Φ(x) = erfc(a)/2 for x < 0 and
 /// (1 + erf(a))/2 otherwise, accurate relative to Φ in both tails.

@@ -6,7 +6,7 @@
 //! registers it is the vector kernel. Everything is `#[inline(always)]` so
 //! that it is compiled inside the `#[target_feature]` loop that calls it.
 
-use super::lanes::{poly, poly_select, Elem, Lanes};
+use super::lanes::{poly, rational_lookup, Elem, Lanes};
 use super::Func;
 
 /// The loop of [`map`] for one kernel `$k`. A macro, not a function taking
@@ -30,6 +30,42 @@ macro_rules! map_with {
             out_tail.copy_from_slice(&buf[..x_tail.len()]);
         }
     }};
+}
+
+/// [`map_with`] for one slice updated in place: each register is loaded
+/// from and stored back to the same elements (no copy of the input).
+macro_rules! map_inplace_with {
+    ($x:expr, $k:expr) => {{
+        let mut xs = $x.chunks_exact_mut(V::WIDTH);
+        for c in &mut xs {
+            $k(V::load(c)).store(c);
+        }
+        let tail = xs.into_remainder();
+        if !tail.is_empty() {
+            let mut buf = [V::E::ZERO; 16];
+            buf[..tail.len()].copy_from_slice(tail);
+            $k(V::load(&buf)).store(&mut buf);
+            let n = tail.len();
+            tail.copy_from_slice(&buf[..n]);
+        }
+    }};
+}
+
+/// `x[i] = f(x[i])` in registers of `V`, the in-place form of [`map`].
+#[inline(always)]
+pub(crate) fn map_inplace<V: Lanes>(f: Func, x: &mut [V::E]) {
+    match f {
+        Func::Exp => map_inplace_with!(x, exp::<V>),
+        Func::Log => map_inplace_with!(x, log::<V>),
+        Func::Tanh => map_inplace_with!(x, tanh::<V>),
+        Func::Erf => map_inplace_with!(x, erf::<V>),
+        Func::Sigmoid => map_inplace_with!(x, sigmoid::<V>),
+        Func::Silu => map_inplace_with!(x, silu::<V>),
+        Func::GeluErf => map_inplace_with!(x, gelu_erf::<V>),
+        Func::GeluTanh => map_inplace_with!(x, gelu_tanh::<V>),
+        Func::GeluErfGrad => map_inplace_with!(x, gelu_erf_grad::<V>),
+        Func::GeluTanhGrad => map_inplace_with!(x, gelu_tanh_grad::<V>),
+    }
 }
 
 /// `out[i] = f(x[i])`, `x` and `out` of equal length, in registers of `V`.
@@ -63,12 +99,37 @@ pub(crate) fn exp<V: Lanes>(x: V) -> V {
     let n = x.mul_add(V::splat(c.log2e), shifter) - shifter;
     let r = (-n).mul_add(V::splat(c.ln2_hi), x);
     let r = (-n).mul_add(V::splat(c.ln2_lo), r);
-    let p = poly(r, c.exp_poly);
-    // 2ⁿ = 2^n1 · 2^n2 with both factors normal, so that results in the
-    // subnormal range and in the binade below overflow round only once.
+    scale(poly(r, c.exp_poly), n)
+}
+
+/// p·2ⁿ = (p·2^n1)·2^n2 with both factors normal, so that results in the
+/// subnormal range and in the binade below overflow round only once.
+#[inline(always)]
+fn scale<V: Lanes>(p: V, n: V) -> V {
+    let c = V::E::C;
     let n1 = n.clamp(c.exp2_min_n, c.exp2_max_n);
     let n2 = n - n1;
     p * n1.exp2i() * n2.exp2i()
+}
+
+/// e^(hi + lo) for hi ≤ 0 exact and |lo| ≲ 1 + 2⁻¹⁰·|hi|, with one
+/// reduction: n = round((hi + lo)·log2e) as in [`exp`], then
+/// r = (hi − n·ln2_hi − n·ln2_lo) + lo, so that the rounding of hi + lo
+/// only affects the choice of n, not r. Below `exp_min` the result is 0
+/// (where r is meaningless); NaN passes through.
+#[inline(always)]
+fn exp_sum<V: Lanes>(hi: V, lo: V) -> V {
+    let c = V::E::C;
+    let t = hi + lo;
+    let shifter = V::splat(c.round_shifter);
+    let n = t
+        .clamp(c.exp_min, c.exp_max)
+        .mul_add(V::splat(c.log2e), shifter)
+        - shifter;
+    let r = (-n).mul_add(V::splat(c.ln2_hi), hi);
+    let r = (-n).mul_add(V::splat(c.ln2_lo), r) + lo;
+    let y = scale(poly(r, c.exp_poly), n);
+    V::select(t.lt(V::splat(c.exp_min)), V::splat(V::E::ZERO), y)
 }
 
 /// ln x: fdlibm's reduction to m ∈ (√2/2, √2] and its rational in s = f/(2 + f).
@@ -193,45 +254,57 @@ pub(crate) fn erf<V: Lanes>(x: V) -> V {
     erf_erfc(x.abs()).0.copysign(x)
 }
 
-/// e^(s·(−a²) + c) for s ∈ {1, 1/2}, as e^(−s·z²)·e^(s·(z − a)(z + a) + c)
+/// e^(s·(−a²) + c) for s ∈ {1, 1/2} and c ≲ 0, as e^(−s·z² + (s·(z − a)(z + a) + c))
 /// with z = a rounded down to few bits, so that −s·z² is exact and the
-/// rounding of a² does not become a relative error of e^(−a²).
+/// rounding of a² does not become a relative error of e^(−a²); one
+/// exponential of the two parts ([`exp_sum`]).
 #[inline(always)]
 fn exp_neg_square<V: Lanes>(a: V, s: V, c: V) -> V {
     let z = a.clear_low_bits(V::E::C.erf.split_bits);
-    exp(-(z * z) * s) * exp(((z - a) * (z + a)).mul_add(s, c))
+    exp_sum(-(z * z) * s, ((z - a) * (z + a)).mul_add(s, c))
 }
 
-/// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane selecting
-/// its piece; NaN passes through.
+/// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane
+/// selecting its piece; NaN passes through.
+///
+/// Every piece is a rational in its own argument (a², a − 1 or 1/a²), so
+/// each lane picks its argument and, by table lookup, its coefficients, and
+/// one numerator, one denominator and one division serve all pieces (bit
+/// for bit what evaluating each piece and selecting gives; see
+/// [`rational_lookup`]; the portable path evaluates every piece and selects,
+/// which LLVM vectorizes better than per-lane coefficients). Divisions are the costliest step here (`vdivps` is
+/// several times the throughput cost of an FMA), which leaves two: this one
+/// and 1/a for the tail.
 #[inline(always)]
 fn erf_erfc<V: Lanes>(a: V) -> (V, V) {
     let t = &V::E::C.erf;
     let one = V::splat(V::E::ONE);
     let half = V::splat(V::E::HALF);
+    let is_small = a.lt(V::splat(t.small_max));
+    let is_mid = a.lt(V::splat(t.mid_max));
+    let at = V::splat(t.tail_max).min(a);
+    let inv = one / at;
+    let near = at.lt(V::splat(t.tail_split));
+    let arg = V::select(is_small, a * a, V::select(is_mid, a - one, inv * inv));
+    let pieces = [is_small, is_mid, near];
+    let y = rational_lookup(
+        pieces,
+        arg,
+        [t.pp, t.pa, t.ra, t.rb],
+        [t.qq, t.qa, t.sa, t.sb],
+    );
     // a < 0.84375: erf = a + a·y; erfc = 1/2 − ((a − 1/2) + a·y) above 1/4.
-    let z = a * a;
-    let y = poly(z, t.pp) / poly(z, t.qq);
     let erf_small = a.mul_add(y, a);
     let erfc_small = V::select(
         a.lt(half * half),
         one - erf_small,
         half - a.mul_add(y, a - half),
     );
-    // 0.84375 ≤ a < 1.25: erf(1 + s) = erx + pa(s)/qa(s).
-    let s = a - one;
-    let q = poly(s, t.pa) / poly(s, t.qa);
+    // 0.84375 ≤ a < 1.25: erf(1 + s) = erx + y, y = pa(s)/qa(s).
     let erx = V::splat(t.erx);
-    let (erf_mid, erfc_mid) = (erx + q, (one - erx) - q);
-    // a ≥ 1.25: erfc = e^(−a² − 0.5625 + R/S)/a, R/S in w = 1/a².
-    let at = V::splat(t.tail_max).min(a);
-    let inv = one / at;
-    let w = inv * inv;
-    let near = at.lt(V::splat(t.tail_split));
-    let rs = poly_select(near, w, t.ra, t.rb) / poly_select(near, w, t.sa, t.sb);
-    let erfc_tail = exp_neg_square(at, one, rs + V::splat(t.tail_offset)) * inv;
-    let is_small = a.lt(V::splat(t.small_max));
-    let is_mid = a.lt(V::splat(t.mid_max));
+    let (erf_mid, erfc_mid) = (erx + y, (one - erx) - y);
+    // a ≥ 1.25: erfc = e^(−a² − 0.5625 + y)/a, y = R/S in w = 1/a².
+    let erfc_tail = exp_neg_square(at, one, y + V::splat(t.tail_offset)) * inv;
     let erf = V::select(
         is_small,
         erf_small,

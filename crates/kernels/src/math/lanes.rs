@@ -38,8 +38,14 @@ pub(crate) trait Lanes:
     type E: Elem;
     /// The result of a comparison, one flag per lane.
     type Mask: Copy;
+    /// A per-lane position 0…3 in a four-entry table (see [`Lanes::lookup4`]).
+    type Index: Copy;
     /// Lanes per register (at most 16).
     const WIDTH: usize;
+    /// Whether [`Lanes::lookup4`] is one register permute. Where it is not
+    /// (plain `f32`/`f64`, whose loops LLVM vectorizes), evaluating every
+    /// coefficient list and selecting the results is cheaper.
+    const PERMUTE: bool;
     /// Loads the first `WIDTH` elements of `s` (panics if `s` is shorter).
     fn load(s: &[Self::E]) -> Self;
     /// Stores into the first `WIDTH` elements of `s` (panics if `s` is shorter).
@@ -60,6 +66,10 @@ pub(crate) trait Lanes:
     fn lt(self, b: Self) -> Self::Mask;
     /// `m ? a : b` per lane.
     fn select(m: Self::Mask, a: Self, b: Self) -> Self;
+    /// Per lane: 0 where `m0`, else 1 where `m1`, else 2 where `m2`, else 3.
+    fn index4(m0: Self::Mask, m1: Self::Mask, m2: Self::Mask) -> Self::Index;
+    /// `t[i]` per lane (one permute on AVX-512 and AVX2, selects elsewhere).
+    fn lookup4(i: Self::Index, t: [Self::E; 4]) -> Self;
     /// `self` with its low `n` mantissa bits cleared (n < mantissa bits).
     fn clear_low_bits(self, n: u32) -> Self;
     /// 2^self for integral lanes in the normal exponent range:
@@ -87,14 +97,60 @@ pub(crate) fn poly<V: Lanes>(t: V, c: &[V::E]) -> V {
         .fold(V::splat(*last), |acc, &k| acc.mul_add(t, V::splat(k)))
 }
 
-/// [`poly`] with per-lane choice between two coefficient lists of equal length.
+/// The rational `n[k]/d[k]` per lane, k = 0 where `m0`, else 1 where `m1`,
+/// else 2 where `m2`, else 3: with [`Lanes::PERMUTE`], one numerator and
+/// one denominator with per-lane coefficients ([`poly_lookup`]); otherwise
+/// all four of each, selected. Either way one division, and the same
+/// values bit for bit.
 #[inline(always)]
-pub(crate) fn poly_select<V: Lanes>(m: V::Mask, t: V, a: &[V::E], b: &[V::E]) -> V {
-    debug_assert_eq!(a.len(), b.len());
-    let n = a.len() - 1;
-    let mut acc = V::select(m, V::splat(a[n]), V::splat(b[n]));
-    for i in (0..n).rev() {
-        acc = acc.mul_add(t, V::select(m, V::splat(a[i]), V::splat(b[i])));
+pub(crate) fn rational_lookup<V: Lanes>(
+    m: [V::Mask; 3],
+    t: V,
+    n: [&[V::E]; 4],
+    d: [&[V::E]; 4],
+) -> V {
+    if V::PERMUTE {
+        let i = V::index4(m[0], m[1], m[2]);
+        return poly_lookup(i, t, n) / poly_lookup(i, t, d);
+    }
+    // No `array::map` or closures here: a call left in the loop would stop
+    // LLVM from vectorizing the portable path.
+    let num = V::select(
+        m[0],
+        poly(t, n[0]),
+        V::select(
+            m[1],
+            poly(t, n[1]),
+            V::select(m[2], poly(t, n[2]), poly(t, n[3])),
+        ),
+    );
+    let den = V::select(
+        m[0],
+        poly(t, d[0]),
+        V::select(
+            m[1],
+            poly(t, d[1]),
+            V::select(m[2], poly(t, d[2]), poly(t, d[3])),
+        ),
+    );
+    num / den
+}
+
+/// [`poly`] with per-lane coefficients: lane j evaluates list `c[i_j]`.
+///
+/// Shorter lists are padded with zeros at the high-degree end; Horner's
+/// steps through those give `0·t + 0 = 0` and then the list's own leading
+/// coefficient exactly, so each lane gets bit for bit what [`poly`] gives
+/// for its own list (t finite). One polynomial and one table lookup per
+/// coefficient thus replace up to four polynomials and their selects.
+#[inline(always)]
+pub(crate) fn poly_lookup<V: Lanes>(i: V::Index, t: V, c: [&[V::E]; 4]) -> V {
+    let n = c.iter().map(|s| s.len()).max().unwrap_or(0);
+    let at = |s: &[V::E], k: usize| s.get(k).copied().unwrap_or(V::E::ZERO);
+    let coef = |k: usize| V::lookup4(i, [at(c[0], k), at(c[1], k), at(c[2], k), at(c[3], k)]);
+    let mut acc = coef(n - 1);
+    for k in (0..n - 1).rev() {
+        acc = acc.mul_add(t, coef(k));
     }
     acc
 }
@@ -124,7 +180,9 @@ macro_rules! scalar_lanes {
         impl Lanes for $t {
             type E = $t;
             type Mask = bool;
+            type Index = (bool, bool, bool);
             const WIDTH: usize = 1;
+            const PERMUTE: bool = false;
             #[inline(always)]
             fn load(s: &[$t]) -> $t {
                 s[0]
@@ -182,6 +240,19 @@ macro_rules! scalar_lanes {
                 } else {
                     b
                 }
+            }
+            #[inline(always)]
+            fn index4(m0: bool, m1: bool, m2: bool) -> Self::Index {
+                (m0, m1, m2)
+            }
+            #[inline(always)]
+            fn lookup4((m0, m1, m2): Self::Index, t: [$t; 4]) -> $t {
+                // Selects, not `t[i]`: they keep the portable loop vectorizable.
+                Self::select(
+                    m0,
+                    t[0],
+                    Self::select(m1, t[1], Self::select(m2, t[2], t[3])),
+                )
             }
             #[inline(always)]
             fn clear_low_bits(self, n: u32) -> $t {

@@ -18,12 +18,38 @@ impl Emit<'_, '_> {
         let r = self.fma(nn, lo, r);
         let c = self.c;
         let p = self.poly(r, &c.exp_poly);
-        // 2ⁿ = 2^n1·2^n2 with both factors normal.
+        self.scale(p, n)
+    }
+
+    /// p·2ⁿ = (p·2^n1)·2^n2 with both factors normal.
+    fn scale(&mut self, p: Value, n: Value) -> Value {
         let n1 = self.clamp(n, self.c.exp2_min_n, self.c.exp2_max_n);
         let n2 = self.sub(n, n1);
         let (s1, s2) = (self.exp2i(n1), self.exp2i(n2));
         let p = self.mul(p, s1);
         self.mul(p, s2)
+    }
+
+    /// e^(hi + lo), hi exact: one reduction, lo added to the reduced
+    /// argument; 0 below `exp_min`.
+    fn exp_sum(&mut self, hi: Value, lo: Value) -> Value {
+        let t = self.add(hi, lo);
+        let x = self.clamp(t, self.c.exp_min, self.c.exp_max);
+        let shifter = self.splat(self.c.round_shifter);
+        let log2e = self.splat(self.c.log2e);
+        let u = self.fma(x, log2e, shifter);
+        let n = self.sub(u, shifter);
+        let nn = self.neg(n);
+        let (ln2_hi, ln2_lo) = (self.splat(self.c.ln2_hi), self.splat(self.c.ln2_lo));
+        let r = self.fma(nn, ln2_hi, hi);
+        let r = self.fma(nn, ln2_lo, r);
+        let r = self.add(r, lo);
+        let c = self.c;
+        let p = self.poly(r, &c.exp_poly);
+        let y = self.scale(p, n);
+        let (zero, min) = (self.splat(0.0), self.splat(self.c.exp_min));
+        let under = self.lt(t, min);
+        self.select(under, zero, y)
     }
 
     /// ln x: fdlibm's reduction to m ∈ (√2/2, √2] and its rational in s.
@@ -190,30 +216,50 @@ impl Emit<'_, '_> {
         self.copysign(e, x)
     }
 
-    /// e^(−s·z²)·e^(s·(z − a)(z + a) + c), z = a with low bits cleared.
+    /// e^(−s·z² + (s·(z − a)(z + a) + c)), z = a with low bits cleared.
     fn exp_neg_square(&mut self, a: Value, s: Value, c: Value) -> Value {
         let z = self.clear_low_bits(a, self.c.erf.split_bits);
         let zz = self.mul(z, z);
         let nzz = self.neg(zz);
-        let e1 = self.mul(nzz, s);
-        let e1 = self.exp(e1);
+        let hi = self.mul(nzz, s);
         let (d, u) = (self.sub(z, a), self.add(z, a));
         let du = self.mul(d, u);
-        let e2 = self.fma(du, s, c);
-        let e2 = self.exp(e2);
-        self.mul(e1, e2)
+        let lo = self.fma(du, s, c);
+        self.exp_sum(hi, lo)
     }
 
     /// (erf(a), erfc(a)) for a ≥ 0 from the fdlibm pieces, each lane
-    /// selecting its piece; NaN passes through.
+    /// selecting its piece; NaN passes through. The kernels pick each lane's
+    /// coefficients by table lookup and evaluate one rational; here every
+    /// piece's numerator and denominator are evaluated (no lane permute in
+    /// CLIF) and selected before the one division, which gives the same
+    /// values bit for bit.
     fn erf_erfc(&mut self, a: Value) -> (Value, Value) {
         let c = self.c;
         let t = &c.erf;
         let (one, half) = (self.splat(1.0), self.splat(0.5));
-        // a < 0.84375: erf = a + a·y; erfc = 1/2 − ((a − 1/2) + a·y) above 1/4.
+        let (small_max, mid_max) = (self.splat(t.small_max), self.splat(t.mid_max));
+        let is_small = self.lt(a, small_max);
+        let is_mid = self.lt(a, mid_max);
+        let tail_max = self.splat(t.tail_max);
+        let at = self.min(tail_max, a);
+        let inv = self.div(one, at);
+        let split = self.splat(t.tail_split);
+        let near = self.lt(at, split);
+        // The three rationals, in a², a − 1 and 1/a², selected per lane.
         let z = self.mul(a, a);
-        let (num, den) = (self.poly(z, &t.pp), self.poly(z, &t.qq));
+        let s = self.sub(a, one);
+        let w = self.mul(inv, inv);
+        let (pp, qq) = (self.poly(z, &t.pp), self.poly(z, &t.qq));
+        let (pa, qa) = (self.poly(s, &t.pa), self.poly(s, &t.qa));
+        let r = self.poly_select(near, w, &t.ra, &t.rb);
+        let q = self.poly_select(near, w, &t.sa, &t.sb);
+        let num = self.select(is_mid, pa, r);
+        let num = self.select(is_small, pp, num);
+        let den = self.select(is_mid, qa, q);
+        let den = self.select(is_small, qq, den);
         let y = self.div(num, den);
+        // a < 0.84375: erf = a + a·y; erfc = 1/2 − ((a − 1/2) + a·y) above 1/4.
         let erf_small = self.fma(a, y, a);
         let quarter = self.mul(half, half);
         let below_quarter = self.lt(a, quarter);
@@ -222,31 +268,16 @@ impl Emit<'_, '_> {
         let t2 = self.fma(a, y, a_half);
         let half_minus = self.sub(half, t2);
         let erfc_small = self.select(below_quarter, one_minus, half_minus);
-        // 0.84375 ≤ a < 1.25: erf(1 + s) = erx + pa(s)/qa(s).
-        let s = self.sub(a, one);
-        let (num, den) = (self.poly(s, &t.pa), self.poly(s, &t.qa));
-        let q = self.div(num, den);
+        // 0.84375 ≤ a < 1.25: erf(1 + s) = erx + y.
         let erx = self.splat(t.erx);
-        let erf_mid = self.add(erx, q);
+        let erf_mid = self.add(erx, y);
         let one_erx = self.sub(one, erx);
-        let erfc_mid = self.sub(one_erx, q);
-        // a ≥ 1.25: erfc = e^(−a² − 0.5625 + R/S)/a, R/S in w = 1/a².
-        let tail_max = self.splat(t.tail_max);
-        let at = self.min(tail_max, a);
-        let inv = self.div(one, at);
-        let w = self.mul(inv, inv);
-        let split = self.splat(t.tail_split);
-        let near = self.lt(at, split);
-        let rs_num = self.poly_select(near, w, &t.ra, &t.rb);
-        let rs_den = self.poly_select(near, w, &t.sa, &t.sb);
-        let rs = self.div(rs_num, rs_den);
+        let erfc_mid = self.sub(one_erx, y);
+        // a ≥ 1.25: erfc = e^(−a² − 0.5625 + y)/a.
         let offset = self.splat(t.tail_offset);
-        let c = self.add(rs, offset);
+        let c = self.add(y, offset);
         let e = self.exp_neg_square(at, one, c);
         let erfc_tail = self.mul(e, inv);
-        let (small_max, mid_max) = (self.splat(t.small_max), self.splat(t.mid_max));
-        let is_small = self.lt(a, small_max);
-        let is_mid = self.lt(a, mid_max);
         let erf_tail = self.sub(one, erfc_tail);
         let erf_hi = self.select(is_mid, erf_mid, erf_tail);
         let erf = self.select(is_small, erf_small, erf_hi);
