@@ -1,0 +1,641 @@
+//! Vectorized row reductions: max (NaN propagating), sum, sum of squared
+//! deviations, and the fused "subtract, exp, sum" pass of softmax.
+//!
+//! Softmax and LayerNorm spend their time in these loops. Written as plain
+//! folds, they are latency-bound (each add waits for the previous one) and
+//! the max with its NaN test does not vectorize at all. Here each reduction
+//! keeps four independent accumulator registers (so four adds are in
+//! flight), on the instruction set [`Isa::best`] picks, like
+//! [`apply`](super::apply): AVX-512F, AVX2 + FMA, or a portable loop over
+//! the scalar form. A remainder shorter than a register goes through a
+//! padded buffer holding the reduction's neutral element.
+//!
+//! ```
+//! use cranelora_kernels::math::reduce;
+//! let x = [1.0f32, 3.0, 2.0];
+//! assert_eq!(reduce::max(&x), 3.0);
+//! assert_eq!(reduce::sum(&x), 6.0);
+//! let (mean, var) = reduce::moments(&x);
+//! assert_eq!((mean, var), (2.0, 2.0 / 3.0));
+//! let mut p = [0.0f64, 0.0];
+//! reduce::softmax(&mut p);
+//! assert_eq!(p, [0.5, 0.5]);
+//! ```
+//!
+//! # Semantics
+//!
+//! - **max**: any NaN makes the result NaN (a quiet NaN, not necessarily
+//!   the input's payload), as the interpreter's `max`; −∞ for an empty row.
+//! - **sums** are reassociated: the result differs from a left-to-right
+//!   fold by rounding only (relative error ≤ (n − 1)·u·Σ|x|/|Σx| in the
+//!   worst case, as for any summation order; typically far less, since
+//!   16–64 partial sums each add n/16–n/64 terms). Sums of squared
+//!   deviations use one FMA per element.
+//! - **softmax** computes `exp(x − max)` with the kernels' exp (bit-identical
+//!   to [`apply`](super::apply) of [`Func::Exp`](super::Func::Exp) on the
+//!   difference), sums in the same pass, and multiplies by the reciprocal
+//!   of the sum instead of dividing by it: one rounding more (relative
+//!   error ≤ 2u instead of u, u = 2⁻²⁴ in f32, 2⁻⁵³ in f64), and a
+//!   multiplication instead of a division per element (PyTorch's CPU
+//!   softmax does the same). A row whose max is ±∞ or NaN becomes NaN, as
+//!   in the interpreter.
+
+use super::kernel;
+use super::lanes::{Elem, Lanes};
+use super::{Isa, IsaKind};
+use crate::{DType, Scalar};
+
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
+
+/// A reduction over one row, for [`reduce_with`].
+#[derive(Debug)]
+pub enum Row<'a, T> {
+    /// The largest element (NaN if any is NaN, −∞ if empty).
+    Max(&'a [T]),
+    /// The sum (0 if empty).
+    Sum(&'a [T]),
+    /// `Σ (x − c)²` for the given `c` (0 if empty).
+    SqDev(&'a [T], T),
+    /// Replaces each `x` with `exp(x − shift)` and returns the sum of the
+    /// new values (0 if empty).
+    ExpSum(&'a mut [T], T),
+    /// Softmax of the row in place (see the [module docs](self)); returns
+    /// `Σ exp(x − max)`, the normalizer.
+    Softmax(&'a mut [T]),
+}
+
+/// The largest element: NaN if any element is NaN, −∞ for an empty row.
+pub fn max<T: Scalar>(x: &[T]) -> T {
+    reduce_with(Isa::best(), Row::Max(x))
+}
+
+/// The sum of the elements (reassociated; 0 for an empty row).
+pub fn sum<T: Scalar>(x: &[T]) -> T {
+    reduce_with(Isa::best(), Row::Sum(x))
+}
+
+/// `Σ (x − c)²` (reassociated, one FMA per element; 0 for an empty row).
+pub fn sum_sq_dev<T: Scalar>(x: &[T], c: T) -> T {
+    reduce_with(Isa::best(), Row::SqDev(x, c))
+}
+
+/// Mean and biased variance `Σ(x − mean)²/n` of a row, as LayerNorm uses
+/// them (two passes: the sum, then the squared deviations from the mean).
+/// NaN for an empty row (0/0).
+pub fn moments<T: Scalar>(x: &[T]) -> (T, T) {
+    let n = T::from_f64_lossy(x.len() as f64);
+    let mean = sum(x) / n;
+    (mean, sum_sq_dev(x, mean) / n)
+}
+
+/// `x[i] = exp(x[i] − shift)` in place; returns the sum of the new values.
+pub fn exp_sub_sum<T: Scalar>(x: &mut [T], shift: T) -> T {
+    reduce_with(Isa::best(), Row::ExpSum(x, shift))
+}
+
+/// Softmax of one row in place: max, `exp(x − max)` and its sum in one
+/// pass, then a multiplication by the reciprocal of the sum. Returns the
+/// sum.
+pub fn softmax<T: Scalar>(x: &mut [T]) -> T {
+    reduce_with(Isa::best(), Row::Softmax(x))
+}
+
+/// Runs `row` with a chosen instruction set (for tests and benchmarks).
+pub fn reduce_with<T: Scalar>(isa: Isa, row: Row<'_, T>) -> T {
+    let up = |v: f64| T::from_f64_lossy(v);
+    match T::DTYPE {
+        DType::F32 => {
+            let row = row.retype(
+                |s| T::as_f32_slice(s).expect("internal: T is f32"),
+                |s| T::as_f32_slice_mut(s).expect("internal: T is f32"),
+                |v| v.to_f64_exact() as f32,
+            );
+            up(f64::from(run_f32(isa, row)))
+        }
+        DType::F64 => {
+            let row = row.retype(
+                |s| T::as_f64_slice(s).expect("internal: T is f64"),
+                |s| T::as_f64_slice_mut(s).expect("internal: T is f64"),
+                T::to_f64_exact,
+            );
+            up(run_f64(isa, row))
+        }
+        DType::I64 => unreachable!("internal: Scalar is sealed to f32 and f64"),
+    }
+}
+
+impl<'a, T: Copy> Row<'a, T> {
+    /// The same reduction over slices and a parameter of another type.
+    fn retype<U>(
+        self,
+        s: impl FnOnce(&'a [T]) -> &'a [U],
+        m: impl FnOnce(&'a mut [T]) -> &'a mut [U],
+        v: impl FnOnce(T) -> U,
+    ) -> Row<'a, U> {
+        match self {
+            Row::Max(x) => Row::Max(s(x)),
+            Row::Sum(x) => Row::Sum(s(x)),
+            Row::SqDev(x, c) => Row::SqDev(s(x), v(c)),
+            Row::ExpSum(x, c) => Row::ExpSum(m(x), v(c)),
+            Row::Softmax(x) => Row::Softmax(m(x)),
+        }
+    }
+}
+
+fn run_f32(isa: Isa, row: Row<'_, f32>) -> f32 {
+    match isa.0 {
+        // SAFETY: an `Isa` of this kind exists only after detection found
+        // AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx512 => unsafe { avx512_f32(row) },
+        // SAFETY: as above, with AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx2 => unsafe { avx2_f32(row) },
+        _ => run::<f32>(row),
+    }
+}
+
+fn run_f64(isa: Isa, row: Row<'_, f64>) -> f64 {
+    match isa.0 {
+        // SAFETY: as in `run_f32`.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx512 => unsafe { avx512_f64(row) },
+        // SAFETY: as in `run_f32`.
+        #[cfg(target_arch = "x86_64")]
+        IsaKind::Avx2 => unsafe { avx2_f64(row) },
+        _ => run::<f64>(row),
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F (the register types' module invariant).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_f32(row: Row<'_, f32>) -> f32 {
+    run::<avx512::F32x16>(row)
+}
+
+/// # Safety
+/// As for [`avx512_f32`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_f64(row: Row<'_, f64>) -> f64 {
+    run::<avx512::F64x8>(row)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA (the register types' module invariant).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_f32(row: Row<'_, f32>) -> f32 {
+    run::<avx2::F32x8>(row)
+}
+
+/// # Safety
+/// As for [`avx2_f32`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_f64(row: Row<'_, f64>) -> f64 {
+    run::<avx2::F64x4>(row)
+}
+
+/// A plain element type that is also its own one-lane register (the
+/// horizontal steps at the end of each reduction use it).
+trait Native: Elem + Lanes<E = Self> + PartialEq {}
+impl Native for f32 {}
+impl Native for f64 {}
+
+/// One reduction in registers of `V`; inlined into the `#[target_feature]`
+/// entry points so that the register operations compile to their
+/// instructions.
+#[inline(always)]
+fn run<V: Lanes>(row: Row<'_, V::E>) -> V::E
+where
+    V::E: Native,
+{
+    match row {
+        Row::Max(x) => max_of::<V>(x),
+        Row::Sum(x) => horizontal_sum(fold::<V, _>(SumFold, x)),
+        Row::SqDev(x, c) => horizontal_sum(fold::<V, _>(SqDevFold(c), x)),
+        Row::ExpSum(x, shift) => exp_sum::<V>(x, shift),
+        Row::Softmax(x) => {
+            let m = max_of::<V>(x);
+            let total = exp_sum::<V>(x, m);
+            scale::<V>(x, V::E::ONE / total);
+            total
+        }
+    }
+}
+
+/// Independent accumulators per reduction: enough adds in flight to hide
+/// the adder's latency (4 cycles, 2 per cycle issued) on short rows.
+const ACC: usize = 4;
+
+/// A reduction as a fold over registers: the accumulator, the neutral
+/// padding of a tail, one step, and the merge of two accumulators. A trait
+/// (not closures) so that every call is static and inlined into the
+/// `#[target_feature]` caller.
+trait Fold<V: Lanes>: Copy {
+    type Acc: Copy;
+    fn init(self) -> Self::Acc;
+    fn pad(self) -> V::E;
+    fn step(self, acc: Self::Acc, x: V) -> Self::Acc;
+    fn merge(self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
+}
+
+/// Folds `x` with `ACC` accumulators over blocks of `ACC` registers, then
+/// single registers, then a padded tail; returns the merged accumulator.
+#[inline(always)]
+fn fold<V: Lanes, F: Fold<V>>(f: F, x: &[V::E]) -> F::Acc {
+    let w = V::WIDTH;
+    let mut acc = [f.init(); ACC];
+    let mut blocks = x.chunks_exact(ACC * w);
+    for b in &mut blocks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = f.step(*a, V::load(&b[k * w..]));
+        }
+    }
+    let mut regs = blocks.remainder().chunks_exact(w);
+    for (a, r) in acc.iter_mut().zip(&mut regs) {
+        *a = f.step(*a, V::load(r));
+    }
+    let tail = regs.remainder();
+    if !tail.is_empty() {
+        let mut buf = [f.pad(); 16];
+        buf[..tail.len()].copy_from_slice(tail);
+        acc[ACC - 1] = f.step(acc[ACC - 1], V::load(&buf));
+    }
+    let [a, b, c, d] = acc;
+    f.merge(f.merge(a, b), f.merge(c, d))
+}
+
+#[derive(Clone, Copy)]
+struct SumFold;
+
+impl<V: Lanes> Fold<V> for SumFold {
+    type Acc = V;
+    #[inline(always)]
+    fn init(self) -> V {
+        V::splat(V::E::ZERO)
+    }
+    #[inline(always)]
+    fn pad(self) -> V::E {
+        V::E::ZERO
+    }
+    #[inline(always)]
+    fn step(self, acc: V, x: V) -> V {
+        acc + x
+    }
+    #[inline(always)]
+    fn merge(self, a: V, b: V) -> V {
+        a + b
+    }
+}
+
+/// `Σ (x − c)²`, padded with `c` itself.
+#[derive(Clone, Copy)]
+struct SqDevFold<E>(E);
+
+impl<V: Lanes> Fold<V> for SqDevFold<V::E> {
+    type Acc = V;
+    #[inline(always)]
+    fn init(self) -> V {
+        V::splat(V::E::ZERO)
+    }
+    #[inline(always)]
+    fn pad(self) -> V::E {
+        self.0
+    }
+    #[inline(always)]
+    fn step(self, acc: V, x: V) -> V {
+        let d = x - V::splat(self.0);
+        d.mul_add(d, acc)
+    }
+    #[inline(always)]
+    fn merge(self, a: V, b: V) -> V {
+        a + b
+    }
+}
+
+/// The max of the non-NaN elements, and beside it `Σ min(1, |x|)`, which
+/// is NaN exactly when some element is NaN (and finite otherwise, as each
+/// term is at most 1). The x86 max returns its second operand when either
+/// is NaN, so `x.max(m)` keeps `m` for a NaN `x`; the max accumulator is
+/// never NaN, and the flag decides at the end.
+#[derive(Clone, Copy)]
+struct MaxFold;
+
+impl<V: Lanes> Fold<V> for MaxFold {
+    type Acc = (V, V);
+    #[inline(always)]
+    fn init(self) -> (V, V) {
+        (V::splat(-V::E::INFINITY), V::splat(V::E::ZERO))
+    }
+    #[inline(always)]
+    fn pad(self) -> V::E {
+        -V::E::INFINITY
+    }
+    #[inline(always)]
+    fn step(self, (m, nan): (V, V), x: V) -> (V, V) {
+        (x.max(m), nan + V::splat(V::E::ONE).min(x.abs()))
+    }
+    #[inline(always)]
+    fn merge(self, a: (V, V), b: (V, V)) -> (V, V) {
+        (a.0.max(b.0), a.1 + b.1)
+    }
+}
+
+/// The lanes of `v`, in order.
+#[inline(always)]
+fn lanes<V: Lanes>(v: V) -> [V::E; 16] {
+    let mut buf = [V::E::ZERO; 16];
+    v.store(&mut buf);
+    buf
+}
+
+#[inline(always)]
+fn horizontal_sum<V: Lanes>(v: V) -> V::E
+where
+    V::E: Native,
+{
+    lanes(v)[..V::WIDTH].iter().fold(V::E::ZERO, |s, &t| s + t)
+}
+
+#[inline(always)]
+fn max_of<V: Lanes>(x: &[V::E]) -> V::E
+where
+    V::E: Native,
+{
+    let (m, nan) = fold::<V, _>(MaxFold, x);
+    let flag = horizontal_sum(nan);
+    if flag != flag {
+        return V::E::NAN;
+    }
+    lanes(m)[..V::WIDTH]
+        .iter()
+        .fold(-V::E::INFINITY, |a, &t| t.max(a))
+}
+
+/// `x = exp(x − shift)` in place, returning the sum. One accumulator
+/// suffices: each register's exp takes longer than the add's latency.
+#[inline(always)]
+fn exp_sum<V: Lanes>(x: &mut [V::E], shift: V::E) -> V::E
+where
+    V::E: Native,
+{
+    let s = V::splat(shift);
+    let mut acc = V::splat(V::E::ZERO);
+    let mut regs = x.chunks_exact_mut(V::WIDTH);
+    for r in &mut regs {
+        let e = kernel::exp(V::load(r) - s);
+        e.store(r);
+        acc = acc + e;
+    }
+    let mut total = horizontal_sum(acc);
+    let tail = regs.into_remainder();
+    if !tail.is_empty() {
+        // The padding's exp is computed and dropped: only the row's own
+        // elements enter the sum.
+        let mut buf = [V::E::ZERO; 16];
+        buf[..tail.len()].copy_from_slice(tail);
+        kernel::exp(V::load(&buf) - s).store(&mut buf);
+        tail.copy_from_slice(&buf[..tail.len()]);
+        total = buf[..tail.len()].iter().fold(total, |t, &v| t + v);
+    }
+    total
+}
+
+/// `x *= factor` in place.
+#[inline(always)]
+fn scale<V: Lanes>(x: &mut [V::E], factor: V::E) {
+    let f = V::splat(factor);
+    let mut regs = x.chunks_exact_mut(V::WIDTH);
+    for r in &mut regs {
+        (V::load(r) * f).store(r);
+    }
+    let tail = regs.into_remainder();
+    if !tail.is_empty() {
+        let mut buf = [V::E::ZERO; 16];
+        buf[..tail.len()].copy_from_slice(tail);
+        (V::load(&buf) * f).store(&mut buf);
+        tail.copy_from_slice(&buf[..tail.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LENS: [usize; 7] = [0, 1, 15, 16, 17, 128, 383];
+
+    /// Deterministic values in about [−scale, scale] (a Weyl sequence).
+    fn values<T: Scalar>(n: usize, seed: u64, scale: f64) -> Vec<T> {
+        (0..n as u64)
+            .map(|i| {
+                let u = ((i + 1) * 0x9E37_79B9 + seed * 0x85EB_CA6B) % 1_000_003;
+                T::from_f64_lossy((u as f64 / 500_001.5 - 1.0) * scale)
+            })
+            .collect()
+    }
+
+    /// The interpreter's max: the first NaN wins, −∞ when empty.
+    fn max_ref<T: Scalar>(x: &[T]) -> T {
+        x.iter().fold(T::neg_infinity(), |m, &v| {
+            if m.is_nan() || !(v.is_nan() || v > m) {
+                m
+            } else {
+                v
+            }
+        })
+    }
+
+    /// `|got − Σ terms| ≤ n·ε·Σ|terms|` (the sum evaluated in f64).
+    fn assert_sum<T: Scalar>(got: T, terms: impl Iterator<Item = f64>, what: &str) {
+        let (mut s, mut a, mut n) = (0.0, 0.0, 0.0);
+        for t in terms {
+            (s, a, n) = (s + t, a + t.abs(), n + 1.0);
+        }
+        let err = (got.to_f64_exact() - s).abs();
+        assert!(
+            err <= (n + 2.0) * T::EPSILON_F64 * a,
+            "{what}: got {got}, want {s}"
+        );
+    }
+
+    fn each_case<T: Scalar>(check: impl Fn(Isa, &[T], &str)) {
+        for isa in Isa::available() {
+            for n in LENS {
+                for seed in 0..3 {
+                    let x = values::<T>(n, seed, 10.0);
+                    check(
+                        isa,
+                        &x,
+                        &format!("{} {:?} n={n} seed={seed}", isa.name(), T::DTYPE),
+                    );
+                }
+            }
+        }
+    }
+
+    fn max_matches_reference<T: Scalar>() {
+        each_case::<T>(|isa, x, what| {
+            let got = reduce_with(isa, Row::Max(x));
+            assert_eq!(got, max_ref(x), "{what}");
+            for (pos, special) in [
+                (0, T::nan()),
+                (x.len() / 2, T::nan()),
+                (x.len().max(1) - 1, T::infinity()),
+            ]
+            .into_iter()
+            .chain([
+                (x.len() / 3, T::neg_infinity()),
+                (x.len().max(1) - 1, T::nan()),
+            ]) {
+                if x.is_empty() {
+                    break;
+                }
+                let mut y = x.to_vec();
+                y[pos] = special;
+                let got = reduce_with(isa, Row::Max(&y));
+                let want = max_ref(&y);
+                assert!(
+                    got == want || got.is_nan() && want.is_nan(),
+                    "{what} {special} at {pos}: {got} vs {want}"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn max_matches_reference_f32() {
+        max_matches_reference::<f32>();
+    }
+
+    #[test]
+    fn max_matches_reference_f64() {
+        max_matches_reference::<f64>();
+    }
+
+    #[test]
+    fn max_of_all_infinite_and_empty_rows() {
+        for isa in Isa::available() {
+            let inf = [f32::NEG_INFINITY; 17];
+            assert_eq!(reduce_with(isa, Row::Max(&inf[..])), f32::NEG_INFINITY);
+            assert_eq!(reduce_with(isa, Row::Max(&[] as &[f64])), f64::NEG_INFINITY);
+            let mixed = [f64::INFINITY, f64::NEG_INFINITY, 1.0];
+            assert_eq!(reduce_with(isa, Row::Max(&mixed[..])), f64::INFINITY);
+        }
+    }
+
+    fn sums_match_reference<T: Scalar>() {
+        each_case::<T>(|isa, x, what| {
+            let f = |v: &T| v.to_f64_exact();
+            assert_sum(reduce_with(isa, Row::Sum(x)), x.iter().map(f), what);
+            let c = T::from_f64_lossy(0.75);
+            let dev = |v: &T| (f(v) - 0.75) * (f(v) - 0.75);
+            assert_sum(reduce_with(isa, Row::SqDev(x, c)), x.iter().map(dev), what);
+        });
+    }
+
+    #[test]
+    fn sums_match_reference_f32() {
+        sums_match_reference::<f32>();
+    }
+
+    #[test]
+    fn sums_match_reference_f64() {
+        sums_match_reference::<f64>();
+    }
+
+    /// The exponentials are exactly the kernels' exp of `x − shift`; the sum
+    /// is their sum.
+    fn exp_sum_matches_map<T: Scalar>() {
+        each_case::<T>(|isa, x, what| {
+            let shift = T::from_f64_lossy(2.5);
+            let diff: Vec<T> = x.iter().map(|&v| v - shift).collect();
+            let mut want = vec![T::zero(); x.len()];
+            super::super::apply_with(isa, super::super::Func::Exp, &diff, &mut want).unwrap();
+            let mut got = x.to_vec();
+            let total = reduce_with(isa, Row::ExpSum(&mut got, shift));
+            assert_eq!(got, want, "{what}");
+            assert_sum(total, want.iter().map(|v| v.to_f64_exact()), what);
+        });
+    }
+
+    #[test]
+    fn exp_sum_matches_map_f32() {
+        exp_sum_matches_map::<f32>();
+    }
+
+    #[test]
+    fn exp_sum_matches_map_f64() {
+        exp_sum_matches_map::<f64>();
+    }
+
+    /// Within a few ulp (relative) of the divided reference, with
+    /// values over a wide range so that exp underflows in places.
+    fn softmax_matches_reference<T: Scalar>() {
+        each_case::<T>(|isa, x, what| {
+            let x: Vec<T> = x.iter().map(|&v| v * T::from_f64_lossy(5.0)).collect();
+            // x − max rounds in T, in the interpreter as here.
+            let m = max_ref(&x);
+            let e: Vec<f64> = x.iter().map(|&v| (v - m).to_f64_exact().exp()).collect();
+            let s: f64 = e.iter().sum();
+            let mut got = x.clone();
+            reduce_with(isa, Row::Softmax(&mut got));
+            // Subnormal results are exact to their last bit only.
+            let sub = T::min_positive_value().to_f64_exact() * T::EPSILON_F64;
+            for (g, w) in got.iter().zip(&e) {
+                let (g, w) = (g.to_f64_exact(), w / s);
+                assert!(
+                    (g - w).abs() <= 8.0 * T::EPSILON_F64 * w + 4.0 * sub,
+                    "{what}: {g} vs {w}"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn softmax_matches_reference_f32() {
+        softmax_matches_reference::<f32>();
+    }
+
+    #[test]
+    fn softmax_matches_reference_f64() {
+        softmax_matches_reference::<f64>();
+    }
+
+    /// A NaN or +∞ anywhere, or a row of −∞, makes the whole row NaN (as the
+    /// interpreter); a −∞ element among finite ones becomes 0.
+    #[test]
+    fn softmax_special_rows() {
+        for isa in Isa::available() {
+            for special in [f32::NAN, f32::INFINITY] {
+                let mut x = values::<f32>(17, 1, 3.0);
+                x[5] = special;
+                reduce_with(isa, Row::Softmax(&mut x));
+                assert!(x.iter().all(|v| v.is_nan()), "{} {special}", isa.name());
+            }
+            let mut x = vec![f64::NEG_INFINITY; 9];
+            reduce_with(isa, Row::Softmax(&mut x));
+            assert!(x.iter().all(|v| v.is_nan()));
+            let mut x = vec![0.0f64, f64::NEG_INFINITY, 0.0];
+            reduce_with(isa, Row::Softmax(&mut x));
+            assert_eq!(x, [0.5, 0.0, 0.5]);
+        }
+    }
+
+    #[test]
+    fn moments_of_a_known_row() {
+        let x: Vec<f64> = (1..=383).map(f64::from).collect();
+        let (mean, var) = moments(&x);
+        assert_eq!(mean, 192.0);
+        // Σ(k − 192)² over k = 1..=383 is 2·Σ_{j=1}^{191} j².
+        let want = 2.0 * (191.0 * 192.0 * 383.0 / 6.0) / 383.0;
+        assert!((var - want).abs() <= 1e-12 * want, "{var} vs {want}");
+        let (m32, v32) = moments(&[2.0f32; 16]);
+        assert_eq!((m32, v32), (2.0, 0.0));
+        assert!(moments::<f32>(&[]).0.is_nan());
+    }
+}
