@@ -201,9 +201,23 @@ unsafe fn avx2_f64(row: Row<'_, f64>) -> f64 {
 
 /// A plain element type that is also its own one-lane register (the
 /// horizontal steps at the end of each reduction use it).
-trait Native: Elem + Lanes<E = Self> + PartialEq {}
-impl Native for f32 {}
-impl Native for f64 {}
+trait Native: Elem + Lanes<E = Self> {
+    fn is_nan(self) -> bool;
+}
+
+impl Native for f32 {
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Native for f64 {
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
 
 /// One reduction in registers of `V`; inlined into the `#[target_feature]`
 /// entry points so that the register operations compile to their
@@ -367,8 +381,7 @@ where
     V::E: Native,
 {
     let (m, nan) = fold::<V, _>(MaxFold, x);
-    let flag = horizontal_sum(nan);
-    if flag != flag {
+    if Native::is_nan(horizontal_sum(nan)) {
         return V::E::NAN;
     }
     lanes(m)[..V::WIDTH]
