@@ -487,8 +487,8 @@ fn for_row_blocks<T: Scalar>(
 }
 
 /// One row's softmax in place by the kernels' row reduction
-/// ([`reduce::softmax`]): the max (NaN wins), `exp(x − max)` and its sum in
-/// one vector pass, then the division by the sum, as the interpreter (see
+/// ([`reduce::softmax`]): the max (NaN wins), `exp(x − max)`, its sum and
+/// the division by the sum, each a vector pass, as the interpreter (see
 /// docs/jit.md, "Row reductions").
 fn normalize_row<T: Scalar>(out: &mut [T]) {
     reduce::softmax(out);

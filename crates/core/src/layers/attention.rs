@@ -344,8 +344,8 @@ fn masked_softmax<T: Scalar>(
             continue;
         }
         // The kernels' row softmax: x − max keeps every exponent ≤ 0 (no
-        // overflow), exp(−∞) = 0 for the hidden keys, one vector pass for
-        // exp and sum, then the division by the sum.
+        // overflow), exp(−∞) = 0 for the hidden keys; vector passes for
+        // max, exp, sum and the division by the sum.
         reduce::softmax(row);
     }
 }

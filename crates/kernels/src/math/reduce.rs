@@ -1,5 +1,5 @@
 //! Vectorized row reductions: max (NaN propagating), sum, sum of squared
-//! deviations, and the fused "subtract, exp, sum" pass of softmax.
+//! deviations, and softmax's "subtract, exp, sum" and division passes.
 //!
 //! Softmax and LayerNorm spend their time in these loops. Written as plain
 //! folds, they are latency-bound (each add waits for the previous one) and
@@ -31,18 +31,17 @@
 //!   worst case, as for any summation order; typically far less, since
 //!   16–64 partial sums each add n/16–n/64 terms). Sums of squared
 //!   deviations use one FMA per element.
-//! - **softmax** computes `exp(x − max)` with the kernels' exp (bit-identical
-//!   to [`apply`](super::apply) of [`Func::Exp`](super::Func::Exp) on the
-//!   difference), sums in the same pass, and divides each element by the
+//! - **softmax** computes `exp(x − max)` with the kernels' elementwise exp
+//!   ([`apply`](super::apply) of [`Func::Exp`] on the difference; not fused
+//!   with the sum, see `exp_sum_with`), sums it, and divides each element by the
 //!   sum, as the interpreter's `e / Σe` (a multiplication by the reciprocal
 //!   would be cheaper but rounds twice: up to 1 ulp off the quotient, which
 //!   the JIT's exact-comparison tests of short rows notice). On rows of at
 //!   most one register the sum is the left-to-right one. A row whose max
 //!   is ±∞ or NaN becomes NaN, as in the interpreter.
 
-use super::kernel;
 use super::lanes::{Elem, Lanes};
-use super::{Isa, IsaKind};
+use super::{apply_inplace_with, Func, Isa, IsaKind};
 use crate::{DType, Scalar};
 
 #[cfg(target_arch = "x86_64")]
@@ -63,6 +62,9 @@ pub enum Row<'a, T> {
     /// Softmax of the row in place (see the [module docs](self)); returns
     /// `Σ exp(x − max)`, the normalizer.
     Softmax(&'a mut [T]),
+    /// Divides each element by the given value (returns it); the last pass
+    /// of softmax.
+    Divide(&'a mut [T], T),
 }
 
 /// The largest element: NaN if any element is NaN, −∞ for an empty row.
@@ -94,14 +96,22 @@ pub fn exp_sub_sum<T: Scalar>(x: &mut [T], shift: T) -> T {
     reduce_with(Isa::best(), Row::ExpSum(x, shift))
 }
 
-/// Softmax of one row in place: the max, then `exp(x − max)` and its sum
-/// in one pass, then the division by the sum. Returns the sum.
+/// Softmax of one row in place: the max, `exp(x − max)`, its sum, and the
+/// division by the sum, each a vector pass. Returns the sum.
 pub fn softmax<T: Scalar>(x: &mut [T]) -> T {
     reduce_with(Isa::best(), Row::Softmax(x))
 }
 
 /// Runs `row` with a chosen instruction set (for tests and benchmarks).
 pub fn reduce_with<T: Scalar>(isa: Isa, row: Row<'_, T>) -> T {
+    let row = match row {
+        Row::ExpSum(x, shift) => return exp_sum_with(isa, x, shift),
+        Row::Softmax(x) => {
+            let total = exp_sum_with(isa, x, reduce_with(isa, Row::Max(x)));
+            return reduce_with(isa, Row::Divide(x, total));
+        }
+        row => row,
+    };
     let up = |v: f64| T::from_f64_lossy(v);
     match T::DTYPE {
         DType::F32 => {
@@ -110,7 +120,7 @@ pub fn reduce_with<T: Scalar>(isa: Isa, row: Row<'_, T>) -> T {
                 |s| T::as_f32_slice_mut(s).expect("internal: T is f32"),
                 |v| v.to_f64_exact() as f32,
             );
-            up(f64::from(run_f32(isa, row)))
+            up(f64::from(fold_f32(isa, row)))
         }
         DType::F64 => {
             let row = row.retype(
@@ -118,10 +128,22 @@ pub fn reduce_with<T: Scalar>(isa: Isa, row: Row<'_, T>) -> T {
                 |s| T::as_f64_slice_mut(s).expect("internal: T is f64"),
                 T::to_f64_exact,
             );
-            up(run_f64(isa, row))
+            up(fold_f64(isa, row))
         }
         DType::I64 => unreachable!("internal: Scalar is sealed to f32 and f64"),
     }
+}
+
+/// `x = exp(x − shift)`, returning the sum: the subtraction, then the
+/// elementwise exp kernel ([`apply_inplace_with`]), then the vector sum.
+/// Three passes over a row in L1 rather than one fused loop: with
+/// `kernel::exp` inlined into a reduction's own `#[target_feature]` entry
+/// point, LLVM left the exp polynomial's `rfold` out of line (compiled
+/// without AVX, so every FMA became a call), which doubled the cost.
+fn exp_sum_with<T: Scalar>(isa: Isa, x: &mut [T], shift: T) -> T {
+    x.iter_mut().for_each(|v| *v -= shift);
+    apply_inplace_with(isa, Func::Exp, x);
+    reduce_with(isa, Row::Sum(x))
 }
 
 impl<'a, T: Copy> Row<'a, T> {
@@ -138,11 +160,12 @@ impl<'a, T: Copy> Row<'a, T> {
             Row::SqDev(x, c) => Row::SqDev(s(x), v(c)),
             Row::ExpSum(x, c) => Row::ExpSum(m(x), v(c)),
             Row::Softmax(x) => Row::Softmax(m(x)),
+            Row::Divide(x, d) => Row::Divide(m(x), v(d)),
         }
     }
 }
 
-fn run_f32(isa: Isa, row: Row<'_, f32>) -> f32 {
+fn fold_f32(isa: Isa, row: Row<'_, f32>) -> f32 {
     match isa.0 {
         // SAFETY: an `Isa` of this kind exists only after detection found
         // AVX-512F.
@@ -155,12 +178,12 @@ fn run_f32(isa: Isa, row: Row<'_, f32>) -> f32 {
     }
 }
 
-fn run_f64(isa: Isa, row: Row<'_, f64>) -> f64 {
+fn fold_f64(isa: Isa, row: Row<'_, f64>) -> f64 {
     match isa.0 {
-        // SAFETY: as in `run_f32`.
+        // SAFETY: as in `fold_f32`.
         #[cfg(target_arch = "x86_64")]
         IsaKind::Avx512 => unsafe { avx512_f64(row) },
-        // SAFETY: as in `run_f32`.
+        // SAFETY: as in `fold_f32`.
         #[cfg(target_arch = "x86_64")]
         IsaKind::Avx2 => unsafe { avx2_f64(row) },
         _ => run::<f64>(row),
@@ -231,13 +254,11 @@ where
         Row::Max(x) => max_of::<V>(x),
         Row::Sum(x) => horizontal_sum(fold::<V, _>(SumFold, x)),
         Row::SqDev(x, c) => horizontal_sum(fold::<V, _>(SqDevFold(c), x)),
-        Row::ExpSum(x, shift) => exp_sum::<V>(x, shift),
-        Row::Softmax(x) => {
-            let m = max_of::<V>(x);
-            let total = exp_sum::<V>(x, m);
-            divide::<V>(x, total);
-            total
+        Row::Divide(x, d) => {
+            divide::<V>(x, d);
+            d
         }
+        Row::ExpSum(..) | Row::Softmax(..) => unreachable!("internal: run by exp_sum_with"),
     }
 }
 
@@ -387,35 +408,6 @@ where
     lanes(m)[..V::WIDTH]
         .iter()
         .fold(-V::E::INFINITY, |a, &t| t.max(a))
-}
-
-/// `x = exp(x − shift)` in place, returning the sum. One accumulator
-/// suffices: each register's exp takes longer than the add's latency.
-#[inline(always)]
-fn exp_sum<V: Lanes>(x: &mut [V::E], shift: V::E) -> V::E
-where
-    V::E: Native,
-{
-    let s = V::splat(shift);
-    let mut acc = V::splat(V::E::ZERO);
-    let mut regs = x.chunks_exact_mut(V::WIDTH);
-    for r in &mut regs {
-        let e = kernel::exp(V::load(r) - s);
-        e.store(r);
-        acc = acc + e;
-    }
-    let mut total = horizontal_sum(acc);
-    let tail = regs.into_remainder();
-    if !tail.is_empty() {
-        // The padding's exp is computed and dropped: only the row's own
-        // elements enter the sum.
-        let mut buf = [V::E::ZERO; 16];
-        buf[..tail.len()].copy_from_slice(tail);
-        kernel::exp(V::load(&buf) - s).store(&mut buf);
-        tail.copy_from_slice(&buf[..tail.len()]);
-        total = buf[..tail.len()].iter().fold(total, |t, &v| t + v);
-    }
-    total
 }
 
 /// `x /= d` in place: a division per element, as the interpreter's
