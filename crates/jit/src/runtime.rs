@@ -23,7 +23,7 @@ use cranelora_kernels::gemm::{
     PackedRhs, Rhs, StridedLayout,
 };
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
-use cranelora_kernels::math::{apply_inplace, Func};
+use cranelora_kernels::math::{apply_inplace, reduce, Func};
 use cranelora_kernels::pool::{parallel_for, threads, PARALLEL_MIN_FLOPS};
 use cranelora_kernels::Scalar;
 
@@ -445,63 +445,65 @@ unsafe extern "C" fn softmax<T: Scalar>(plan: *const RowPlan, x: *const T, out: 
     }
 }
 
-/// Softmax over contiguous rows of `len` (the last axis): each row in one
-/// pass of max, one of x − max, the kernels' vector exp and one division
-/// pass while it is in cache; rows split over the kernels' pool when the
-/// whole is large. The same operations per element as the strided path
-/// (max, subtraction, the kernels' exp, one sum in row order, division).
+/// Softmax over contiguous rows of `len` (the last axis), each row by
+/// [`normalize_row`]; rows split over the kernels' pool when the whole is
+/// large.
 fn softmax_rows<T: Scalar>(x: &[T], out: &mut [T], len: usize) {
-    let rows = x.len() / len;
-    let row = |x: &[T], out: &mut [T]| {
-        out.copy_from_slice(x);
-        normalize_row(out);
-    };
     // ~20 operations per element decide whether threads pay off.
-    let tasks = if 20 * x.len() >= PARALLEL_MIN_FLOPS {
+    for_row_blocks(out, len, 20, &|first, out| {
+        let x = &x[first * len..first * len + out.len()];
+        for (x, o) in x.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
+            o.copy_from_slice(x);
+            normalize_row(o);
+        }
+    });
+}
+
+/// Runs `f(first_row, rows)` over blocks of whole rows of `len` covering
+/// `out`: one block when the work (`ops_per_elem` per element) is small,
+/// else one block per pool thread. Nothing to do for empty rows.
+fn for_row_blocks<T: Scalar>(
+    out: &mut [T],
+    len: usize,
+    ops_per_elem: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    if len == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / len;
+    let tasks = if ops_per_elem * out.len() >= PARALLEL_MIN_FLOPS {
         threads().min(rows)
     } else {
         1
     };
     if tasks <= 1 {
-        x.chunks_exact(len)
-            .zip(out.chunks_exact_mut(len))
-            .for_each(|(x, o)| row(x, o));
+        f(0, out);
         return;
     }
     let per = rows.div_ceil(tasks);
     let out_addr = out.as_mut_ptr() as usize;
     parallel_for(tasks, &|t| {
         let (start, end) = ((t * per).min(rows), ((t + 1) * per).min(rows));
-        let span = start * len..end * len;
         // SAFETY: task `t` alone touches rows start..end of `out`
         // (disjoint ranges for distinct t, all within `out`, whose borrow
         // outlives `parallel_for`, which returns only when every task is done).
         let out = unsafe {
-            std::slice::from_raw_parts_mut((out_addr as *mut T).add(span.start), span.len())
+            std::slice::from_raw_parts_mut(
+                (out_addr as *mut T).add(start * len),
+                (end - start) * len,
+            )
         };
-        x[span]
-            .chunks_exact(len)
-            .zip(out.chunks_exact_mut(len))
-            .for_each(|(x, o)| row(x, o));
+        f(start, out);
     });
 }
 
-/// One row's softmax in place: its max (NaN wins), `x − max`, the
-/// kernels' vector exp, one sum in row order, and the division.
+/// One row's softmax in place by the kernels' row reduction
+/// ([`reduce::softmax`]): the max (NaN wins), `exp(x − max)`, its sum and
+/// the division by the sum, each a vector pass, as the interpreter (see
+/// docs/jit.md, "Row reductions").
 fn normalize_row<T: Scalar>(out: &mut [T]) {
-    let mut max = T::neg_infinity();
-    for &v in out.iter() {
-        if max.is_nan() {
-            break;
-        }
-        if v.is_nan() || v > max {
-            max = v;
-        }
-    }
-    out.iter_mut().for_each(|o| *o -= max);
-    apply_inplace(Func::Exp, out);
-    let sum = out.iter().fold(T::zero(), |s, &v| s + v);
-    out.iter_mut().for_each(|o| *o /= sum);
+    reduce::softmax(out);
 }
 
 /// The fused softmax of `lower/softmax.rs` (see [`SoftmaxPlan`]).
@@ -541,7 +543,9 @@ unsafe extern "C" fn softmax_fused<T: Scalar>(
 }
 
 /// (x − mean)/√(var + eps)·γ + β over rows of `len` (biased variance), as
-/// the interpreter; γ and β are null when not affine.
+/// the interpreter; γ and β are null when not affine. Mean and variance come
+/// from the kernels' vector row sums ([`reduce::moments`], reassociated);
+/// rows split over the kernels' pool when the input is large.
 ///
 /// # Safety
 /// `plan` points to a live [`RowPlan`]; `x` and `out` point to `outer·len`
@@ -574,19 +578,27 @@ unsafe extern "C" fn layer_norm<T: Scalar>(
     if p.len == 0 {
         return;
     }
-    let n = T::from_f64_lossy(p.len as f64);
+    let len = p.len;
     let eps = T::from_f64_lossy(p.eps);
-    for (row, dst) in x.chunks(p.len).zip(out.chunks_mut(p.len)) {
-        let mean = row.iter().copied().sum::<T>() / n;
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
-        let rstd = (var + eps).sqrt().recip();
-        for (j, (d, &v)) in dst.iter_mut().zip(row).enumerate() {
-            *d = (v - mean) * rstd;
-            if let Some((g, b)) = affine {
-                *d = *d * g[j] + b[j];
+    // ~10 operations per element (two reduction passes, the affine map).
+    for_row_blocks(out, len, 10, &|first, out| {
+        let x = &x[first * len..first * len + out.len()];
+        for (row, dst) in x.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
+            let (mean, var) = reduce::moments(row);
+            let rstd = (var + eps).sqrt().recip();
+            match affine {
+                Some((g, b)) => {
+                    for (((d, &v), &g), &b) in dst.iter_mut().zip(row).zip(g).zip(b) {
+                        *d = (v - mean) * rstd * g + b;
+                    }
+                }
+                None => dst
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(d, &v)| *d = (v - mean) * rstd),
             }
         }
-    }
+    });
 }
 
 /// `out[r] = x[r]·w[ids[r]]` (crate::lower::gather_matmul).

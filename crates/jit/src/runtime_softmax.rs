@@ -1,8 +1,7 @@
 //! The fused softmax row pass (`lower/softmax.rs`): scale, mask select,
 //! softmax and row select of attention in one pass over each row.
 
-use super::normalize_row;
-use cranelora_kernels::pool::{parallel_for, threads, PARALLEL_MIN_FLOPS};
+use super::{for_row_blocks, normalize_row};
 use cranelora_kernels::Scalar;
 
 /// How an operand broadcast to the softmax's shape is read.
@@ -96,34 +95,11 @@ fn row<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T
 
 /// Every row of the plan, split over the pool's threads when large.
 pub(super) fn run<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, out: &mut [T]) {
-    let rows: usize = p.row_dims.iter().product();
     let len = p.len;
-    let tasks = if 20 * rows * len >= PARALLEL_MIN_FLOPS {
-        threads().min(rows)
-    } else {
-        1
-    };
-    if tasks <= 1 {
-        for (r, o) in out.chunks_exact_mut(len).enumerate() {
-            row(p, ops, r, o);
-        }
-        return;
-    }
-    let per = rows.div_ceil(tasks);
-    let out_addr = out.as_mut_ptr() as usize;
-    parallel_for(tasks, &|t| {
-        let (start, end) = ((t * per).min(rows), ((t + 1) * per).min(rows));
-        // SAFETY: task `t` alone touches rows start..end of `out` (disjoint
-        // ranges for distinct t, all within `out`, whose borrow outlives
-        // `parallel_for`, which returns only when every task is done).
-        let out = unsafe {
-            std::slice::from_raw_parts_mut(
-                (out_addr as *mut T).add(start * len),
-                (end - start) * len,
-            )
-        };
+    // ~20 operations per element decide whether threads pay off.
+    for_row_blocks(out, len, 20, &|first, out| {
         for (i, o) in out.chunks_exact_mut(len).enumerate() {
-            row(p, ops, start + i, o);
+            row(p, ops, first + i, o);
         }
     });
 }

@@ -38,7 +38,7 @@ use crate::export::{ExportContext, NodeInput};
 use crate::layer::{Input, Inputs, Layer};
 use crate::{Activation, Error, Mask, Result, Rng, Tensor};
 use cranelora_graph::NodeId;
-use cranelora_kernels::math::{self, Func};
+use cranelora_kernels::math::reduce;
 use cranelora_kernels::Scalar;
 
 const KIND: &str = "MultiHeadAttention";
@@ -338,17 +338,15 @@ fn masked_softmax<T: Scalar>(
         for (_, v) in row.iter_mut().enumerate().filter(|&(j, _)| !keep(b, i, j)) {
             *v = T::neg_infinity();
         }
-        let max = row.iter().copied().fold(T::neg_infinity(), T::max);
-        if max == T::neg_infinity() {
+        // NaN-propagating, so a row of NaN scores stays NaN.
+        if reduce::max(row) == T::neg_infinity() {
             row.fill(T::zero());
             continue;
         }
-        // Subtracting the row maximum keeps every exponent ≤ 0 (no overflow);
-        // the shared kernel guarantees exp(−∞) = 0 for the hidden keys.
-        row.iter_mut().for_each(|v| *v -= max);
-        math::apply_inplace(Func::Exp, row);
-        let sum: T = row.iter().copied().sum();
-        row.iter_mut().for_each(|v| *v /= sum);
+        // The kernels' row softmax: x − max keeps every exponent ≤ 0 (no
+        // overflow), exp(−∞) = 0 for the hidden keys; vector passes for
+        // max, exp, sum and the division by the sum.
+        reduce::softmax(row);
     }
 }
 

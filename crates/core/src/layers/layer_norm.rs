@@ -15,6 +15,7 @@ use crate::export::{self, ExportContext, NodeInput, NodeInputs};
 use crate::layer::{Input, Inputs, Layer, Weight};
 use crate::{Error, Result, Tensor};
 use cranelora_graph::{NodeId, Op};
+use cranelora_kernels::math::reduce;
 use cranelora_kernels::Scalar;
 
 const KIND: &str = "LayerNorm";
@@ -122,7 +123,6 @@ impl<T: Scalar> LayerNorm<T> {
 
     /// x̂ (same shape as `x`) and each row's `1/√(σ² + ε)`.
     fn normalize(&self, x: &Tensor<T>) -> (Tensor<T>, Vec<T>) {
-        let n = T::from_usize(self.dim).expect("internal: sizes fit in a float");
         let eps = T::from_f64_lossy(self.eps);
         let mut xhat = x.clone().into_contiguous();
         let data = xhat
@@ -130,8 +130,8 @@ impl<T: Scalar> LayerNorm<T> {
             .expect("internal: contiguous after into_contiguous");
         let mut rstd = Vec::with_capacity(data.len() / self.dim);
         for row in data.chunks_mut(self.dim) {
-            let mean = row.iter().copied().sum::<T>() / n;
-            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+            // The kernels' vector row sums (reassociated), as the JIT's.
+            let (mean, var) = reduce::moments(row);
             let r = T::one() / (var + eps).sqrt();
             row.iter_mut().for_each(|v| *v = (*v - mean) * r);
             rstd.push(r);

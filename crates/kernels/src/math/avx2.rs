@@ -2,8 +2,9 @@
 //!
 //! Soundness rests on one module invariant: a value of [`F32x8`] or
 //! [`F64x4`] exists only while the CPU is known to support AVX2 and FMA. The
-//! types are private to this module and are only created inside
-//! [`map_f32`] / [`map_f64`], which are `#[target_feature(enable =
+//! types are private to the math module and are only created inside
+//! [`map_f32`] / [`map_f64`] and the row reductions' entry points in
+//! `reduce.rs`, which are `#[target_feature(enable =
 //! "avx2,fma")]` and `unsafe` to call; their callers check
 //! `is_x86_feature_detected!` for both first (through
 //! [`Isa`](super::Isa), which can only be obtained from detection). Every
@@ -30,7 +31,7 @@ macro_rules! avx2_lanes {
         index = $index:ident, lookup = $lookup:ident, to_ps = $to_ps:ident
     ) => {
         #[derive(Clone, Copy)]
-        struct $name($reg);
+        pub(super) struct $name($reg);
 
         // SAFETY (for every `unsafe` block in this macro): the intrinsics
         // need AVX, AVX2 or FMA, which the module invariant guarantees whenever a

@@ -2,8 +2,9 @@
 //!
 //! Soundness rests on one module invariant: a value of [`F32x16`] or
 //! [`F64x8`] exists only while the CPU is known to support AVX-512F. The
-//! types are private to this module and are only created inside
-//! [`map_f32`] / [`map_f64`], which are `#[target_feature(enable =
+//! types are private to the math module and are only created inside
+//! [`map_f32`] / [`map_f64`] and the row reductions' entry points in
+//! `reduce.rs`, which are `#[target_feature(enable =
 //! "avx512f")]` and `unsafe` to call; their callers check
 //! `is_x86_feature_detected!("avx512f")` first (through
 //! [`Isa`](super::Isa), which can only be obtained from detection). Every
@@ -29,7 +30,7 @@ macro_rules! avx512_lanes {
         mask_mov = $mask_mov:ident, permute = $permute:ident, table = $table:ident
     ) => {
         #[derive(Clone, Copy)]
-        struct $name($reg);
+        pub(super) struct $name($reg);
 
         // SAFETY (for every `unsafe` block in this macro): the intrinsics
         // need AVX-512F, which the module invariant guarantees whenever a

@@ -89,6 +89,7 @@
 pub mod coeffs;
 mod kernel;
 mod lanes;
+pub mod reduce;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
