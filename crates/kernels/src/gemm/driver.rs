@@ -210,12 +210,20 @@ pub(super) struct LoraPass<'a, E> {
     pub term: LoraTerm<'a, E>,
 }
 
+/// Fewest rows of `C` for which [`LoraPass`] is used: below, the row step
+/// reads `LB` as often as a tile would (once per row) without packing `XA`
+/// and entering the microkernels (W2's one-row products: +10 % per call
+/// with the pass).
+const LORA_PASS_MIN_ROWS: usize = 4;
+
 impl<'a, E: Elem> LoraPass<'a, E> {
-    /// The pass for `term` if the driver can run it with `bl`'s kernels: a
-    /// rank of at most one depth block, and `LB` with unit column stride.
+    /// The pass for `term` if it pays and the driver can run it with `bl`'s
+    /// kernels: at least [`LORA_PASS_MIN_ROWS`] rows, a rank of at most one
+    /// depth block, and `LB` with unit column stride.
     pub fn new(term: LoraTerm<'a, E>, bl: Blocking) -> Option<Self> {
-        let r = term.xa.cols();
-        (r > 0 && r <= bl.kc && term.b.col_stride == 1).then_some(Self { term })
+        let (m, r) = (term.xa.rows(), term.xa.cols());
+        let fits = r > 0 && r <= bl.kc && term.b.col_stride == 1;
+        (fits && m >= LORA_PASS_MIN_ROWS).then_some(Self { term })
     }
 }
 
