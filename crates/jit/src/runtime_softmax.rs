@@ -50,17 +50,43 @@ struct Select<'a, T> {
 }
 
 impl<T: Scalar> Select<'_, T> {
-    /// `out[j] = truthy(cond) ? value(j) : other` along row `r`.
-    fn apply(&self, dims: &[usize], r: usize, out: &mut [T], value: impl Fn(usize, T) -> T) {
+    /// `out[j] = truthy(cond) ? out[j] : other` along row `r`.
+    fn apply(&self, dims: &[usize], r: usize, out: &mut [T]) {
         let (c, o) = self.plan;
         let (cb, ob) = (c.row_offset(dims, r), o.row_offset(dims, r));
-        for (j, y) in out.iter_mut().enumerate() {
-            // The interpreter's truth value: nonzero, NaN included.
-            *y = if self.cond[cb + j * c.last] != T::zero() {
-                value(j, *y)
-            } else {
-                self.other[ob + j * o.last]
-            };
+        let n = out.len();
+        // The interpreter's truth value: nonzero, NaN included.
+        let pick = |keep: T, m: T, alt: T| if m != T::zero() { keep } else { alt };
+        // A contiguous condition (an attention mask along the keys) with a
+        // broadcast or contiguous `other`: branch-free loops over slices,
+        // which the compiler vectorizes.
+        match (c.last, o.last) {
+            // One condition for the whole row (rows with no visible key).
+            (0, _) => {
+                if pick(T::zero(), self.cond[cb], T::one()) == T::one() {
+                    for (j, y) in out.iter_mut().enumerate() {
+                        *y = self.other[ob + j * o.last];
+                    }
+                }
+            }
+            (1, 0) => {
+                let alt = self.other[ob];
+                let cond = &self.cond[cb..cb + n];
+                out.iter_mut()
+                    .zip(cond)
+                    .for_each(|(y, &m)| *y = pick(*y, m, alt));
+            }
+            (1, 1) => {
+                let (cond, other) = (&self.cond[cb..cb + n], &self.other[ob..ob + n]);
+                out.iter_mut()
+                    .zip(cond.iter().zip(other))
+                    .for_each(|(y, (&m, &a))| *y = pick(*y, m, a));
+            }
+            _ => {
+                for (j, y) in out.iter_mut().enumerate() {
+                    *y = pick(*y, self.cond[cb + j * c.last], self.other[ob + j * o.last]);
+                }
+            }
         }
     }
 }
@@ -79,17 +105,14 @@ fn row<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T
         Some(s) => v * T::from_f64_lossy(s),
         None => v,
     };
-    match (ops.mask, &p.mask) {
-        (Some((cond, other)), Some(plan)) => {
-            let sel = Select { cond, other, plan };
-            sel.apply(&p.row_dims, r, out, |j, _| scaled(x[j]));
-        }
-        _ => out.iter_mut().zip(x).for_each(|(o, &v)| *o = scaled(v)),
+    // The masked-out entries are computed too, then replaced by the fill.
+    out.iter_mut().zip(x).for_each(|(o, &v)| *o = scaled(v));
+    if let (Some((cond, other)), Some(plan)) = (ops.mask, &p.mask) {
+        Select { cond, other, plan }.apply(&p.row_dims, r, out);
     }
     normalize_row(out);
     if let (Some((cond, other)), Some(plan)) = (ops.post, &p.post) {
-        let sel = Select { cond, other, plan };
-        sel.apply(&p.row_dims, r, out, |_, v| v);
+        Select { cond, other, plan }.apply(&p.row_dims, r, out);
     }
 }
 
