@@ -22,16 +22,10 @@ const M: usize = 64;
 const N: usize = 1024;
 const K: usize = 1024;
 
+/// Uniform values in [−0.03, 0.03).
 fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.06
-        })
-        .collect()
+    let x = cranelora_kernels::testing::uniform(len, seed, -0.03, 0.03);
+    x.into_iter().map(|v| v as f32).collect()
 }
 
 struct Setup {

@@ -29,15 +29,7 @@ const FUNCS: [(Func, &str); 7] = [
 
 /// Uniform values in [−6, 6] (no subnormals in or out).
 fn data(len: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 12.0
-        })
-        .collect()
+    cranelora_kernels::testing::uniform(len, seed, -6.0, 6.0)
 }
 
 /// Nanoseconds the calling thread has run on a CPU (wall time where

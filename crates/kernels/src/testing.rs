@@ -119,6 +119,21 @@ pub fn math_reference(f: crate::math::Func, x: f64) -> f64 {
     }
 }
 
+/// `len` values uniform in `[lo, hi)` from a xorshift64 stream started at
+/// `seed` (non-zero): deterministic data for examples and probes, without
+/// a random-number crate.
+pub fn uniform(len: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (s >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
