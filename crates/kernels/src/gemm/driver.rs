@@ -210,10 +210,10 @@ pub(super) struct LoraPass<'a, E> {
     pub term: LoraTerm<'a, E>,
 }
 
-/// Fewest rows of `C` for which [`LoraPass`] is used: below, the row step
-/// reads `LB` as often as a tile would (once per row) without packing `XA`
-/// and entering the microkernels (W2's one-row products: +10 % per call
-/// with the pass).
+/// Fewest rows of `C` for which [`LoraPass`] is used: below, a tile would
+/// read `LB` once per row as the row step does, and only add packing `XA`
+/// and entering the microkernels (W2's one-row products keep the row step;
+/// its time did not measurably change either way).
 const LORA_PASS_MIN_ROWS: usize = 4;
 
 impl<'a, E: Elem> LoraPass<'a, E> {
