@@ -61,9 +61,10 @@ impl<T: Scalar> Select<'_, T> {
         // broadcast or contiguous `other`: branch-free loops over slices,
         // which the compiler vectorizes.
         match (c.last, o.last) {
-            // One condition for the whole row (rows with no visible key).
+            // One condition for the whole row (rows with no visible key);
+            // a NaN condition is truthy, and `NaN == 0` is false.
             (0, _) => {
-                if pick(T::zero(), self.cond[cb], T::one()) == T::one() {
+                if self.cond[cb] == T::zero() {
                     for (j, y) in out.iter_mut().enumerate() {
                         *y = self.other[ob + j * o.last];
                     }
