@@ -195,36 +195,28 @@ pub(super) struct Problem<'a, E> {
     /// Called once per finished block row `C[i, j0..j0 + len]` (the epilogue).
     pub post: Option<&'a PostFn<'a, E>>,
     /// The LoRA term of the epilogue, when the driver computes it with the
-    /// microkernels (see [`LoraPass`]); `post` then leaves it out.
-    pub lora: Option<LoraPass<'a, E>>,
+    /// microkernels (see [`lora_on_microkernels`]); `post` then leaves it out.
+    pub lora: Option<LoraTerm<'a, E>>,
 }
 
-/// `C += s·XA·LB`, run by the microkernels on each block of `C` after its
-/// last depth block and before `post`: `XA` (m×r) is packed like a depth
-/// block of `A` and `LB` (r×n, row-major) is read in place as micro-panels,
-/// so the rank sum costs what a depth-`r` block of the product costs.
-/// Columns of a block that do not fill a whole micro-panel are left to
-/// [`add_lora_row`].
-#[derive(Clone, Copy)]
-pub(super) struct LoraPass<'a, E> {
-    pub term: LoraTerm<'a, E>,
-}
-
-/// Fewest rows of `C` for which [`LoraPass`] is used: below, a tile would
-/// read `LB` once per row as the row step does, and only add packing `XA`
-/// and entering the microkernels (W2's one-row products keep the row step;
-/// its time did not measurably change either way).
+/// Fewest rows of `C` for which the LoRA term runs on the microkernels:
+/// below, a tile would read `LB` once per row as the row step does, and
+/// only add packing `XA` and entering the microkernels (W2's one-row
+/// products keep the row step; its time did not measurably change either
+/// way).
 const LORA_PASS_MIN_ROWS: usize = 4;
 
-impl<'a, E: Elem> LoraPass<'a, E> {
-    /// The pass for `term` if it pays and the driver can run it with `bl`'s
-    /// kernels: at least [`LORA_PASS_MIN_ROWS`] rows, a rank of at most one
-    /// depth block, and `LB` with unit column stride.
-    pub fn new(term: LoraTerm<'a, E>, bl: Blocking) -> Option<Self> {
-        let (m, r) = (term.xa.rows(), term.xa.cols());
-        let fits = r > 0 && r <= bl.kc && term.b.col_stride == 1;
-        (fits && m >= LORA_PASS_MIN_ROWS).then_some(Self { term })
-    }
+/// Whether the driver runs `term` on the microkernels: `C += s·XA·LB` on
+/// each block of `C` after its last depth block and before `post`, `XA`
+/// (m×r) packed like a depth block of `A` and `LB` (r×n, row-major) read
+/// in place as micro-panels, so the rank sum costs what a depth-`r` block
+/// of the product costs. It needs at least [`LORA_PASS_MIN_ROWS`] rows, a
+/// rank of at most one depth block, and `LB` with unit column stride.
+/// Columns of a block that do not fill a whole micro-panel are left to
+/// [`add_lora_row`].
+pub(super) fn lora_on_microkernels<E: Elem>(term: &LoraTerm<'_, E>, bl: Blocking) -> bool {
+    let (m, r) = (term.xa.rows(), term.xa.cols());
+    r > 0 && r <= bl.kc && term.b.col_stride == 1 && m >= LORA_PASS_MIN_ROWS
 }
 
 /// `C ← α·A·B + β·C` with `fam`'s kernels; `c` is m×n at row stride `rs`.
@@ -401,13 +393,13 @@ pub(super) fn row_tiles(mc: usize, mr: usize) -> impl Iterator<Item = (usize, us
 /// block's product no longer needs), the columns past them row by row.
 fn lora_block<E: Elem + Scalar>(
     fam: &Family<E>,
-    l: &LoraPass<'_, E>,
+    t: &LoraTerm<'_, E>,
     a_buf: &mut [E],
     (ic, jc): (usize, usize),
     (mc, nc): (usize, usize),
     c: &CView<E>,
 ) {
-    let (bl, t) = (fam.blocking, &l.term);
+    let bl = fam.blocking;
     let r = t.xa.cols();
     let full = nc / bl.nr * bl.nr;
     if full > 0 {

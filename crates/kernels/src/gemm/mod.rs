@@ -47,7 +47,7 @@ pub use layout::StridedLayout;
 pub use view::{MatMut, MatRef};
 
 use crate::{DType, KernelError, Result, Scalar};
-use driver::{BSource, LoraPass, Problem};
+use driver::{lora_on_microkernels, BSource, Problem};
 use select::{HasFamily, Isa};
 
 /// A right-hand matrix packed once into the kernel's panel layout.
@@ -321,8 +321,8 @@ fn typed<T: Scalar, E: HasFamily + Scalar>(
     let view = |s| (cast.slice)(s).expect(SAME_TYPE);
     let mut ep = ep.retype(view);
     let fam = E::family(isa);
-    // The LoRA term runs on the microkernels when it can (driver::LoraPass).
-    let lora = ep.lora.and_then(|t| LoraPass::new(t, fam.blocking));
+    // The LoRA term runs on the microkernels when it can.
+    let lora = ep.lora.filter(|t| lora_on_microkernels(t, fam.blocking));
     if lora.is_some() {
         ep.lora = None;
     }
