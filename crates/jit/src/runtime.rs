@@ -48,7 +48,9 @@ pub const KERNEL_ERROR: i32 = 2;
 /// `(batch·m) × n`), in that order (see `cranelora_kernels::gemm::Epilogue`).
 /// Their buffers are the helper's pointer arguments after `scratch` (null
 /// when the step is absent), then a runtime factor of the LoRA term (one
-/// element multiplying the plan's `s`; null: `s` alone).
+/// element multiplying the plan's `s`; null: `s` alone), then the per-row
+/// adapter ids of a mixed-adapter batch (`EpilogueSpec::lora_stack`; null
+/// without).
 ///
 /// **Packed B.** A constant 2-D B is packed at compile time
 /// ([`Self::packed`]). A 2-D Parameter B may come packed with its binding
@@ -97,6 +99,9 @@ pub struct EpiloguePtrs<T> {
     pub residual: *const T,
     /// A runtime factor of the LoRA term, one element (null: none).
     pub lora_scale: *const T,
+    /// Per-row adapter ids, `batch·m` (i64, −1 = none), when the plan's
+    /// epilogue has `lora_stack = Some(N)`: `lora_b` is then `N·r × n`.
+    pub lora_ids: *const i64,
 }
 
 impl<T: Scalar> MatMulPlan<T> {
@@ -105,7 +110,8 @@ impl<T: Scalar> MatMulPlan<T> {
     /// # Safety
     /// Each pointer of a step the plan's epilogue has points to the number
     /// of valid elements documented on [`EpiloguePtrs`], alive for `'a`;
-    /// `lora_scale` is null or points to one element.
+    /// `lora_scale` is null or points to one element; `lora_ids` points to
+    /// `batch·m` ids when the spec has a `lora_stack`.
     unsafe fn bind_epilogue<'a>(&self, ptrs: &EpiloguePtrs<T>) -> Option<Epilogue<'a, T>> {
         let (rows, n, spec) = (self.batch.len() * self.m, self.n, &self.epilogue);
         // SAFETY: by this function's contract.
@@ -114,7 +120,11 @@ impl<T: Scalar> MatMulPlan<T> {
         let lora = match spec.lora {
             Some((r, s)) => Some(LoraTerm {
                 xa: mat(ptrs.xa, rows, r)?,
-                b: mat(ptrs.lora_b, r, n)?,
+                b: mat(ptrs.lora_b, r * spec.lora_stack.unwrap_or(1), n)?,
+                // SAFETY: by this function's contract.
+                ids: spec
+                    .lora_stack
+                    .map(|_| unsafe { std::slice::from_raw_parts(ptrs.lora_ids, rows) }),
                 scale: match ptrs.lora_scale.is_null() {
                     true => T::from_f64_lossy(s),
                     false => T::from_f64_lossy(s) * slice(ptrs.lora_scale, 1)[0],
@@ -241,6 +251,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
     bias: *const T,
     residual: *const T,
     lora_scale: *const T,
+    lora_ids: *const i64,
     packed_b: *const PackedRhs<T>,
 ) -> i32 {
     let ptrs = EpiloguePtrs {
@@ -250,6 +261,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
         bias,
         residual,
         lora_scale,
+        lora_ids,
     };
     // SAFETY: the caller's contract above (the compiled code passes the
     // buffers the memory plan sized for this node).

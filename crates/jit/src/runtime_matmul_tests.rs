@@ -64,6 +64,7 @@ fn check<T: Scalar>(shared_b: bool) {
         workspace,
         epilogue: EpilogueSpec {
             lora: Some((r, 0.5)),
+            lora_stack: None,
             col_scale: true,
             bias: true,
             activation: Some(Activation::Func(Func::GeluTanh)),
@@ -78,6 +79,7 @@ fn check<T: Scalar>(shared_b: bool) {
         bias: bias.as_ptr(),
         residual: res.as_ptr(),
         lora_scale: std::ptr::null(),
+        lora_ids: std::ptr::null(),
     };
     let mut c = vec![T::nan(); count * m * n];
     let mut ws = vec![T::nan(); workspace];

@@ -18,7 +18,10 @@
 //!   and / or Muls by a one-element operand (a constant, folded into the
 //!   plan, or one runtime value: an Input, a Parameter, a computed scalar).
 //!   That MatMul and its scaling are computed inside the call and get no
-//!   buffer. With two unscaled products in the sum (a LoRA branch whose
+//!   buffer. The product may also be a `GatherMatMul(XA, B_stack [N, r, n],
+//!   ids)` (a mixed-adapter batch, `serve/rewrite.rs`): each row then adds
+//!   its own adapter's term (`EpilogueSpec::lora_stack`), so a batch
+//!   sorted by adapter keeps its GEMM epilogue (activation included). With two unscaled products in the sum (a LoRA branch whose
 //!   scaling 1 was simplified away), the one of smaller depth is the term;
 //! - a **column scale** `c` (`n` elements: DoRA's `m/‖W + s·A·B‖`) by which
 //!   `x·W` and the LoRA term are multiplied, with the bias outside;
@@ -39,8 +42,8 @@
 //! of its own) are *absorbed*: their steps are dropped and their members
 //! computed by the call ([`EpilogueGroup::absorbed`]). Not taken: a second
 //! bias (a LoRA bias on top of the base bias), a scaled base product, a
-//! bias inside the column scale, per-row scales (mixed-batch DoRA), a
-//! batched or gathered `B`, products of integers.
+//! bias inside the column scale, per-row scales (mixed-batch DoRA and
+//! LoRA bias), a batched `B`, products of integers.
 
 use super::fused::LoopGroup;
 use super::linalg::EpilogueOperands;
@@ -231,6 +234,13 @@ impl Matcher<'_> {
             self.sum(b, t)?;
         } else if full && matches!(node.op, Op::MatMul) {
             t.products.push(id);
+        } else if full && matches!(node.op, Op::GatherMatMul) {
+            // Per-row adapters' x·A·B: always the LoRA term, never the base.
+            t.loras.push(Lora {
+                product: id,
+                factor: 1.0,
+                runtime: None,
+            });
         } else if full && matches!(node.op, Op::Scale(_) | Op::Mul) {
             if let Some(lora) = self.lora(id) {
                 t.loras.push(lora);
@@ -271,7 +281,7 @@ impl Matcher<'_> {
                     Some(x) => x,
                     None => break false,
                 },
-                Op::MatMul if cur != id => {
+                Op::MatMul | Op::GatherMatMul if cur != id => {
                     found.product = cur;
                     break true;
                 }
@@ -397,18 +407,32 @@ impl Matcher<'_> {
 
     /// Fills the LoRA step of `ops` from `l` after checking its product.
     fn lora_operands(&self, l: Lora, base: NodeId, ops: &mut EpilogueOperands) -> Option<()> {
-        let [xa, b] = self.operands_of(l.product, |op| matches!(op, Op::MatMul))?;
+        let (xa, b, ids) = match self.g.operands(l.product)[..] {
+            [xa, b, ids] if matches!(self.g.node(l.product)?.op, Op::GatherMatMul) => {
+                (xa, b, Some(ids))
+            }
+            _ => {
+                let [xa, b] = self.operands_of(l.product, |op| matches!(op, Op::MatMul))?;
+                (xa, b, None)
+            }
+        };
         let r = self.depth(l.product);
         let (xn, bn) = (self.g.node(xa)?, self.g.node(b)?);
         let rows = &self.dims[..self.dims.len() - 1];
         let xa_fits = xn.shape.dims().split_last() == Some((&r, rows));
-        let b_fits = bn.shape.dims() == [r, self.n()];
+        let b_fits = match (ids, bn.shape.dims()) {
+            (Some(_), &[stack, br, bn]) => (br, bn) == (r, self.n()) && stack > 0,
+            (None, dims) => dims == [r, self.n()],
+            _ => false,
+        };
         if !xa_fits || !b_fits || r >= self.depth(base) || r > MAX_RANK || r == 0 {
             return None;
         }
         ops.spec.lora = Some((r, l.factor));
+        ops.spec.lora_stack = ids.map(|_| bn.shape.dims()[0]);
         ops.lora_xa = Some(xa);
         ops.lora_b = Some(b);
+        ops.lora_ids = ids;
         ops.lora_scale = l.runtime;
         Some(())
     }
@@ -436,6 +460,7 @@ impl Matcher<'_> {
         let reads = [
             ops.lora_xa,
             ops.lora_b,
+            ops.lora_ids,
             ops.lora_scale,
             ops.col_scale,
             ops.bias,

@@ -171,8 +171,12 @@ pub struct EpilogueOperands {
     pub spec: EpilogueSpec,
     /// `X·A` of the LoRA term, `(batch·m) × r` elements.
     pub lora_xa: Option<NodeId>,
-    /// The adapter's `B`, `r × n`.
+    /// The adapter's `B`, `r × n`; with `lora_ids`, the stack of N
+    /// adapters' `B`, `[N, r, n]`.
     pub lora_b: Option<NodeId>,
+    /// Per-row adapter ids (i64, `batch·m`, −1 = none) choosing each row's
+    /// block of `lora_b` (`spec.lora_stack`: a mixed-adapter batch).
+    pub lora_ids: Option<NodeId>,
     /// A runtime factor of the LoRA term (one element), multiplying the
     /// constant `s` of `spec.lora`; none: `s` alone.
     pub lora_scale: Option<NodeId>,
@@ -224,6 +228,7 @@ pub(crate) fn matmul_with_epilogue(
     let needed = [
         (spec.lora.is_some(), ep.lora_xa),
         (spec.lora.is_some(), ep.lora_b),
+        (spec.lora_stack.is_some(), ep.lora_ids),
         (spec.col_scale, ep.col_scale),
         (spec.bias, ep.bias),
         (spec.residual.is_some(), ep.residual),
@@ -276,6 +281,7 @@ pub(crate) fn matmul_with_epilogue(
         ep.bias,
         ep.residual,
         ep.lora_scale.filter(|_| spec.lora.is_some()),
+        ep.lora_ids.filter(|_| spec.lora_stack.is_some()),
     ];
     for node in operands {
         let v = match node {

@@ -399,6 +399,9 @@ fn lora_block<E: Elem + Scalar>(
     (mc, nc): (usize, usize),
     c: &CView<E>,
 ) {
+    if t.ids.is_some() {
+        return grouped_lora_block(fam, t, a_buf, (ic, jc), (mc, nc), c);
+    }
     let bl = fam.blocking;
     let r = t.xa.cols();
     let full = nc / bl.nr * bl.nr;
@@ -426,6 +429,39 @@ fn lora_block<E: Elem + Scalar>(
             let row = unsafe { c.row_mut(i, jc + full, nc - full) };
             add_lora_row(row, i, jc + full, t);
         }
+    }
+}
+
+/// [`lora_block`] with per-row adapters ([`LoraTerm::ids`]): the block's
+/// rows are cut into runs of one id (a batch sorted by adapter has a few
+/// long runs); a run of at least [`LORA_PASS_MIN_ROWS`] rows is one
+/// one-adapter pass on the microkernels, a shorter one (unsorted rows)
+/// takes the row step, and id −1 adds nothing.
+fn grouped_lora_block<E: Elem + Scalar>(
+    fam: &Family<E>,
+    t: &LoraTerm<'_, E>,
+    a_buf: &mut [E],
+    (ic, jc): (usize, usize),
+    (mc, nc): (usize, usize),
+    c: &CView<E>,
+) {
+    let Some(ids) = t.ids else { return };
+    let mut start = ic;
+    while start < ic + mc {
+        let id = ids[start];
+        let len = ids[start..ic + mc].iter().take_while(|&&g| g == id).count();
+        if let Some(one) = t.of_row(start) {
+            if len >= LORA_PASS_MIN_ROWS {
+                lora_block(fam, &one, a_buf, (start, jc), (len, nc), c);
+            } else {
+                for i in start..start + len {
+                    // SAFETY: this task owns the block's rows and columns of
+                    // C, and the microkernels that wrote it have returned.
+                    add_lora_row(unsafe { c.row_mut(i, jc, nc) }, i, jc, &one);
+                }
+            }
+        }
+        start += len;
     }
 }
 

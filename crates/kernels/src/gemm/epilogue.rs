@@ -12,6 +12,10 @@
 //! t ← t + ρ·R[i, j]                   scaled residual add (after the activation)
 //! ```
 //!
+//! With per-row adapters (mixed-adapter batches, [`LoraTerm::ids`]) `LB`
+//! is a stack of N adapters' `B` and row `i` reads block `ids[i]` of it:
+//! `t ← t + s·Σ_p XA[i, p]·LB[ids[i]·r + p, j]` (nothing for id −1).
+//!
 //! Every step is optional. [`EpilogueSpec`] is the closed, data-free
 //! description (what a compiled plan stores); [`Epilogue`] binds it to the
 //! operands of one call and is what [`gemm_ep`](super::gemm_ep) takes.
@@ -34,6 +38,9 @@ pub enum Activation {
 pub struct EpilogueSpec {
     /// LoRA accumulation `s·XA·LB`: `Some((rank, s))`.
     pub lora: Option<(usize, f64)>,
+    /// Per-row adapters: `Some(N)` when `LB` stacks N adapters' `B` and
+    /// each row picks one by its id ([`LoraTerm::ids`]).
+    pub lora_stack: Option<usize>,
     /// Multiply each column by `scale[j]`.
     pub col_scale: bool,
     /// Add `bias[j]` to each column.
@@ -48,6 +55,7 @@ impl EpilogueSpec {
     /// The empty epilogue: `C` is the plain product.
     pub const NONE: Self = Self {
         lora: None,
+        lora_stack: None,
         col_scale: false,
         bias: false,
         activation: None,
@@ -65,10 +73,45 @@ impl EpilogueSpec {
 pub struct LoraTerm<'a, T> {
     /// `X·A`, m×r (computed beforehand: a thin product).
     pub xa: MatRef<'a, T>,
-    /// `B` of the adapter, r×n.
+    /// `B` of the adapter, r×n; with [`ids`](Self::ids), the N adapters'
+    /// `B` stacked, (N·r)×n.
     pub b: MatRef<'a, T>,
     /// The scaling `s` (α/r).
     pub scale: T,
+    /// Per-row adapters (a mixed-adapter batch): row `i` of `XA` is
+    /// multiplied by block `ids[i]` of `b` (rows `ids[i]·r..(ids[i] + 1)·r`),
+    /// or adds nothing for id −1. `None`: one adapter, `b` is r×n.
+    pub ids: Option<&'a [i64]>,
+}
+
+impl<'a, T: Copy> LoraTerm<'a, T> {
+    /// The number of adapters `b` stacks (1 without [`ids`](Self::ids)).
+    pub fn stack(&self) -> usize {
+        match self.ids {
+            Some(_) => self.b.rows() / self.xa.cols().max(1),
+            None => 1,
+        }
+    }
+
+    /// The one-adapter term of row `i` (`None`: row `i` has no adapter).
+    /// With ids, `b` becomes that adapter's r×n block.
+    pub(super) fn of_row(&self, i: usize) -> Option<LoraTerm<'a, T>> {
+        let Some(ids) = self.ids else {
+            return Some(*self);
+        };
+        let g = usize::try_from(ids[i]).ok()?;
+        let r = self.xa.cols();
+        let b = self.b;
+        Some(LoraTerm {
+            b: MatRef {
+                data: &b.data[(g * r * b.row_stride).min(b.data.len())..],
+                rows: r,
+                ..b
+            },
+            ids: None,
+            ..*self
+        })
+    }
 }
 
 /// An epilogue bound to the operands of one m×n product.
@@ -120,6 +163,7 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
     pub fn spec(&self) -> EpilogueSpec {
         EpilogueSpec {
             lora: self.lora.map(|l| (l.xa.cols(), l.scale.to_f64_exact())),
+            lora_stack: self.lora.and_then(|l| l.ids.map(|_| l.stack())),
             col_scale: self.col_scale.is_some(),
             bias: self.bias.is_some(),
             activation: self.activation,
@@ -137,8 +181,12 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
             if l.xa.rows() != m {
                 return Err(mismatch("LoRA X·A", (m, r), (l.xa.rows(), r)));
             }
-            if (l.b.rows(), l.b.cols()) != (r, n) {
-                return Err(mismatch("LoRA B", (r, n), (l.b.rows(), l.b.cols())));
+            let rows = r * l.stack();
+            if (l.b.rows(), l.b.cols()) != (rows, n) || (l.ids.is_some() && r == 0) {
+                return Err(mismatch("LoRA B", (rows, n), (l.b.rows(), l.b.cols())));
+            }
+            if let Some(ids) = l.ids {
+                check_ids(ids, m, l.stack())?;
             }
         }
         for (what, v) in [("column scale", self.col_scale), ("bias", self.bias)] {
@@ -166,6 +214,7 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
         Self {
             lora: self.lora.map(|l| LoraTerm {
                 xa: skip(l.xa),
+                ids: l.ids.map(|ids| &ids[first.min(ids.len())..]),
                 ..l
             }),
             residual: self.residual.map(|(r, rho)| (skip(r), rho)),
@@ -181,6 +230,7 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
                 xa: l.xa.retype(view(l.xa.data)),
                 b: l.b.retype(view(l.b.data)),
                 scale: conv(l.scale),
+                ids: l.ids,
             }),
             col_scale: self.col_scale.map(&view),
             bias: self.bias.map(&view),
@@ -196,8 +246,8 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
     /// The caller has [`check`](Self::check)ed the shapes.
     pub(super) fn apply_row(&self, i: usize, j0: usize, row: &mut [T]) {
         let cols = j0..j0 + row.len();
-        if let Some(l) = &self.lora {
-            add_lora_row(row, i, j0, l);
+        if let Some(l) = self.lora.as_ref().and_then(|l| l.of_row(i)) {
+            add_lora_row(row, i, j0, &l);
         }
         if let Some(s) = self.col_scale {
             row.iter_mut()
@@ -221,6 +271,20 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
         if let Some((r, rho)) = &self.residual {
             add_scaled(row, *rho, *r, i, cols);
         }
+    }
+}
+
+/// Checks per-row adapter ids: one per row, each in `−1..stack`.
+fn check_ids(ids: &[i64], m: usize, stack: usize) -> Result<()> {
+    if ids.len() != m {
+        return Err(mismatch("LoRA row ids", (m, 1), (ids.len(), 1)));
+    }
+    match ids.iter().find(|&&g| g < -1 || g >= stack as i64) {
+        Some(bad) => Err(KernelError::Geometry {
+            what: "gemm epilogue",
+            message: format!("LoRA row id {bad} is outside -1..{stack}"),
+        }),
+        None => Ok(()),
     }
 }
 

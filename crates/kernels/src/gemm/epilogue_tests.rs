@@ -41,6 +41,7 @@ impl<T: Scalar> Data<T> {
                 xa: MatRef::new(&self.xa, m, self.r).expect("fits"),
                 b: MatRef::new(&self.lb, self.r, n).expect("fits"),
                 scale: T::from_f64_lossy(2.0),
+                ids: None,
             }),
             col_scale: on(1).then_some(&self.scale[..]),
             bias: on(2).then_some(&self.bias[..]),
@@ -59,9 +60,16 @@ impl<T: Scalar> Data<T> {
 fn separate_passes<T: Scalar>(ep: &Epilogue<'_, T>, c: &mut [T], n: usize) {
     let rows = c.len() / n.max(1);
     if let Some(l) = &ep.lora {
+        let r = l.xa.cols();
         for i in 0..rows {
+            // Per-row adapters: row i reads block ids[i] of the B stack.
+            let block = match l.ids {
+                Some(ids) if ids[i] < 0 => continue,
+                Some(ids) => ids[i] as usize * r,
+                None => 0,
+            };
             for j in 0..n {
-                let dot = (0..l.xa.cols()).fold(T::zero(), |s, p| s + l.xa.at(i, p) * l.b.at(p, j));
+                let dot = (0..r).fold(T::zero(), |s, p| s + l.xa.at(i, p) * l.b.at(block + p, j));
                 c[i * n + j] += l.scale * dot;
             }
         }
@@ -287,6 +295,7 @@ fn lora_rows_match_the_rank_sum<T: Scalar>() {
                     xa: MatRef::new(&xa, m, r).expect("fits"),
                     b,
                     scale,
+                    ids: None,
                 }),
                 ..Epilogue::none()
             };
@@ -355,6 +364,7 @@ fn lora_pass_matches_reference<T: Scalar>() {
                 xa: xa_view,
                 b: MatRef::new(&lb, r, n).expect("fits"),
                 scale: T::from_f64_lossy(0.5),
+                ids: None,
             }),
             bias: Some(&lb[..n]),
             ..Epilogue::none()
@@ -381,4 +391,113 @@ fn lora_pass_matches_reference<T: Scalar>() {
 fn lora_pass_matches_reference_f32_f64() {
     lora_pass_matches_reference::<f32>();
     lora_pass_matches_reference::<f64>();
+}
+
+/// Row ids for `m` rows over `stack` adapters: `Sorted(run)` gives runs of
+/// `run` rows per adapter in order with the third run on no adapter (−1);
+/// `Scattered` draws each row's id at random from `−1..stack`.
+enum Ids {
+    Sorted(usize),
+    Scattered,
+}
+
+fn row_ids(rng: &mut Rng, m: usize, stack: usize, how: &Ids) -> Vec<i64> {
+    (0..m)
+        .map(|i| match how {
+            Ids::Sorted(run) if i / run == 2 => -1,
+            Ids::Sorted(run) => ((i / run) % stack) as i64,
+            Ids::Scattered => rng.below(stack + 1) as i64 - 1,
+        })
+        .collect()
+}
+
+/// The LoRA term with per-row adapters (a mixed-adapter batch: `LB` the
+/// stack of N adapters' `B`, each row picking one, id −1 none) through the
+/// GEMM's epilogue against the reference product plus the per-row rank
+/// sum: sorted runs longer and shorter than the microkernel pass's
+/// minimum, runs crossing the `mc` row block, scattered ids, threaded
+/// sizes (W1's 64 × 1024 × 1024 with 8 adapters of rank 16), fewer rows
+/// than the pass needs, a prepacked and a per-call `B`.
+fn grouped_lora_pass_matches_reference<T: Scalar>() {
+    let mut rng = Rng(91);
+    let cases = [
+        ((64, 1024, 1024, 16, 8), Ids::Sorted(8)),
+        ((64, 1024, 256, 16, 8), Ids::Scattered),
+        ((300, 100, 40, 4, 3), Ids::Sorted(50)),
+        ((50, 70, 30, 5, 4), Ids::Sorted(3)),
+        ((3, 40, 20, 2, 2), Ids::Scattered),
+    ];
+    for (case, ((m, n, k, r, stack), how)) in cases.iter().enumerate() {
+        let (m, n, k, r, stack) = (*m, *n, *k, *r, *stack);
+        let (a, b) = (random::<T>(&mut rng, m * k), random::<T>(&mut rng, k * n));
+        let (a, b) = (
+            MatRef::new(&a, m, k).expect("fits"),
+            MatRef::new(&b, k, n).expect("fits"),
+        );
+        let xa: Vec<T> = random(&mut rng, m * r);
+        let lb: Vec<T> = random(&mut rng, stack * r * n);
+        let ids = row_ids(&mut rng, m, stack, how);
+        let ep = Epilogue {
+            lora: Some(LoraTerm {
+                xa: MatRef::new(&xa, m, r).expect("fits"),
+                b: MatRef::new(&lb, stack * r, n).expect("fits"),
+                scale: T::from_f64_lossy(0.5),
+                ids: Some(&ids),
+            }),
+            bias: Some(&lb[..n]),
+            activation: Some(Activation::Func(Func::GeluTanh)),
+            ..Epilogue::none()
+        };
+        assert_eq!(ep.spec().lora_stack, Some(stack));
+        let mut expected = vec![T::zero(); m * n];
+        let ev = &mut MatMut::new(&mut expected, m, n).expect("fits");
+        reference::gemm(T::one(), a, b, T::zero(), ev);
+        separate_passes(&ep, &mut expected, n);
+        let packed = PackedRhs::pack(b);
+        let rhs = [Rhs::Packed(&packed), Rhs::Mat(b)][case % 2];
+        let mut actual = vec![T::nan(); m * n];
+        let cv = MatMut::new(&mut actual, m, n).expect("fits");
+        let mut ws = vec![T::nan(); workspace_len::<T>(m, n, k, case % 2 == 0)];
+        gemm_ep(T::one(), a, rhs, T::zero(), cv, &mut ws, &ep).expect("valid product");
+        let depth = (k + r) as f64;
+        let tol = 8.0 * (depth + 8.0) * T::EPSILON_F64 * (depth + 1.0);
+        check_close(&actual, &expected, tol, tol, Nan::Mismatch)
+            .unwrap_or_else(|e| panic!("{m}×{n}×{k} rank {r} × {stack}: {e}"));
+    }
+}
+
+#[test]
+fn grouped_lora_pass_matches_reference_f32_f64() {
+    grouped_lora_pass_matches_reference::<f32>();
+    grouped_lora_pass_matches_reference::<f64>();
+}
+
+/// Per-row adapter ids are checked: one per row, each in `−1..N`, and the
+/// `B` stack must hold N whole r×n blocks.
+#[test]
+fn grouped_lora_rejects_bad_ids_and_stacks() {
+    let (m, n, r) = (4, 8, 2);
+    let xa = vec![1.0f32; m * r];
+    let lb = vec![1.0f32; 3 * r * n];
+    let check = |ids: &[i64], b_rows: usize| {
+        let ep = Epilogue {
+            lora: Some(LoraTerm {
+                xa: MatRef::new(&xa, m, r).expect("fits"),
+                b: MatRef::new(&lb[..b_rows * n], b_rows, n).expect("fits"),
+                scale: 1.0,
+                ids: Some(ids),
+            }),
+            ..Epilogue::none()
+        };
+        ep.check(m, n)
+    };
+    assert!(check(&[0, 1, 2, -1], 3 * r).is_ok());
+    for bad in [&[0, 1, 3, -1][..], &[0, -2, 1, 1], &[0, 1, 2]] {
+        let err = check(bad, 3 * r);
+        assert!(
+            matches!(&err, Err(KernelError::Geometry { message, .. }) if message.contains("id")),
+            "{bad:?}: {err:?}"
+        );
+    }
+    assert!(check(&[0, 0, 0, 0], 3 * r - 1).is_err(), "a partial block");
 }
