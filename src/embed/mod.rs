@@ -166,6 +166,8 @@ struct Compiled {
     shape: (usize, usize),
     function: CompiledGraph,
     bindings: Bindings,
+    /// The output buffer `function` runs into, reused across calls.
+    output: TensorData,
 }
 
 /// A BERT encoder plus pooling, eager or JIT-compiled with a cache of compiled shapes.
@@ -257,27 +259,40 @@ impl Embedder {
         let (b, s) = batch.dims();
         let (rows, seq) = (self.batch_bucket(b), self.bucket(s));
         let padded = batch.padded(rows, seq, self.model.config().pad_token_id as i64)?;
+        let d = self.model.config().hidden_size;
         let compiled = self.compiled((rows, seq), fold_lora)?;
         let inputs = [
             TensorData::I64(padded.input_ids.array().clone()),
             TensorData::I64(padded.token_type_ids.array().clone()),
             TensorData::I64(padded.attention_mask.array().clone()),
         ];
-        let out = compiled.function.run(&inputs, &compiled.bindings)?;
-        let h = cranelora_core::export::tensor_from_data::<f32>(&out[0])?;
-        // Back to the caller's shape: drop the bucket's filler rows and pad positions.
-        let d = self.model.config().hidden_size;
-        let all = h.to_vec();
-        let kept = all
-            .chunks(seq * d)
-            .take(b)
-            .flat_map(|r| r[..s * d].iter().copied());
-        Ok(Tensor::from_vec(kept.collect(), &[b, s, d])?)
+        // Into the entry's own buffer: a fresh `[rows, seq, d]` output per
+        // call cost page faults and zeroing (docs/jit.md "MiniLM").
+        let Compiled {
+            function,
+            bindings,
+            output,
+            ..
+        } = compiled;
+        function.run_into(&inputs, bindings, std::slice::from_mut(output))?;
+        let TensorData::F32(h) = &*output else {
+            bail!("internal: the encoder's output is {}, not f32", output.dtype());
+        };
+        // Back to the caller's shape in one copy: drop the bucket's filler
+        // rows and pad positions.
+        let h = h
+            .as_slice()
+            .context("internal: the encoder's output is not contiguous")?;
+        let mut kept = Vec::with_capacity(b * s * d);
+        for row in h.chunks(seq * d).take(b) {
+            kept.extend_from_slice(&row[..s * d]);
+        }
+        Ok(Tensor::from_vec(kept, &[b, s, d])?)
     }
 
     /// The compiled function of `shape`, compiling it (and evicting the
     /// least recently used one) when it is not cached.
-    fn compiled(&mut self, shape: (usize, usize), fold_lora: bool) -> Result<&Compiled> {
+    fn compiled(&mut self, shape: (usize, usize), fold_lora: bool) -> Result<&mut Compiled> {
         if let Some(i) = self.cache.iter().position(|c| c.shape == shape) {
             let hit = self.cache.remove(i).expect("internal: index from position");
             self.cache.push_front(hit);
@@ -297,12 +312,18 @@ impl Embedder {
             if self.cache.len() == CACHE_CAPACITY {
                 self.cache.pop_back();
             }
+            let output = function
+                .outputs()
+                .first()
+                .map(|o| TensorData::full(&o.shape, 0.0, o.dtype))
+                .context("internal: the encoder graph has no output")?;
             self.cache.push_front(Compiled {
                 shape,
                 function,
                 bindings,
+                output,
             });
         }
-        Ok(self.cache.front().expect("internal: just inserted"))
+        Ok(self.cache.front_mut().expect("internal: just inserted"))
     }
 }

@@ -24,7 +24,10 @@
 //! 5. Scale by 2ⁿ in two factors so that subnormal results and the last
 //!    binade before overflow both come out right:
 //!    `n1 ← min(exp2_max_n, max(exp2_min_n, n))`, `n2 ← n − n1`,
-//!    result `(p·2^n1)·2^n2`.
+//!    result `(p·2^n1)·2^n2`. Lanes whose `x` was below `exp_min` get
+//!    `p ← 0` first: eˣ rounds to +0 there anyway, and `0·2^n1·2^n2` gets
+//!    it without the subnormal product and underflow, each a slow microcode
+//!    assist on x86.
 //!
 //! `2^k` for an integral `k` in the normal exponent range is built from bits:
 //! `bits(k + exp2_magic) << mantissa_bits`. Adding the magic constant

@@ -93,13 +93,26 @@ pub(crate) fn map<V: Lanes>(f: Func, x: &[V::E], out: &mut [V::E]) {
 #[inline(always)]
 pub(crate) fn exp<V: Lanes>(x: V) -> V {
     let c = V::E::C;
+    let under = x.lt(V::splat(c.exp_min));
     let x = x.clamp(c.exp_min, c.exp_max);
     let shifter = V::splat(c.round_shifter);
     // n = round(x / ln 2), exact because |x·log2e| < 2^22.
     let n = x.mul_add(V::splat(c.log2e), shifter) - shifter;
     let r = (-n).mul_add(V::splat(c.ln2_hi), x);
     let r = (-n).mul_add(V::splat(c.ln2_lo), r);
-    scale(poly(r, c.exp_poly), n)
+    scale(zero_where(under, poly(r, c.exp_poly)), n)
+}
+
+/// `p` with the lanes of `under` set to +0, before [`scale`]: there eˣ
+/// rounds to +0 anyway (e^exp_min is below half the smallest subnormal),
+/// but `p·2^n1·2^n2` reaches that +0 through a subnormal product and an
+/// underflow, each a microcode assist on x86 (~150 cycles per instruction,
+/// for the whole register) unless flush-to-zero is on. `0·2^n1·2^n2` is
+/// the same +0 at full speed. Attention's masked keys (−3.4e38 fill) made
+/// this the softmax's main cost (docs/jit.md "Masked softmax").
+#[inline(always)]
+fn zero_where<V: Lanes>(under: V::Mask, p: V) -> V {
+    V::select(under, V::splat(V::E::ZERO), p)
 }
 
 /// p·2ⁿ = (p·2^n1)·2^n2 with both factors normal, so that results in the
@@ -128,8 +141,11 @@ fn exp_sum<V: Lanes>(hi: V, lo: V) -> V {
         - shifter;
     let r = (-n).mul_add(V::splat(c.ln2_hi), hi);
     let r = (-n).mul_add(V::splat(c.ln2_lo), r) + lo;
-    let y = scale(poly(r, c.exp_poly), n);
-    V::select(t.lt(V::splat(c.exp_min)), V::splat(V::E::ZERO), y)
+    // Zeroed before the scaling, not after: see `zero_where`.
+    scale(
+        zero_where(t.lt(V::splat(c.exp_min)), poly(r, c.exp_poly)),
+        n,
+    )
 }
 
 /// ln x: fdlibm's reduction to m ∈ (√2/2, √2] and its rational in s = f/(2 + f).

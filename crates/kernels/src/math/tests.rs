@@ -161,6 +161,46 @@ fn special_values_give_limits() {
 }
 
 #[test]
+fn exp_below_exp_min_is_positive_zero() {
+    // Attention's masked scores (the dtype's lowest value) and everything
+    // down to −∞: +0, not −0 or a subnormal, on every path. The first
+    // subnormal-range inputs above `exp_min` still follow libm.
+    for dtype in [DType::F32, DType::F64] {
+        let (lowest, min) = match dtype {
+            DType::F32 => (f64::from(f32::MIN), f64::from(coeffs::F32.exp_min)),
+            _ => (f64::MIN, coeffs::F64.exp_min),
+        };
+        let below = [-f64::INFINITY, lowest, -1e30, min - 1.0, min - 1e-3, min];
+        for isa in Isa::available() {
+            let y = run(isa, Func::Exp, dtype, &below);
+            for (x, y) in below.iter().zip(&y) {
+                assert_eq!(y.to_bits(), 0, "exp({x}) = {y} on {} {dtype}", isa.name());
+            }
+            let sub: Vec<f64> = (1..40).map(|i| min + f64::from(i) * 0.5).collect();
+            let want: Vec<f64> = sub.iter().map(|&x| math_reference(Func::Exp, x)).collect();
+            let got = run(isa, Func::Exp, dtype, &sub);
+            for ((x, g), w) in sub.iter().zip(&got).zip(&want) {
+                let w = if dtype == DType::F32 {
+                    f64::from(*w as f32)
+                } else {
+                    *w
+                };
+                // Subnormal results: within one unit of the smallest subnormal.
+                let ulp = if dtype == DType::F32 {
+                    f64::from(f32::from_bits(1))
+                } else {
+                    f64::from_bits(1)
+                };
+                assert!(
+                    (g - w).abs() <= ulp.max(2e-7 * w.abs()),
+                    "exp({x}) = {g}, libm {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn log_special_values_and_subnormals() {
     let (inf, nan) = (f64::INFINITY, f64::NAN);
     for dtype in [DType::F32, DType::F64] {

@@ -7,6 +7,8 @@ use cranelift_codegen::ir::Value;
 impl Emit<'_, '_> {
     /// eˣ: Cody–Waite reduction, Taylor polynomial, two-step scaling by 2ⁿ.
     pub(super) fn exp(&mut self, x: Value) -> Value {
+        let min = self.splat(self.c.exp_min);
+        let under = self.lt(x, min);
         let x = self.clamp(x, self.c.exp_min, self.c.exp_max);
         let shifter = self.splat(self.c.round_shifter);
         let log2e = self.splat(self.c.log2e);
@@ -18,7 +20,15 @@ impl Emit<'_, '_> {
         let r = self.fma(nn, lo, r);
         let c = self.c;
         let p = self.poly(r, &c.exp_poly);
+        let p = self.zero_where(under, p);
         self.scale(p, n)
+    }
+
+    /// `p` with the lanes of `under` set to +0 before the scaling (the
+    /// kernels' `zero_where`: the same +0 without an underflow assist).
+    fn zero_where(&mut self, under: Value, p: Value) -> Value {
+        let zero = self.splat(0.0);
+        self.select(under, zero, p)
     }
 
     /// p·2ⁿ = (p·2^n1)·2^n2 with both factors normal.
@@ -46,10 +56,10 @@ impl Emit<'_, '_> {
         let r = self.add(r, lo);
         let c = self.c;
         let p = self.poly(r, &c.exp_poly);
-        let y = self.scale(p, n);
-        let (zero, min) = (self.splat(0.0), self.splat(self.c.exp_min));
+        let min = self.splat(self.c.exp_min);
         let under = self.lt(t, min);
-        self.select(under, zero, y)
+        let p = self.zero_where(under, p);
+        self.scale(p, n)
     }
 
     /// ln x: fdlibm's reduction to m ∈ (√2/2, √2] and its rational in s.
