@@ -5,7 +5,8 @@
 //! tasks on the calling thread too, and returns when every task is done.
 //! Idle workers spin for a few tens of microseconds before parking on a
 //! condition variable, so back-to-back kernels (the layers of a forward
-//! pass) do not pay a wake-up each. Work is split over at most [`threads`]
+//! pass) do not pay a wake-up each; the condition variables are only
+//! notified (a system call) when a thread is actually parked on them. Work is split over at most [`threads`]
 //! threads; below [`PARALLEL_MIN_FLOPS`] a kernel stays on the calling thread.
 //!
 //! A call made while the pool is busy (from inside a task, or from a second
@@ -153,6 +154,10 @@ struct State {
     /// Workers that joined the current job so far.
     joins: usize,
     spawned: usize,
+    /// Workers waiting on `Pool::wake` (parked after spinning).
+    parked: usize,
+    /// Whether the caller waits on `Pool::left`.
+    retiring: bool,
 }
 
 struct Pool {
@@ -176,6 +181,8 @@ fn pool() -> &'static Pool {
             max_join: 0,
             joins: 0,
             spawned: 0,
+            parked: 0,
+            retiring: false,
         }),
         wake: Condvar::new(),
         left: Condvar::new(),
@@ -212,8 +219,14 @@ impl Pool {
         st.joins = 0;
         st.epoch += 1;
         self.epoch.store(st.epoch, Ordering::Release);
+        // Workers still spinning see the new epoch without a wake-up; only
+        // parked ones need the (system-call) notification. A worker parks
+        // only after checking the epoch under this lock, so none is missed.
+        let parked = st.parked > 0;
         drop(st);
-        self.wake.notify_all();
+        if parked {
+            self.wake.notify_all();
+        }
     }
 
     /// Withdraws the job and waits until no worker is inside it.
@@ -224,9 +237,11 @@ impl Pool {
             std::hint::spin_loop();
         }
         let mut st = lock(&self.state);
+        st.retiring = true;
         while self.joined.load(Ordering::Acquire) > 0 {
             st = self.left.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+        st.retiring = false;
     }
 
     /// A worker's life: wait for an epoch, join its job if there is room, repeat.
@@ -236,7 +251,9 @@ impl Pool {
             self.spin_for_epoch(seen);
             let mut st = lock(&self.state);
             while st.epoch == seen {
+                st.parked += 1;
                 st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.parked -= 1;
             }
             seen = st.epoch;
             let Some(job) = st.job else { continue };
@@ -253,8 +270,13 @@ impl Pool {
             // for `joined` to reach zero) keeps it alive until we leave below.
             unsafe { &*job.0 }.run(slot);
             if self.joined.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let _st = lock(&self.state);
-                self.left.notify_all();
+                // The caller checks `joined` under the lock before it
+                // waits, so it is either not waiting yet (and will see 0)
+                // or marked `retiring`: no notification is lost.
+                let st = lock(&self.state);
+                if st.retiring {
+                    self.left.notify_all();
+                }
             }
         }
     }

@@ -11,6 +11,8 @@
 //! `nr`-column panels, or of `mr`-row panels when `N` is too narrow to
 //! split or when `B` is prepacked and `A` is tall: see [`rows_pay_off`]),
 //! two per thread; each thread packs into its own slice of the workspace.
+//! Column tasks of a short `A` (at most `mc` rows) share one packed copy of
+//! it instead (see [`SharedA`]).
 
 use super::epilogue::{add_lora_row, LoraTerm};
 use super::kernel::{Elem, Tile};
@@ -19,6 +21,7 @@ use super::select::{Blocking, Family};
 use super::MatRef;
 use crate::{pool, Scalar};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The right-hand operand as the driver sees it.
 pub(super) enum BSource<'a, E> {
@@ -46,6 +49,20 @@ pub(super) fn per_thread_len<E>(bl: Blocking, m: usize, n: usize, k: usize, pack
         packed_b_len(bl.nc.min(n), kc, bl.nr)
     };
     a + b + 2 * align_slack::<E>()
+}
+
+/// Workspace elements for an m×n×k product on the threads it plans to
+/// use: one chunk per thread, plus the packed `A` its column tasks share
+/// (see [`SharedA`]).
+pub(super) fn workspace_len<E>(bl: Blocking, m: usize, n: usize, k: usize, packed: bool) -> usize {
+    let per = per_thread_len::<E>(bl, m, n, k, packed);
+    let threads = planned_threads(bl, m, n, k);
+    let shared = if per == 0 {
+        0
+    } else {
+        shared_a_len::<E>(&Split::new(bl, m, n, threads, packed), k)
+    };
+    per * threads + shared
 }
 
 /// Threads worth using for an m×n×k product: 1 below the flop threshold,
@@ -125,6 +142,102 @@ impl Split {
 fn rows_pay_off(m: usize, n: usize, parts: usize, row_panels: usize) -> bool {
     let tasks = 2 * parts;
     parts > 1 && row_panels >= tasks && m * (tasks - 1) >= n * (parts - 1)
+}
+
+/// Depth blocks of `A` a [`SharedA`] can track (`k` up to 64·`kc`).
+const SHARED_A_BLOCKS: usize = 64;
+
+/// Workspace elements after the per-thread chunks that hold `A` packed
+/// once for all tasks of `split`, or 0 when its tasks do not share `A`:
+/// they must be column tasks (each needs all of `A`), more than one, and
+/// `A` at most one `mc`-row block tall (W1's 64 rows; taller `A` would make
+/// the shared copy as large as `A` itself).
+fn shared_a_len<E>(split: &Split, k: usize) -> usize {
+    let blocks = k.div_ceil(split.bl.kc);
+    let shares = split.tasks > 1 && split.by_columns && split.m <= split.bl.mc;
+    if shares && (1..=SHARED_A_BLOCKS).contains(&blocks) {
+        blocks * packed_a_len(split.m, split.bl.lda) + align_slack::<E>()
+    } else {
+        0
+    }
+}
+
+/// Depth block not packed yet.
+const EMPTY: u8 = 0;
+/// Depth block being packed by the task that claimed it.
+const BUSY: u8 = 1;
+/// Depth block packed: read-only from now on.
+const READY: u8 = 2;
+
+/// `A` (all of its rows) packed once per call for the column tasks, one
+/// `m × kc` block per depth block, instead of once per task.
+///
+/// The first task to reach a depth block claims it and packs it; tasks
+/// that find it packed read it. A task that finds it being packed does not
+/// wait (its packer may have been preempted on a busy machine): it packs
+/// its own copy into its private buffer, as every task did before. W1's
+/// 64×1024×1024 products on 2 threads packed the 256 KiB `A` four times
+/// per call (`memmove` 4.5 % of samples); now about once.
+struct SharedA<E> {
+    ptr: *mut E,
+    block_len: usize,
+    blocks: usize,
+    state: [AtomicU8; SHARED_A_BLOCKS],
+}
+
+// SAFETY: a block is written only by the task that moved its state from
+// EMPTY to BUSY (exclusive), and read only after it was published READY
+// with release ordering (and never written again); the buffer outlives the
+// call's tasks (`run` borrows it for the whole `parallel_for_slots`).
+unsafe impl<E: Send + Sync> Sync for SharedA<E> {}
+
+impl<E> SharedA<E> {
+    /// Shares `buf`, which holds `buf.len() / block_len` depth blocks.
+    fn new(buf: &mut [E], block_len: usize) -> Self {
+        assert!(
+            block_len > 0 && buf.len() / block_len <= SHARED_A_BLOCKS,
+            "internal: shared A size"
+        );
+        Self {
+            ptr: buf.as_mut_ptr(),
+            block_len,
+            blocks: buf.len() / block_len,
+            state: [const { AtomicU8::new(EMPTY) }; SHARED_A_BLOCKS],
+        }
+    }
+
+    /// Depth block `b`, packed by `pack` if no task has claimed it yet;
+    /// `None` while another task is packing it.
+    fn block(&self, b: usize, pack: impl FnOnce(&mut [E])) -> Option<&[E]> {
+        if b >= self.blocks {
+            return None;
+        }
+        let state = &self.state[b];
+        let mut cur = state.load(Ordering::Acquire);
+        if cur == EMPTY {
+            match state.compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => {
+                    // SAFETY: block `b` lies in the buffer (`b < blocks`); winning EMPTY → BUSY makes this task its only
+                    // user until READY is stored below.
+                    let buf = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            self.ptr.add(b * self.block_len),
+                            self.block_len,
+                        )
+                    };
+                    pack(buf);
+                    state.store(READY, Ordering::Release);
+                    cur = READY;
+                }
+                Err(now) => cur = now,
+            }
+        }
+        // SAFETY: in the buffer as above; READY was stored (with release, read here with acquire)
+        // after the block was written, and it is never written again.
+        (cur == READY).then(|| unsafe {
+            std::slice::from_raw_parts(self.ptr.add(b * self.block_len), self.block_len)
+        })
+    }
 }
 
 /// The output matrix as a raw pointer, so threads can write disjoint tiles.
@@ -241,19 +354,25 @@ pub(super) fn run<E: Elem + Scalar>(
         rs,
     };
     if split.parts <= 1 {
-        block(fam, p, (0..m, 0..n), &view, &mut workspace[..per]);
+        block(fam, p, (0..m, 0..n), &view, &mut workspace[..per], None);
         return;
     }
+    let (chunks, rest) = workspace.split_at_mut(split.parts * per);
+    let shared_len = shared_a_len::<E>(&split, p.k);
+    let shared = (shared_len > 0 && rest.len() >= shared_len).then(|| {
+        let (buf, _) = take_aligned(rest, shared_len - align_slack::<E>());
+        SharedA::new(buf, packed_a_len(m, bl.lda))
+    });
     let chunks = Chunks {
-        ptr: workspace.as_mut_ptr(),
+        ptr: chunks.as_mut_ptr(),
         per,
     };
     pool::parallel_for_slots(split.tasks, split.parts, &|task, slot| {
-        // SAFETY: slot < parts ≤ workspace.len() / per, and parallel_for_slots
-        // never runs two tasks with the same slot at once, so chunk `slot` is
-        // in bounds and used by this thread only.
+        // SAFETY: slot < parts and the chunks hold parts·per elements, and
+        // parallel_for_slots never runs two tasks with the same slot at once,
+        // so chunk `slot` is in bounds and used by this thread only.
         let ws = unsafe { chunks.chunk(slot) };
-        block(fam, p, split.part(task), &view, ws);
+        block(fam, p, split.part(task), &view, ws, shared.as_ref());
     });
 }
 
@@ -320,6 +439,7 @@ fn block<E: Elem + Scalar>(
     (rows, cols): (Range<usize>, Range<usize>),
     c: &CView<E>,
     ws: &mut [E],
+    shared: Option<&SharedA<E>>,
 ) {
     let _daz = DenormalsAreZero::set();
     let bl = fam.blocking;
@@ -351,10 +471,18 @@ fn block<E: Elem + Scalar>(
             let beta = if pc == 0 { p.beta } else { E::ONE };
             for ic in rows.clone().step_by(bl.mc) {
                 let mc = bl.mc.min(rows.end - ic);
-                pack_a(p.a, ic..ic + mc, pc..pc + kc, bl.lda, a_buf);
+                let pack = |buf: &mut [E]| pack_a(p.a, ic..ic + mc, pc..pc + kc, bl.lda, buf);
+                // A shared `A` is all rows in one block (`shared_a_len`).
+                let a = match shared.and_then(|s| s.block(pc / bl.kc, pack)) {
+                    Some(a) => a,
+                    None => {
+                        pack(a_buf);
+                        &*a_buf
+                    }
+                };
                 let at = Macro {
                     kc,
-                    a: a_buf,
+                    a,
                     b: &panels,
                     origin: (ic, jc),
                     size: (mc, nc),
@@ -585,5 +713,63 @@ mod tests {
             assert_eq!(s.tasks, if parts > 1 { 2 * parts } else { 1 }, "{case}");
             assert_tiles(&s, &case);
         }
+    }
+
+    #[test]
+    fn short_column_split_products_share_packed_a() {
+        // (m, n, k, parts, B prepacked) → depth blocks of A shared
+        let cases = [
+            ((64, 1024, 1024, 2, true), 4),     // W1: 4 column tasks
+            ((64, 1024, 1024, 2, false), 4),    // B packed per call: columns too
+            ((144, 1024, 257, 2, true), 2),     // m = mc, k crosses a block
+            ((145, 1024, 300, 2, true), 0),     // two row blocks: not shared
+            ((64, 1024, 1024, 1, true), 0),     // one task
+            ((1024, 384, 384, 2, true), 0),     // row split
+            ((64, 1024, 65 * 256, 2, true), 0), // more depth blocks than tracked
+        ];
+        for ((m, n, k, parts, packed), blocks) in cases {
+            let s = Split::new(BL, m, n, parts, packed);
+            let len = shared_a_len::<f32>(&s, k);
+            let expected = match blocks {
+                0 => 0,
+                b => b * m * BL.lda + align_slack::<f32>(),
+            };
+            assert_eq!(
+                len, expected,
+                "{m}×{n}×{k} on {parts} threads, packed {packed}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_a_blocks_are_packed_once() {
+        let mut buf = vec![0.0f32; 3 * 8];
+        let shared = SharedA::new(&mut buf, 8);
+        let packs = std::sync::atomic::AtomicUsize::new(0);
+        let fill = |v: f32| {
+            let packs = &packs;
+            move |b: &mut [f32]| {
+                packs.fetch_add(1, Ordering::Relaxed);
+                b.fill(v);
+            }
+        };
+        assert_eq!(shared.block(1, fill(1.0)), Some(&[1.0; 8][..]));
+        // Already packed: read, not packed again.
+        assert_eq!(shared.block(1, fill(2.0)), Some(&[1.0; 8][..]));
+        assert_eq!(packs.load(Ordering::Relaxed), 1);
+        // Claimed by another task: the caller packs privately instead.
+        shared.state[2].store(BUSY, Ordering::Relaxed);
+        assert_eq!(shared.block(2, fill(3.0)), None);
+        assert_eq!(shared.block(3, fill(3.0)), None, "past the buffer");
+        assert_eq!(packs.load(Ordering::Relaxed), 1);
+        // Every task of a parallel call gets the same packed block.
+        let shared = SharedA::new(&mut buf, 8);
+        pool::parallel_for(16, &|t| {
+            let got = shared.block(t % 3, fill((t % 3) as f32 + 10.0));
+            if let Some(b) = got {
+                assert!(b.iter().all(|&x| x == (t % 3) as f32 + 10.0));
+            }
+        });
+        assert!(packs.load(Ordering::Relaxed) <= 1 + 3);
     }
 }

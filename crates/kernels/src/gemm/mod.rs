@@ -170,16 +170,17 @@ impl<T: Scalar> Rhs<'_, T> {
 /// This covers one packing buffer per thread for as many threads as the
 /// product will use under the current [`pool::threads`](crate::pool::threads)
 /// (one for products below
-/// [`PARALLEL_MIN_FLOPS`](crate::pool::PARALLEL_MIN_FLOPS)). A shorter
-/// workspace is still accepted down to one thread's share: the product
-/// then runs on fewer threads. Prepacked `B` needs less.
+/// [`PARALLEL_MIN_FLOPS`](crate::pool::PARALLEL_MIN_FLOPS)), and, for a
+/// product of at most `mc` rows split by columns, room for `A` packed once
+/// and shared by the threads. A shorter workspace is still accepted down to
+/// one thread's share: the product then runs on fewer threads, or packs `A`
+/// once per task. Prepacked `B` needs less.
 pub fn workspace_len<T: Scalar>(m: usize, n: usize, k: usize, rhs_packed: bool) -> usize {
     workspace_len_on::<T>(Isa::detect(), m, n, k, rhs_packed)
 }
 
 fn workspace_len_on<T: Scalar>(isa: Isa, m: usize, n: usize, k: usize, packed: bool) -> usize {
-    let bl = select::blocking::<T>(isa);
-    driver::per_thread_len::<T>(bl, m, n, k, packed) * driver::planned_threads(bl, m, n, k)
+    driver::workspace_len::<T>(select::blocking::<T>(isa), m, n, k, packed)
 }
 
 /// `C ← α·A·B + β·C`, using `workspace` for packing (no allocation).
@@ -554,6 +555,38 @@ mod tests {
             }
         }
         crate::pool::set_threads(0);
+    }
+
+    /// Short, wide products on two threads, which the driver cuts into
+    /// column tasks sharing one packed `A` (`driver::SharedA`): `k` over
+    /// one, two and three depth blocks, `m` up to `mc`, packed and
+    /// unpacked `B` (144 rows with a prepacked `B` go by rows instead).
+    fn check_short_wide<T: Scalar>(seed: u64) {
+        crate::pool::set_threads(2);
+        let mut rng = Rng(seed);
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            for shape in [
+                (64, 300, 600),
+                (144, 200, 513),
+                (20, 500, 257),
+                (64, 160, 200),
+            ] {
+                for _ in 0..2 {
+                    check_product::<T>(isa, &mut rng, shape, false);
+                }
+            }
+        }
+        crate::pool::set_threads(0);
+    }
+
+    #[test]
+    fn short_wide_products_share_packed_a_and_match_reference_f32() {
+        check_short_wide::<f32>(0x5a4e_d0a0_f32f_0001);
+    }
+
+    #[test]
+    fn short_wide_products_share_packed_a_and_match_reference_f64() {
+        check_short_wide::<f64>(0x5a4e_d0a0_f64f_0002);
     }
 
     #[test]
