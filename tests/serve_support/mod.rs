@@ -1,5 +1,5 @@
 //! The models, servers and thread harness of the serving tests
-//! (`serve.rs`, `serve_race.rs`).
+//! (`serve.rs`, `serve_formats.rs`, `serve_race.rs`).
 #![allow(dead_code)] // each test crate uses a part
 
 use cranelora::core::export::InputSpec;

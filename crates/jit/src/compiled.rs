@@ -24,11 +24,16 @@
 //! [`CompiledGraph::run_updating`]: the output slot of each update is then
 //! the buffer bound to its Parameter, in a `&mut Bindings`.
 
+mod checks;
+
+pub(crate) use checks::data_ptr;
+
 use crate::compile::CompileReport;
 use crate::inplace::Update;
 use crate::lower::Plans;
 use crate::runtime::{INDEX_OUT_OF_RANGE, KERNEL_ERROR, OK};
 use crate::{Bindings, Error, Result};
+use checks::{bound_ptr, check, check_bound, count, data_ptr_mut, not_contiguous};
 use cranelift_jit::JITModule;
 use cranelora_graph::{DType, NodeDesc, Shape, TensorData};
 use std::collections::HashMap;
@@ -446,98 +451,5 @@ impl Drop for CompiledGraph {
             // with `self`.
             unsafe { module.free_memory() };
         }
-    }
-}
-
-fn count(what: &'static str, expected: usize, actual: usize) -> Result<()> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(Error::Count {
-            what,
-            expected,
-            actual,
-        })
-    }
-}
-
-/// Checks dtype and shape without allocating (`TensorData::shape` would).
-fn check(what: &'static str, spec: &Spec, t: &TensorData) -> Result<()> {
-    check_named(what, &spec.name, spec, t)
-}
-
-/// [`check`], naming the buffer `name` in the error.
-fn check_named(what: &'static str, name: &str, spec: &Spec, t: &TensorData) -> Result<()> {
-    let dims = match t {
-        TensorData::F32(a) => a.shape(),
-        TensorData::F64(a) => a.shape(),
-        TensorData::I64(a) => a.shape(),
-    };
-    if t.dtype() != spec.dtype || dims != spec.shape.dims() {
-        return Err(Error::Mismatch {
-            what,
-            name: name.into(),
-            expected_shape: spec.shape.clone(),
-            expected_dtype: spec.dtype,
-            actual_shape: t.shape(),
-            actual_dtype: t.dtype(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a bound buffer (`name` in the bindings) against `spec`.
-fn check_bound(what: &'static str, spec: &Spec, t: Option<&TensorData>, name: &str) -> Result<()> {
-    let t = t.ok_or_else(|| Error::MissingBinding { name: name.into() })?;
-    check_named(what, name, spec, t)?;
-    match data_ptr(t) {
-        Some(_) => Ok(()),
-        None => Err(Error::NotContiguous {
-            what,
-            name: name.into(),
-        }),
-    }
-}
-
-/// Checks a bound buffer for writing and returns its address.
-fn bound_ptr(
-    what: &'static str,
-    spec: &Spec,
-    t: Option<&mut TensorData>,
-    name: &str,
-) -> Result<usize> {
-    let t = t.ok_or_else(|| Error::MissingBinding { name: name.into() })?;
-    check_named(what, name, spec, t)?;
-    match data_ptr_mut(t) {
-        Some(p) => Ok(p as usize),
-        None => Err(Error::NotContiguous {
-            what,
-            name: name.into(),
-        }),
-    }
-}
-
-fn not_contiguous(what: &'static str, spec: &Spec) -> Error {
-    Error::NotContiguous {
-        what,
-        name: spec.name.clone(),
-    }
-}
-
-/// The first element's address, if the data is contiguous in row-major order.
-pub(crate) fn data_ptr(t: &TensorData) -> Option<*const u8> {
-    match t {
-        TensorData::F32(a) => a.as_slice().map(|s| s.as_ptr().cast::<u8>()),
-        TensorData::F64(a) => a.as_slice().map(|s| s.as_ptr().cast::<u8>()),
-        TensorData::I64(a) => a.as_slice().map(|s| s.as_ptr().cast::<u8>()),
-    }
-}
-
-/// [`data_ptr`] for writing.
-fn data_ptr_mut(t: &mut TensorData) -> Option<*mut u8> {
-    match t {
-        TensorData::F32(a) => a.as_slice_mut().map(|s| s.as_mut_ptr().cast::<u8>()),
-        TensorData::F64(a) => a.as_slice_mut().map(|s| s.as_mut_ptr().cast::<u8>()),
-        TensorData::I64(a) => a.as_slice_mut().map(|s| s.as_mut_ptr().cast::<u8>()),
     }
 }
