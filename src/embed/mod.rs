@@ -276,7 +276,10 @@ impl Embedder {
         } = compiled;
         function.run_into(&inputs, bindings, std::slice::from_mut(output))?;
         let TensorData::F32(h) = &*output else {
-            bail!("internal: the encoder's output is {}, not f32", output.dtype());
+            bail!(
+                "internal: the encoder's output is {}, not f32",
+                output.dtype()
+            );
         };
         // Back to the caller's shape in one copy: drop the bucket's filler
         // rows and pad positions.
