@@ -31,13 +31,14 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [w, mode, n] = args.as_slice() else {
         bail!(
-            "usage: profile W1|W2|W3|W4 eager|interp|jit|jit-folded|merged-eager|rustc-baseline N"
+            "usage: profile W1|W2|W3|W4 eager|interp|jit|jit-bound|jit-folded|merged-eager|rustc-baseline N"
         );
     };
     let modes = [
         Mode::Eager,
         Mode::Interp,
         Mode::Jit,
+        Mode::JitBound,
         Mode::JitFolded,
         Mode::MergedEager,
         Mode::RustcBaseline,

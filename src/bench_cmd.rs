@@ -148,6 +148,10 @@ fn print_table(report: &Report) {
             ratio(Workload::W2, Mode::Jit, Mode::RustcBaseline),
         ),
         (
+            "W2 jit-bound / rustc-baseline",
+            ratio(Workload::W2, Mode::JitBound, Mode::RustcBaseline),
+        ),
+        (
             "W3 eager / jit",
             ratio(Workload::W3, Mode::Eager, Mode::Jit),
         ),

@@ -41,6 +41,7 @@ fn color(mode: Mode) -> &'static str {
         Mode::Eager => "#7f7f7f",
         Mode::Interp => "#d62728",
         Mode::Jit => "#1f77b4",
+        Mode::JitBound => "#17becf",
         Mode::JitFolded => "#2ca02c",
         Mode::MergedEager => "#9467bd",
         Mode::RustcBaseline => "#ff7f0e",

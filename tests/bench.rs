@@ -42,6 +42,7 @@ fn bench_w2_quick_writes_the_json_schema() {
             "eager",
             "interp",
             "jit",
+            "jit-bound",
             "jit-folded",
             "merged-eager",
             "rustc-baseline"

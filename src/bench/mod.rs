@@ -5,7 +5,9 @@
 //! exported graph through the graph interpreter), `jit` (Serving export,
 //! adapters bound at run time, LoRA folding off), `jit-folded` (Inference
 //! export, LoRA folding on), `merged-eager` (eager forward of the merged
-//! model) and, for W2, `rustc-baseline` ([`baseline`]). Before a mode is
+//! model) and, for W2, `jit-bound` (jit's graph called through a
+//! `BoundGraph`, the documented latency path: bindings resolved once) and
+//! `rustc-baseline` ([`baseline`]). Before a mode is
 //! timed its output is checked against eager's, so a wrong fast path is a
 //! failure, not a number.
 //!
@@ -70,7 +72,15 @@ impl Workload {
         use Mode::*;
         match self {
             Self::W1 | Self::W3 => &[Eager, Interp, Jit, JitFolded, MergedEager],
-            Self::W2 => &[Eager, Interp, Jit, JitFolded, MergedEager, RustcBaseline],
+            Self::W2 => &[
+                Eager,
+                Interp,
+                Jit,
+                JitBound,
+                JitFolded,
+                MergedEager,
+                RustcBaseline,
+            ],
             Self::W4 => &[Eager, Interp, Jit],
             Self::W5 => &[],
         }
@@ -86,6 +96,9 @@ pub enum Mode {
     Interp,
     /// Compiled, adapters unmerged and bound at run time (Serving export, LoRA folding off).
     Jit,
+    /// [`Mode::Jit`]'s compiled graph called through a `BoundGraph`
+    /// (`CompiledGraph::bind`: Parameters checked and resolved once).
+    JitBound,
     /// Compiled, LoRA folded into the base weights (Inference export, folding on).
     JitFolded,
     /// Eager forward of the merged plain model.
@@ -101,6 +114,7 @@ impl Mode {
             Self::Eager => "eager",
             Self::Interp => "interp",
             Self::Jit => "jit",
+            Self::JitBound => "jit-bound",
             Self::JitFolded => "jit-folded",
             Self::MergedEager => "merged-eager",
             Self::RustcBaseline => "rustc-baseline",
@@ -401,6 +415,21 @@ pub fn build_forward<'a>(
                 output,
                 Box::new(move || {
                     interpret(&g, &values, &b)?;
+                    Ok(())
+                }),
+            ))
+        }
+        Mode::JitBound => {
+            let g = export(model, x, ExportMode::Serving)?;
+            let b = Bindings::from_map(&bindings_for(model, &g)?)?;
+            let c = compile(&g, &JitOptions::default().with_lora_fold(false))?;
+            let mut bound = std::sync::Arc::new(c).bind(std::sync::Arc::new(b))?;
+            let mut out = bound.run(&values)?;
+            let output = out[0].to_f64_vec();
+            Ok((
+                output,
+                Box::new(move || {
+                    bound.run_into(&values, &mut out)?;
                     Ok(())
                 }),
             ))

@@ -5,7 +5,15 @@ use cranelora_graph::TensorData;
 use cranelora_kernels::gemm::{MatRef, PackedRhs};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// The next [`Bindings::stamp`]; 0 is never handed out.
+static NEXT_STAMP: AtomicU64 = AtomicU64::new(1);
+
+fn next_stamp() -> u64 {
+    NEXT_STAMP.fetch_add(1, Ordering::Relaxed)
+}
 
 /// FNV-1a over a parameter name's bytes. Every call looks up each of its
 /// Parameters by name, and SipHash (std's default, built to resist
@@ -54,16 +62,49 @@ pub(crate) enum PackedWeight {
 /// A 2-D weight bound with [`Bindings::insert_packed`] also carries a copy
 /// packed for the GEMM: a compiled product `x·W` reading that Parameter as
 /// its right operand uses it instead of packing W on every call.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 pub struct Bindings {
     map: NameMap<TensorData>,
     packed: NameMap<Arc<PackedWeight>>,
+    /// See [`Bindings::stamp`].
+    stamp: u64,
+}
+
+impl Default for Bindings {
+    fn default() -> Self {
+        Self {
+            map: NameMap::default(),
+            packed: NameMap::default(),
+            stamp: next_stamp(),
+        }
+    }
+}
+
+/// A clone is another set of buffers, so it gets a stamp of its own.
+impl Clone for Bindings {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+            packed: self.packed.clone(),
+            stamp: next_stamp(),
+        }
+    }
 }
 
 impl Bindings {
     /// No bindings.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A number unique in the process to this value in its current state:
+    /// new on creation, on clone and on every change (`insert`,
+    /// `insert_packed`, `remove`, `get_mut`). A compiled graph keeps the
+    /// checked Parameter pointers of its last call with it and reuses them
+    /// while the stamp is the same (`compiled.rs`), so the soundness of
+    /// calls depends on every `&mut self` method here taking a new one.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Binds `name` to `value`.
@@ -78,6 +119,7 @@ impl Bindings {
                 name,
             });
         }
+        self.stamp = next_stamp();
         self.packed.remove(&name);
         self.map.insert(name, value);
         Ok(())
@@ -97,6 +139,7 @@ impl Bindings {
         let name = name.into();
         let packed = pack(&name, &value)?;
         self.insert(name.clone(), value)?;
+        self.stamp = next_stamp();
         self.packed.insert(name, Arc::new(packed));
         Ok(())
     }
@@ -122,6 +165,7 @@ impl Bindings {
 
     /// Removes the binding of `name`.
     pub fn remove(&mut self, name: &str) {
+        self.stamp = next_stamp();
         self.map.remove(name);
         self.packed.remove(name);
     }
@@ -134,6 +178,7 @@ impl Bindings {
     /// The value bound to `name`, for writing in place (training steps).
     /// Drops the packed copy of `name`, which the caller may make stale.
     pub(crate) fn get_mut(&mut self, name: &str) -> Option<&mut TensorData> {
+        self.stamp = next_stamp();
         self.packed.remove(name);
         self.map.get_mut(name)
     }

@@ -24,8 +24,11 @@
 //! [`CompiledGraph::run_updating`]: the output slot of each update is then
 //! the buffer bound to its Parameter, in a `&mut Bindings`.
 
+mod bound;
 mod checks;
+mod updating;
 
+pub use bound::BoundGraph;
 pub(crate) use checks::data_ptr;
 
 use crate::compile::CompileReport;
@@ -33,7 +36,7 @@ use crate::inplace::Update;
 use crate::lower::Plans;
 use crate::runtime::{INDEX_OUT_OF_RANGE, KERNEL_ERROR, OK};
 use crate::{Bindings, Error, Result};
-use checks::{bound_ptr, check, check_bound, count, data_ptr_mut, not_contiguous};
+use checks::{check, count, data_ptr_mut, not_contiguous};
 use cranelift_jit::JITModule;
 use cranelora_graph::{DType, NodeDesc, Shape, TensorData};
 use std::collections::HashMap;
@@ -56,10 +59,18 @@ pub struct Spec {
 struct Line([u8; 64]);
 
 /// The per-call state: the arena, the pointer tables and the status words.
+///
+/// `ptrs` is the ABI's pointer table, one slot per input, Parameter, output
+/// and packed slot, in that order. Its Parameter and packed slots are kept
+/// between calls: `params_of` is the [`Bindings::stamp`] they were checked
+/// and filled from (0: none), so a call with the same, unchanged bindings
+/// skips the name lookups and checks.
+#[derive(Default)]
 struct CallState {
     arena: Vec<Line>,
     ptrs: Vec<usize>,
     status: [i64; 4],
+    params_of: u64,
 }
 
 /// Calls that may hold a [`CallState`] at once without allocating.
@@ -183,13 +194,17 @@ impl CompiledGraph {
     /// # Errors
     /// As [`CompiledGraph::run_into`].
     pub fn run(&self, inputs: &[TensorData], bindings: &Bindings) -> Result<Vec<TensorData>> {
-        let mut outputs: Vec<TensorData> = self
-            .outputs
-            .iter()
-            .map(|s| TensorData::full(&s.shape, 0.0, s.dtype))
-            .collect();
+        let mut outputs = self.new_outputs();
         self.run_into(inputs, bindings, &mut outputs)?;
         Ok(outputs)
+    }
+
+    /// Zero tensors of the outputs' dtypes and shapes.
+    fn new_outputs(&self) -> Vec<TensorData> {
+        self.outputs
+            .iter()
+            .map(|s| TensorData::full(&s.shape, 0.0, s.dtype))
+            .collect()
     }
 
     /// Runs the graph writing into `outputs` (one per graph output, of its
@@ -218,30 +233,25 @@ impl CompiledGraph {
         bindings: &Bindings,
         outputs: &mut [TensorData],
     ) -> Result<()> {
-        count("inputs", self.inputs.len(), len)?;
-        count("outputs", self.outputs.len(), outputs.len())?;
-        self.with_state(|state| self.fill_ptrs(state, inputs, bindings, outputs))
+        let mut state = self.take_state();
+        let result = self.run_with(&mut state, len, inputs, bindings, outputs);
+        self.give_back(state);
+        result
     }
 
-    /// Runs the graph updating Parameters in place: the new value of each
-    /// update is written into the buffer `storage` binds to its Parameter;
-    /// `outputs` receives the other outputs, in order. Allocates nothing
-    /// once the arena pool is warm.
-    ///
-    /// # Errors
-    /// As [`CompiledGraph::run_into`] (`outputs` counts only the outputs
-    /// that are not updates); an update's binding is checked against its
-    /// output's dtype and shape.
-    pub(crate) fn run_updating(
+    /// [`Self::run_into_iter`] on a call state the caller holds.
+    fn run_with<'t>(
         &self,
-        inputs: &[TensorData],
-        storage: &mut Bindings,
+        state: &mut CallState,
+        len: usize,
+        inputs: impl IntoIterator<Item = &'t TensorData>,
+        bindings: &Bindings,
         outputs: &mut [TensorData],
     ) -> Result<()> {
-        count("inputs", self.inputs.len(), inputs.len())?;
-        let plain = self.outputs.len() - self.updates.len();
-        count("outputs", plain, outputs.len())?;
-        self.with_state(|state| self.fill_ptrs_updating(state, inputs, storage, outputs))
+        count("inputs", self.inputs.len(), len)?;
+        count("outputs", self.outputs.len(), outputs.len())?;
+        self.fill_ptrs(state, inputs, bindings, outputs)?;
+        self.call(state)
     }
 
     /// One call: takes an arena from the pool, lets `fill` check the
@@ -249,73 +259,9 @@ impl CompiledGraph {
     /// and gives the arena back.
     fn with_state(&self, fill: impl FnOnce(&mut CallState) -> Result<()>) -> Result<()> {
         let mut state = self.take_state();
-        state.ptrs.clear();
         let result = fill(&mut state).and_then(|()| self.call(&mut state));
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(state);
+        self.give_back(state);
         result
-    }
-
-    /// Checks every buffer of `storage` the graph reads or updates, without running.
-    ///
-    /// # Errors
-    /// [`Error::MissingBinding`], [`Error::Mismatch`], [`Error::NotContiguous`].
-    pub(crate) fn check_storage(&self, storage: &Bindings) -> Result<()> {
-        for spec in &self.params {
-            check_bound("parameter", spec, storage.get(&spec.name), &spec.name)?;
-        }
-        for u in &self.updates {
-            let spec = &self.outputs[u.output];
-            check_bound("parameter", spec, storage.get(&u.parameter), &u.parameter)?;
-        }
-        Ok(())
-    }
-
-    /// [`CompiledGraph::fill_ptrs`] for [`CompiledGraph::run_updating`]:
-    /// each buffer of `storage` is borrowed mutably once and its pointer
-    /// listed both as a parameter and as its update's output slot.
-    fn fill_ptrs_updating(
-        &self,
-        state: &mut CallState,
-        inputs: &[TensorData],
-        storage: &mut Bindings,
-        outputs: &mut [TensorData],
-    ) -> Result<()> {
-        self.fill_inputs(state, inputs)?;
-        let np = self.params.len();
-        for spec in &self.params {
-            let t = storage.get_mut(&spec.name);
-            state
-                .ptrs
-                .push(bound_ptr("parameter", spec, t, &spec.name)?);
-        }
-        let first_param = self.inputs.len();
-        let mut plain = outputs.iter_mut();
-        for (k, spec) in self.outputs.iter().enumerate() {
-            let ptr = match self.update_of[k].map(|i| &self.updates[i]) {
-                Some(Update { param: Some(p), .. }) => state.ptrs[first_param + *p],
-                Some(u) => {
-                    let t = storage.get_mut(&u.parameter);
-                    bound_ptr("parameter", spec, t, &u.parameter)?
-                }
-                None => {
-                    let t = plain.next().expect("internal: counted");
-                    check("output", spec, t)?;
-                    data_ptr_mut(t).ok_or_else(|| not_contiguous("output", spec))? as usize
-                }
-            };
-            state.ptrs.push(ptr);
-        }
-        // Buffers updated in place have no packed copy (`Bindings::get_mut`).
-        let packed = self._plans.packed_params.len();
-        state.ptrs.extend(std::iter::repeat_n(0, packed));
-        debug_assert_eq!(
-            state.ptrs.len(),
-            first_param + np + self.outputs.len() + packed
-        );
-        Ok(())
     }
 
     /// Checks the inputs and lists their pointers.
@@ -325,11 +271,9 @@ impl CompiledGraph {
         inputs: impl IntoIterator<Item = &'t TensorData>,
     ) -> Result<()> {
         let mut n = 0;
-        for (spec, t) in self.inputs.iter().zip(inputs) {
+        for ((spec, t), slot) in self.inputs.iter().zip(inputs).zip(&mut state.ptrs) {
             check("input", spec, t)?;
-            state
-                .ptrs
-                .push(data_ptr(t).ok_or_else(|| not_contiguous("input", spec))? as usize);
+            *slot = data_ptr(t).ok_or_else(|| not_contiguous("input", spec))? as usize;
             n += 1;
         }
         // The code reads one pointer per input: never fewer.
@@ -337,6 +281,8 @@ impl CompiledGraph {
     }
 
     /// Checks every buffer and lists its pointer: inputs, params, outputs.
+    /// The Parameter and packed slots are reused when `state` holds them
+    /// for `bindings` as they are now (see [`CallState`]).
     fn fill_ptrs<'t>(
         &self,
         state: &mut CallState,
@@ -345,30 +291,48 @@ impl CompiledGraph {
         outputs: &mut [TensorData],
     ) -> Result<()> {
         self.fill_inputs(state, inputs)?;
-        for spec in &self.params {
+        if state.params_of != bindings.stamp() {
+            self.refill_params(state, bindings)?;
+        }
+        let first = self.inputs.len() + self.params.len();
+        let slots = &mut state.ptrs[first..first + self.outputs.len()];
+        for ((spec, t), slot) in self.outputs.iter().zip(outputs.iter_mut()).zip(slots) {
+            check("output", spec, t)?;
+            *slot = data_ptr_mut(t).ok_or_else(|| not_contiguous("output", spec))? as usize;
+        }
+        Ok(())
+    }
+
+    /// [`Self::fill_params`], recording whose they are in `params_of`.
+    fn refill_params(&self, state: &mut CallState, bindings: &Bindings) -> Result<()> {
+        state.params_of = 0;
+        self.fill_params(state, bindings)?;
+        state.params_of = bindings.stamp();
+        Ok(())
+    }
+
+    /// Checks every Parameter's binding and lists its pointer, and the
+    /// packed copy (or null) of each packed slot.
+    fn fill_params(&self, state: &mut CallState, bindings: &Bindings) -> Result<()> {
+        let first = self.inputs.len();
+        for (spec, slot) in self.params.iter().zip(&mut state.ptrs[first..]) {
             let t = bindings
                 .get(&spec.name)
                 .ok_or_else(|| Error::MissingBinding {
                     name: spec.name.clone(),
                 })?;
             check("parameter", spec, t)?;
-            state
-                .ptrs
-                .push(data_ptr(t).ok_or_else(|| not_contiguous("parameter", spec))? as usize);
+            *slot = data_ptr(t).ok_or_else(|| not_contiguous("parameter", spec))? as usize;
         }
-        for (spec, t) in self.outputs.iter().zip(outputs.iter_mut()) {
-            check("output", spec, t)?;
-            state
-                .ptrs
-                .push(data_ptr_mut(t).ok_or_else(|| not_contiguous("output", spec))? as usize);
-        }
-        for &i in &self._plans.packed_params {
+        let first_packed = first + self.params.len() + self.outputs.len();
+        let slots = &mut state.ptrs[first_packed..];
+        for (&i, slot) in self._plans.packed_params.iter().zip(slots) {
             let spec = &self.params[i];
             let &[k, n] = spec.shape.dims() else {
                 unreachable!("internal: packed slots are 2-D")
             };
             let f64 = spec.dtype == DType::F64;
-            state.ptrs.push(bindings.packed_ptr(&spec.name, f64, k, n));
+            *slot = bindings.packed_ptr(&spec.name, f64, k, n);
         }
         Ok(())
     }
@@ -382,7 +346,11 @@ impl CompiledGraph {
         // ABI of the module docs, and its module is alive (freed only in
         // drop). `fill_ptrs` checked every input, parameter and output
         // buffer: dtype, shape (hence length) and contiguity, and listed
-        // their addresses in ABI order; output buffers are `&mut` (no
+        // their addresses in ABI order. Parameter slots it kept from an
+        // earlier call (`params_of`) point into the bindings of this call:
+        // a stamp is unique to one `Bindings` value in one state (a new one
+        // on creation, clone and every change, bindings.rs), and that value
+        // is borrowed for this whole call. Output buffers are `&mut` (no
         // aliasing), except that `fill_ptrs_updating` lists the buffer of an
         // updated Parameter twice (parameter and output slot), from one
         // `&mut` borrow of the bindings held for the whole call: the memory
@@ -427,14 +395,24 @@ impl CompiledGraph {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         pooled.unwrap_or_else(|| CallState {
             arena: vec![Line([0; 64]); self.arena_bytes.div_ceil(64).max(1)],
-            ptrs: Vec::with_capacity(
+            ptrs: vec![
+                0;
                 self.inputs.len()
                     + self.params.len()
                     + self.outputs.len()
-                    + self._plans.packed_params.len(),
-            ),
+                    + self._plans.packed_params.len()
+            ],
             status: [0; 4],
+            params_of: 0,
         })
+    }
+
+    /// Returns a call state to the pool.
+    fn give_back(&self, state: CallState) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(state);
     }
 }
 

@@ -54,7 +54,7 @@ mod train;
 
 pub use bindings::{Bindings, SharedBindings};
 pub use compile::{compile, CompileReport, JitOptions};
-pub use compiled::{CompiledGraph, Spec};
+pub use compiled::{BoundGraph, CompiledGraph, Spec};
 pub use error::{Error, Result};
 pub use inplace::Update;
 pub use train::Trainer;

@@ -1,4 +1,4 @@
-//! Proves that `CompiledGraph::run_into` and `Trainer::step` allocate
+//! Proves that `CompiledGraph::run_into`, `BoundGraph::run_into` and `Trainer::step` allocate
 //! nothing once warm: a counting global allocator around the calls (its own
 //! test binary, no harness, so no other test allocates concurrently).
 
@@ -129,4 +129,19 @@ fn run_into_allocates_nothing() {
         "run_into allocated {allocated} times in 100 calls"
     );
     println!("alloc: run_into made 0 allocations in 100 calls");
+
+    let c = std::sync::Arc::new(c);
+    let mut bound = c.bind(std::sync::Arc::new(b)).expect("bind");
+    let expected = outs.clone();
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        bound.run_into(&inputs, &mut outs).expect("run");
+    }
+    let allocated = ALLOCS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        allocated, 0,
+        "BoundGraph::run_into allocated {allocated} times in 100 calls"
+    );
+    assert_eq!(outs, expected);
+    println!("alloc: BoundGraph::run_into made 0 allocations in 100 calls");
 }

@@ -34,17 +34,29 @@ pub(super) fn check_named(
         TensorData::F64(a) => a.shape(),
         TensorData::I64(a) => a.shape(),
     };
-    if t.dtype() != spec.dtype || dims != spec.shape.dims() {
-        return Err(Error::Mismatch {
-            what,
-            name: name.into(),
-            expected_shape: spec.shape.clone(),
-            expected_dtype: spec.dtype,
-            actual_shape: t.shape(),
-            actual_dtype: t.dtype(),
-        });
+    if t.dtype() != spec.dtype || !same_dims(dims, spec.shape.dims()) {
+        return Err(mismatch(what, name, spec, t));
     }
     Ok(())
+}
+
+/// `a == b` without the `memcmp` call slice equality makes: tensors have a
+/// few dims, and this runs for every buffer of every call.
+#[inline]
+fn same_dims(a: &[usize], b: &[usize]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+#[cold]
+fn mismatch(what: &'static str, name: &str, spec: &Spec, t: &TensorData) -> Error {
+    Error::Mismatch {
+        what,
+        name: name.into(),
+        expected_shape: spec.shape.clone(),
+        expected_dtype: spec.dtype,
+        actual_shape: t.shape(),
+        actual_dtype: t.dtype(),
+    }
 }
 
 /// Checks a bound buffer (`name` in the bindings) against `spec`.
