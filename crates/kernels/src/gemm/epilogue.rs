@@ -214,7 +214,9 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
         Self {
             lora: self.lora.map(|l| LoraTerm {
                 xa: skip(l.xa),
-                ids: l.ids.map(|ids| &ids[first.min(ids.len())..]),
+                ids: l
+                    .ids
+                    .map(|ids| &ids[first.min(ids.len())..(first + rows).min(ids.len())]),
                 ..l
             }),
             residual: self.residual.map(|(r, rho)| (skip(r), rho)),
