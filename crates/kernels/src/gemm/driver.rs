@@ -217,8 +217,9 @@ impl<E> SharedA<E> {
         if cur == EMPTY {
             match state.compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Acquire) {
                 Ok(_) => {
-                    // SAFETY: block `b` lies in the buffer (`b < blocks`); winning EMPTY → BUSY makes this task its only
-                    // user until READY is stored below.
+                    // SAFETY: block `b` lies in the buffer (`b < blocks`);
+                    // winning EMPTY → BUSY makes this task its only user
+                    // until READY is stored below.
                     let buf = unsafe {
                         std::slice::from_raw_parts_mut(
                             self.ptr.add(b * self.block_len),
@@ -232,8 +233,9 @@ impl<E> SharedA<E> {
                 Err(now) => cur = now,
             }
         }
-        // SAFETY: in the buffer as above; READY was stored (with release, read here with acquire)
-        // after the block was written, and it is never written again.
+        // SAFETY: in the buffer as above; READY was stored (release, read
+        // here with acquire) after the block was written, and it is never
+        // written again.
         (cur == READY).then(|| unsafe {
             std::slice::from_raw_parts(self.ptr.add(b * self.block_len), self.block_len)
         })
