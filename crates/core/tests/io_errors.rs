@@ -11,10 +11,10 @@ use cranelora_core::layers::{MultiHeadAttention, Sequential};
 use cranelora_core::lora::{apply_lora, ApplyConfig, LoraConfig, LoraInit};
 use cranelora_core::{Layer, Rng, Tensor};
 use io_common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A saved adapter on fc1 and fc2 of `mlp(1)` (rank 2).
-fn saved_adapter(name: &str) -> PathBuf {
+fn saved_adapter(name: &str) -> Scratch {
     let mut m: Sequential<f32> = mlp(1);
     let lora = LoraConfig::new(2).with_init(LoraInit::Random);
     apply_lora(&mut m, &ApplyConfig::new(&["fc1", "fc2"], lora)).expect("apply");

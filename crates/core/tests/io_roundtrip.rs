@@ -93,7 +93,7 @@ fn adapter_round_trip<T: Scalar>(
     build: fn(u64) -> Sequential<T>,
     input: Input<'_, T>,
     cfg: &ApplyConfig,
-) -> std::path::PathBuf {
+) -> Scratch {
     let mut trained = build(1);
     apply_lora(&mut trained, cfg).expect("apply");
     perturb(&mut trained);

@@ -4,14 +4,37 @@
 use cranelora_core::layers::{Conv2d, Conv2dOptions, Dense, Embedding, LayerNorm, Sequential};
 use cranelora_core::{Activation, ActivationLayer, IdTensor, Layer, Rng, Tensor};
 use cranelora_kernels::Scalar;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// A fresh, empty directory under the system temp dir.
-pub fn scratch(name: &str) -> PathBuf {
+/// A fresh, empty directory under the system temp dir, removed (with its
+/// contents) when the guard is dropped, so test runs leave nothing behind.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty [`Scratch`] directory named after `name` and the process.
+pub fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("cranelora-io-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    Scratch(dir)
 }
 
 /// fc1 Dense(6→8, ReLU) → ln LayerNorm(8) → fc2 Dense(8→4).
