@@ -553,12 +553,27 @@ fn lora_block<E: Elem + Scalar>(
         at.run(fam, t.scale, E::ONE, c);
     }
     if full < nc {
-        for i in ic..ic + mc {
-            // SAFETY: this task owns the block's rows and columns of C, and
-            // the microkernels that wrote it have returned.
-            let row = unsafe { c.row_mut(i, jc + full, nc - full) };
-            add_lora_row(row, i, jc + full, t);
-        }
+        // SAFETY: this task owns the block's rows and columns of C, and the
+        // microkernels that wrote it have returned.
+        unsafe { lora_rows(c, ic..ic + mc, (jc + full, nc - full), t) };
+    }
+}
+
+/// Adds the LoRA term to `len` columns from `j0` of rows `rows` of `C`,
+/// one row at a time ([`add_lora_row`]).
+///
+/// # Safety
+/// The calling task must own those rows and columns of `C`, with no other
+/// reference to them alive (as for [`CView::row_mut`]).
+unsafe fn lora_rows<E: Elem + Scalar>(
+    c: &CView<E>,
+    rows: Range<usize>,
+    (j0, len): (usize, usize),
+    t: &LoraTerm<'_, E>,
+) {
+    for i in rows {
+        // SAFETY: the caller owns row `i`'s columns `j0..j0 + len` of C.
+        add_lora_row(unsafe { c.row_mut(i, j0, len) }, i, j0, t);
     }
 }
 
@@ -584,11 +599,9 @@ fn grouped_lora_block<E: Elem + Scalar>(
             if len >= LORA_PASS_MIN_ROWS {
                 lora_block(fam, &one, a_buf, (start, jc), (len, nc), c);
             } else {
-                for i in start..start + len {
-                    // SAFETY: this task owns the block's rows and columns of
-                    // C, and the microkernels that wrote it have returned.
-                    add_lora_row(unsafe { c.row_mut(i, jc, nc) }, i, jc, &one);
-                }
+                // SAFETY: this task owns the block's rows and columns of C,
+                // and the microkernels that wrote it have returned.
+                unsafe { lora_rows(c, start..start + len, (jc, nc), &one) };
             }
         }
         start += len;
