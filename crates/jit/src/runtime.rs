@@ -141,6 +141,7 @@ impl<T: Scalar> MatMulPlan<T> {
             col_scale: spec.col_scale.then(|| slice(ptrs.col_scale, n)),
             bias: spec.bias.then(|| slice(ptrs.bias, n)),
             activation: spec.activation,
+            act_grad: None,
             residual,
         })
     }

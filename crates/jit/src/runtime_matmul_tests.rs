@@ -68,6 +68,7 @@ fn check<T: Scalar>(shared_b: bool) {
             col_scale: true,
             bias: true,
             activation: Some(Activation::Func(Func::GeluTanh)),
+            act_grad: false,
             residual: Some(-2.0),
         },
         layout: None,

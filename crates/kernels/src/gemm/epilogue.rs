@@ -8,6 +8,7 @@
 //! t ← t + s·Σ_p XA[i, p]·LB[p, j]     LoRA accumulation (XA is m×r, LB r×n)
 //! t ← t · scale[j]                    per-column scale (DoRA magnitude)
 //! t ← t + bias[j]                     per-column bias
+//! D[i, j] ← act'(t)                   activation derivative (optional second output)
 //! t ← act(t)                          activation (ReLU or a `math::Func`)
 //! t ← t + ρ·R[i, j]                   scaled residual add (after the activation)
 //! ```
@@ -16,13 +17,20 @@
 //! is a stack of N adapters' `B` and row `i` reads block `ids[i]` of it:
 //! `t ← t + s·Σ_p XA[i, p]·LB[ids[i]·r + p, j]` (nothing for id −1).
 //!
+//! The derivative output serves training steps: the forward of a layer
+//! `act(x·W + b + s·XA·B)` also needs `act'` at the pre-activation for its
+//! backward, and computing it here, from the block in cache, saves keeping
+//! the pre-activation and a separate pass over it ([`ActGradOut`]; GELU
+//! erf and tanh, whose derivatives are kernels functions).
+//!
 //! Every step is optional. [`EpilogueSpec`] is the closed, data-free
 //! description (what a compiled plan stores); [`Epilogue`] binds it to the
 //! operands of one call and is what [`gemm_ep`](super::gemm_ep) takes.
 
 use super::MatRef;
-use crate::math::{apply_inplace, Func};
+use crate::math::{apply, apply_inplace, Func};
 use crate::{KernelError, Result, Scalar};
+use std::marker::PhantomData;
 
 /// The activation of an epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +39,18 @@ pub enum Activation {
     Relu,
     /// One of the kernels' vector functions (GELU erf/tanh, SiLU, tanh, …).
     Func(Func),
+}
+
+impl Activation {
+    /// The kernels function computing this activation's derivative, for
+    /// the activations that have one ([`ActGradOut`]): GELU erf and tanh.
+    pub fn derivative(self) -> Option<Func> {
+        match self {
+            Activation::Func(Func::GeluErf) => Some(Func::GeluErfGrad),
+            Activation::Func(Func::GeluTanh) => Some(Func::GeluTanhGrad),
+            _ => None,
+        }
+    }
 }
 
 /// What an epilogue does, without its data (see the module docs for the order).
@@ -47,6 +67,9 @@ pub struct EpilogueSpec {
     pub bias: bool,
     /// Apply an activation.
     pub activation: Option<Activation>,
+    /// Also write the activation's derivative at the pre-activation to a
+    /// second m×n output ([`ActGradOut`]).
+    pub act_grad: bool,
     /// Add `ρ·R`: `Some(ρ)`.
     pub residual: Option<f64>,
 }
@@ -59,6 +82,7 @@ impl EpilogueSpec {
         col_scale: false,
         bias: false,
         activation: None,
+        act_grad: false,
         residual: None,
     };
 
@@ -114,6 +138,78 @@ impl<'a, T: Copy> LoraTerm<'a, T> {
     }
 }
 
+/// The second output of an epilogue: an m×n matrix (row stride `rs`) that
+/// receives `act'(t)`, the derivative of the epilogue's activation at the
+/// pre-activation `t` (after the LoRA term, column scale and bias).
+///
+/// A raw view, so that an [`Epilogue`] stays `Copy` and can be shared by the
+/// threads of one product: each thread writes the rows of the blocks of `C`
+/// it computes, so writes never overlap. Made only by the `unsafe`
+/// [`ActGradOut::from_raw_parts`], whose contract gives the product
+/// exclusive use of the buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct ActGradOut<'a, T> {
+    ptr: *mut T,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    _buffer: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: the view is only written through `row_mut`, by the threads of
+// one product on disjoint rows of blocks (`Epilogue::apply_row` is called
+// once per finished block row), and `from_raw_parts`' contract excludes any
+// other access while products using it run.
+unsafe impl<T: Send> Send for ActGradOut<'_, T> {}
+// SAFETY: as for Send.
+unsafe impl<T: Send> Sync for ActGradOut<'_, T> {}
+
+impl<'a, T> ActGradOut<'a, T> {
+    /// The `rows × cols` matrix at `ptr` with row stride `rs` (≥ `cols`).
+    ///
+    /// # Safety
+    /// `ptr` points to `(rows − 1)·rs + cols` writable elements (none if
+    /// `rows` or `cols` is 0), alive for `'a`; during `'a`, nothing else
+    /// reads or writes them except GEMM calls with an epilogue holding this
+    /// view (or a copy of it), and no two such calls run at the same time.
+    pub unsafe fn from_raw_parts(ptr: *mut T, rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            ptr,
+            rows,
+            cols,
+            rs: rs.max(cols),
+            _buffer: PhantomData,
+        }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Row `i`, columns `j0..j0 + len`; panics outside the matrix (the
+    /// epilogue's shapes were checked: a broken internal invariant).
+    ///
+    /// # Safety
+    /// No other live reference to these elements (each row of each block is
+    /// written by the one task that computed it).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row_mut(&self, i: usize, j0: usize, len: usize) -> &mut [T] {
+        assert!(
+            i < self.rows && j0 + len <= self.cols,
+            "internal: derivative row outside its output"
+        );
+        // SAFETY: in bounds (just checked; `from_raw_parts`' contract gives
+        // the elements), exclusive by this function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.rs + j0), len) }
+    }
+}
+
 /// An epilogue bound to the operands of one m×n product.
 #[derive(Clone, Copy, Debug)]
 pub struct Epilogue<'a, T> {
@@ -125,6 +221,9 @@ pub struct Epilogue<'a, T> {
     pub bias: Option<&'a [T]>,
     /// The activation.
     pub activation: Option<Activation>,
+    /// Where `act'` at the pre-activation goes (needs an activation with a
+    /// [`derivative`](Activation::derivative)).
+    pub act_grad: Option<ActGradOut<'a, T>>,
     /// Residual `R` (m×n) and its factor `ρ`.
     pub residual: Option<(MatRef<'a, T>, T)>,
 }
@@ -136,6 +235,7 @@ impl<T> Default for Epilogue<'_, T> {
             col_scale: None,
             bias: None,
             activation: None,
+            act_grad: None,
             residual: None,
         }
     }
@@ -167,6 +267,7 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
             col_scale: self.col_scale.is_some(),
             bias: self.bias.is_some(),
             activation: self.activation,
+            act_grad: self.act_grad.is_some(),
             residual: self.residual.map(|(_, r)| r.to_f64_exact()),
         }
     }
@@ -199,6 +300,24 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
                 return Err(mismatch("residual", (m, n), (r.rows(), r.cols())));
             }
         }
+        if let Some(d) = &self.act_grad {
+            if (d.rows(), d.cols()) != (m, n) {
+                return Err(mismatch(
+                    "activation derivative",
+                    (m, n),
+                    (d.rows(), d.cols()),
+                ));
+            }
+            if self.activation.and_then(Activation::derivative).is_none() {
+                return Err(KernelError::Geometry {
+                    what: "gemm epilogue",
+                    message: format!(
+                        "an activation derivative output needs GELU (erf or tanh), the activation is {:?}",
+                        self.activation
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -220,6 +339,11 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
                 ..l
             }),
             residual: self.residual.map(|(r, rho)| (skip(r), rho)),
+            act_grad: self.act_grad.map(|d| ActGradOut {
+                ptr: d.ptr.wrapping_add(first.min(d.rows) * d.rs),
+                rows,
+                ..d
+            }),
             ..*self
         }
     }
@@ -237,6 +361,13 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
             col_scale: self.col_scale.map(&view),
             bias: self.bias.map(&view),
             activation: self.activation,
+            act_grad: self.act_grad.map(|d| ActGradOut {
+                ptr: d.ptr.cast::<U>(),
+                rows: d.rows,
+                cols: d.cols,
+                rs: d.rs,
+                _buffer: PhantomData,
+            }),
             residual: self
                 .residual
                 .map(|(r, rho)| (r.retype(view(r.data)), conv(rho))),
@@ -260,6 +391,16 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
             row.iter_mut()
                 .zip(&b[cols.clone()])
                 .for_each(|(x, &b)| *x += b);
+        }
+        if let Some((d, f)) = self
+            .act_grad
+            .zip(self.activation.and_then(Activation::derivative))
+        {
+            // SAFETY: row `i`, columns `cols` of C are this call's alone
+            // (one task per block row), hence the same part of `d`.
+            let out = unsafe { d.row_mut(i, j0, row.len()) };
+            let done = apply(f, row, out);
+            debug_assert!(done.is_ok(), "internal: equal lengths");
         }
         match self.activation {
             Some(Activation::Relu) => row.iter_mut().for_each(|x| {

@@ -46,6 +46,7 @@ impl<T: Scalar> Data<T> {
             col_scale: on(1).then_some(&self.scale[..]),
             bias: on(2).then_some(&self.bias[..]),
             activation: on(3).then_some(act),
+            act_grad: None,
             residual: on(4).then(|| {
                 (
                     MatRef::new(&self.res, m, n).expect("fits"),
@@ -500,4 +501,184 @@ fn grouped_lora_rejects_bad_ids_and_stacks() {
         );
     }
     assert!(check(&[0, 0, 0, 0], 3 * r - 1).is_err(), "a partial block");
+}
+
+/// `ep` with a derivative output over `d` (m×n, contiguous).
+fn with_grad<'a, T: Scalar>(
+    ep: &Epilogue<'a, T>,
+    d: &'a mut [T],
+    m: usize,
+    n: usize,
+) -> Epilogue<'a, T> {
+    assert_eq!(d.len(), m * n);
+    // SAFETY: `d` is borrowed mutably for 'a and only the GEMM calls of
+    // the test, one at a time, use the view.
+    let out = unsafe { ActGradOut::from_raw_parts(d.as_mut_ptr(), m, n, n) };
+    Epilogue {
+        act_grad: Some(out),
+        ..*ep
+    }
+}
+
+/// The derivative output holds `act'` of the pre-activation, bit for bit
+/// what `math::apply` gives on the product run without its activation and
+/// residual, and the main output is unchanged by it: every available ISA,
+/// two pool threads (column and row tasks, shared packed `A`), packed and
+/// unpacked `B`, every LoRA / scale / bias / residual combination.
+fn check_act_grad<T: Scalar>(seed: u64) {
+    crate::pool::set_threads(2);
+    let mut rng = Rng(seed);
+    let shapes = [
+        (1, 1, 1),
+        (7, 33, 5),
+        (64, 200, 100),
+        (150, 40, 300),
+        (64, 300, 600),
+    ];
+    for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+        for &(m, n, k) in &shapes {
+            let (a, b) = (random::<T>(&mut rng, m * k), random::<T>(&mut rng, k * n));
+            let (a, b) = (
+                MatRef::new(&a, m, k).expect("fits"),
+                MatRef::new(&b, k, n).expect("fits"),
+            );
+            let packed = PackedRhs::pack_for(b, isa);
+            let data = Data::<T>::new(&mut rng, m, n);
+            for mask in [0b01000, 0b01100, 0b01111, 0b11101] {
+                let act = [Func::GeluTanh, Func::GeluErf][rng.below(2)];
+                let ep = data.epilogue(mask, Activation::Func(act), (m, n));
+                let rhs = || match mask & 1 {
+                    0 => Rhs::Packed(&packed),
+                    _ => Rhs::Mat(b),
+                };
+                let run = |ep: &Epilogue<'_, T>| {
+                    let mut c = vec![T::nan(); m * n];
+                    let mut ws = vec![T::nan(); workspace_len_on::<T>(isa, m, n, k, mask & 1 == 0)];
+                    let cv = MatMut::new(&mut c, m, n).expect("fits");
+                    gemm_on(isa, T::one(), a, rhs(), T::zero(), cv, &mut ws, ep).expect("valid");
+                    c
+                };
+                let plain = run(&ep);
+                let mut pre = run(&Epilogue {
+                    activation: None,
+                    residual: None,
+                    ..ep
+                });
+                let grad = Activation::Func(act).derivative().expect("GELU has one");
+                {
+                    // The GEMM's mode: subnormal inputs read as zero.
+                    let _daz = driver::DenormalsAreZero::set();
+                    apply_inplace(grad, &mut pre);
+                }
+                let mut d = vec![T::nan(); m * n];
+                let fused = run(&with_grad(&ep, &mut d, m, n));
+                let what = format!("{isa:?} {m}×{n}×{k} {:?}", ep.spec());
+                assert!(bits_equal(&fused, &plain), "{what}: output changed");
+                if let Some(i) = d
+                    .iter()
+                    .zip(&pre)
+                    .position(|(x, y)| !bits_equal(&[*x], &[*y]))
+                {
+                    panic!("{what}: derivative differs at {i}: {} vs {}", d[i], pre[i]);
+                }
+            }
+        }
+    }
+    crate::pool::set_threads(0);
+}
+
+fn bits_equal<T: Scalar>(a: &[T], b: &[T]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_f64_exact().to_bits() == y.to_f64_exact().to_bits())
+}
+
+#[test]
+fn activation_derivative_output_matches_apply_f32() {
+    check_act_grad::<f32>(0xd0e5_9a4d_0000_0032);
+}
+
+#[test]
+fn activation_derivative_output_matches_apply_f64() {
+    check_act_grad::<f64>(0xd0e5_9a4d_0000_0064);
+}
+
+/// A batch of products (one GEMM call per entry, entries on the pool's
+/// threads) writes each entry's rows of the stacked derivative output.
+#[test]
+fn batched_products_write_their_rows_of_the_derivative() {
+    crate::pool::set_threads(2);
+    let (m, n, k, count) = (5, 40, 30, 3);
+    let mut rng = Rng(0xba7c_4ed0);
+    let a = random::<f64>(&mut rng, count * m * k);
+    let b = random::<f64>(&mut rng, count * k * n);
+    let bias = random::<f64>(&mut rng, n);
+    let offsets: Vec<(usize, usize)> = (0..count).map(|e| (e * m * k, e * k * n)).collect();
+    let batch = Batch {
+        m,
+        n,
+        k,
+        offsets: &offsets,
+        layout: None,
+    };
+    let ep = Epilogue {
+        bias: Some(&bias[..]),
+        activation: Some(Activation::Func(Func::GeluTanh)),
+        ..Epilogue::none()
+    };
+    let mut ws = vec![0.0; batched_workspace_len::<f64>(count, m, n, k, false)];
+    let mut c = vec![0.0; count * m * n];
+    let mut d = vec![f64::NAN; count * m * n];
+    let fused = with_grad(&ep, &mut d, count * m, n);
+    gemm_batched(&batch, &a, BatchRhs::Entries(&b), &mut c, &mut ws, &fused).expect("valid");
+    for e in 0..count {
+        let mut pre = vec![0.0; m * n];
+        reference::gemm(
+            1.0,
+            MatRef::new(&a[e * m * k..], m, k).expect("fits"),
+            MatRef::new(&b[e * k * n..], k, n).expect("fits"),
+            0.0,
+            &mut MatMut::new(&mut pre, m, n).expect("fits"),
+        );
+        pre.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x += bias[i % n]);
+        apply_inplace(Func::GeluTanhGrad, &mut pre);
+        let got = &d[e * m * n..(e + 1) * m * n];
+        check_close(got, &pre, 1e-12, 1e-12, Nan::Mismatch)
+            .unwrap_or_else(|err| panic!("entry {e}: {err}"));
+    }
+    crate::pool::set_threads(0);
+}
+
+/// A derivative output needs a GELU activation and the product's shape.
+#[test]
+fn derivative_output_is_checked() {
+    let (a, b) = (vec![1.0f32; 4 * 3], vec![1.0f32; 3 * 5]);
+    let (a, b) = (
+        MatRef::new(&a, 4, 3).expect("fits"),
+        MatRef::new(&b, 3, 5).expect("fits"),
+    );
+    let mut ws = vec![0.0f32; workspace_len::<f32>(4, 5, 3, false)];
+    for (act, rows, needle) in [
+        (Some(Activation::Relu), 4, "needs GELU"),
+        (None, 4, "needs GELU"),
+        (
+            Some(Activation::Func(Func::GeluErf)),
+            3,
+            "activation derivative",
+        ),
+    ] {
+        let mut c = vec![0.0f32; 20];
+        let mut d = vec![0.0f32; rows * 5];
+        let ep = Epilogue {
+            activation: act,
+            ..Epilogue::none()
+        };
+        let ep = with_grad(&ep, &mut d, rows, 5);
+        let cv = MatMut::new(&mut c, 4, 5).expect("fits");
+        let err = gemm_ep(1.0, a, Rhs::Mat(b), 0.0, cv, &mut ws, &ep).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
 }

@@ -42,7 +42,7 @@ mod select;
 mod view;
 
 pub use batch::{batched_workspace_len, gemm_batched, Batch, BatchRhs};
-pub use epilogue::{Activation, Epilogue, EpilogueSpec, LoraTerm};
+pub use epilogue::{ActGradOut, Activation, Epilogue, EpilogueSpec, LoraTerm};
 pub use layout::StridedLayout;
 pub use view::{MatMut, MatRef};
 
