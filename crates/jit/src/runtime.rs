@@ -19,8 +19,8 @@ pub use fused_rows::{Bcast, SoftmaxPlan};
 #[path = "runtime_softmax.rs"]
 mod fused_rows;
 use cranelora_kernels::gemm::{
-    gemm, gemm_batched, Batch, BatchRhs, Epilogue, EpilogueSpec, LoraTerm, MatMut, MatRef,
-    PackedRhs, Rhs, StridedLayout,
+    gemm, gemm_batched, ActGradOut, Batch, BatchRhs, Epilogue, EpilogueSpec, LoraTerm, MatMut,
+    MatRef, PackedRhs, Rhs, StridedLayout,
 };
 use cranelora_kernels::im2col::{col2im, im2col, Conv2dGeometry};
 use cranelora_kernels::math::{apply_inplace, reduce, Func};
@@ -102,6 +102,9 @@ pub struct EpiloguePtrs<T> {
     /// Per-row adapter ids, `batch·m` (i64, −1 = none), when the plan's
     /// epilogue has `lora_stack = Some(N)`: `lora_b` is then `N·r × n`.
     pub lora_ids: *const i64,
+    /// The activation derivative's output, `(batch·m) × n`, when the plan's
+    /// epilogue has `act_grad` (written, not read).
+    pub act_grad: *mut T,
 }
 
 impl<T: Scalar> MatMulPlan<T> {
@@ -111,7 +114,9 @@ impl<T: Scalar> MatMulPlan<T> {
     /// Each pointer of a step the plan's epilogue has points to the number
     /// of valid elements documented on [`EpiloguePtrs`], alive for `'a`;
     /// `lora_scale` is null or points to one element; `lora_ids` points to
-    /// `batch·m` ids when the spec has a `lora_stack`.
+    /// `batch·m` ids when the spec has a `lora_stack`; `act_grad`, when the
+    /// spec has one, points to `batch·m·n` writable elements that nothing
+    /// else reads or writes during `'a`.
     unsafe fn bind_epilogue<'a>(&self, ptrs: &EpiloguePtrs<T>) -> Option<Epilogue<'a, T>> {
         let (rows, n, spec) = (self.batch.len() * self.m, self.n, &self.epilogue);
         // SAFETY: by this function's contract.
@@ -141,7 +146,10 @@ impl<T: Scalar> MatMulPlan<T> {
             col_scale: spec.col_scale.then(|| slice(ptrs.col_scale, n)),
             bias: spec.bias.then(|| slice(ptrs.bias, n)),
             activation: spec.activation,
-            act_grad: None,
+            // SAFETY: by this function's contract (exclusive, rows·n elements).
+            act_grad: spec
+                .act_grad
+                .then(|| unsafe { ActGradOut::from_raw_parts(ptrs.act_grad, rows, n, n) }),
             residual,
         })
     }
@@ -234,7 +242,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
 /// `plan` points to a live [`MatMulPlan<T>`]; `a`, `b` and `c` point to
 /// `lens.0`, `lens.1` and `batch.len()·m·n` valid elements (b may be null
 /// when the plan holds a packed B), c not overlapping a, b or the epilogue
-/// operands; `scratch` points to `workspace` writable elements used by
+/// operands (nor `act_grad`, which overlaps none of them either); `scratch` points to `workspace` writable elements used by
 /// nothing else during the call; the epilogue pointers are as
 /// [`MatMulPlan::bind_epilogue`] requires (null for absent steps);
 /// `packed_b` is null or points to a live `PackedRhs<T>` of B's values,
@@ -253,6 +261,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
     residual: *const T,
     lora_scale: *const T,
     lora_ids: *const i64,
+    act_grad: *mut T,
     packed_b: *const PackedRhs<T>,
 ) -> i32 {
     let ptrs = EpiloguePtrs {
@@ -263,6 +272,7 @@ unsafe extern "C" fn matmul<T: Scalar>(
         residual,
         lora_scale,
         lora_ids,
+        act_grad,
     };
     // SAFETY: the caller's contract above (the compiled code passes the
     // buffers the memory plan sized for this node).

@@ -81,6 +81,7 @@ fn check<T: Scalar>(shared_b: bool) {
         residual: res.as_ptr(),
         lora_scale: std::ptr::null(),
         lora_ids: std::ptr::null(),
+        act_grad: std::ptr::null_mut(),
     };
     let mut c = vec![T::nan(); count * m * n];
     let mut ws = vec![T::nan(); workspace];

@@ -113,6 +113,57 @@ fn lora_variants_train_through_the_trainer() {
     }
 }
 
+/// Products large enough to call the GEMM (not inline): each GELU
+/// layer's forward becomes one call whose epilogue also writes the GELU
+/// derivative the backward reads (`EpilogueSpec::act_grad`), and the steps
+/// still match the interpreter's, f32 and f64, GELU tanh and erf.
+fn gelu_layers_keep_their_epilogue<T: Scalar>(act: Activation) {
+    let mut rng = Rng::new(21);
+    let dense = |i, o, act, rng: &mut Rng| Dense::new(i, o, true, act, rng).expect("dense");
+    let mut m = Sequential::new()
+        .with("fc1", dense(48, 64, act, &mut rng))
+        .and_then(|m| m.with("fc2", dense(64, 64, act, &mut rng)))
+        .and_then(|m| m.with("fc3", dense(64, 24, Activation::Identity, &mut rng)))
+        .expect("mlp");
+    apply_lora(
+        &mut m,
+        &ApplyConfig::new(&["fc1", "fc2", "fc3"], random_lora()),
+    )
+    .expect("lora");
+    m.set_training(false);
+    let x = Tensor::<T>::random_normal(&[16, 48], 0.0, 1.0, &mut Rng::new(22));
+    let y = Tensor::<T>::random_normal(&[16, 24], 0.0, 1.0, &mut Rng::new(23));
+    let inputs = [Input::Float(&x)];
+    let options = ExportOptions::new(ExportMode::Training);
+    let g = export_model(&m, &input_specs(&inputs), &options).expect("export");
+    let lora = Trainable::NameContains("lora_".into());
+    let step = training_step(&g, Loss::Mse, &lora, &Optimizer::Sgd { lr: 1e-2 }).expect("step");
+    let b = Bindings::from_map(&bindings_for(&m, &g).expect("bindings")).expect("b");
+    let t = Trainer::new(&step, b, &JitOptions::default()).expect("trainer");
+    let report = t.compiled().report();
+    assert!(
+        report.matmul_epilogues >= 2,
+        "{act:?}: both GELU layers' forwards are epilogues, got {}",
+        report.matmul_epilogues
+    );
+    check(
+        &m,
+        &x,
+        tensor_to_data(&y),
+        Loss::Mse,
+        Optimizer::Sgd { lr: 1e-2 },
+        3,
+    );
+}
+
+#[test]
+fn gelu_forwards_write_their_derivative_in_the_epilogue() {
+    for act in [Activation::GeluTanh, Activation::GeluErf] {
+        gelu_layers_keep_their_epilogue::<f64>(act);
+        gelu_layers_keep_their_epilogue::<f32>(act);
+    }
+}
+
 #[test]
 fn a_w4_like_step_stores_every_update_in_place() {
     let m = mlp::<f32>(16, random_lora());

@@ -27,7 +27,12 @@
 //!   `x·W` and the LoRA term are multiplied, with the bias outside;
 //! - a **bias** `b` (`n` elements, or a Broadcast member of the group of one);
 //! - an **activation** (ReLU, GELU erf/tanh, SiLU, tanh, sigmoid);
-//! - a **residual** `r` of the product's shape, added after the activation.
+//! - a **residual** `r` of the product's shape, added after the activation;
+//! - the activation's **derivative** at the pre-activation as a second
+//!   output: a group whose outputs are `act(pre)` (or the sum after it) and
+//!   `GeluGrad(pre)` / `GeluTanhGrad(pre)` of the same `pre` — what a
+//!   training step's forward keeps for its backward — writes both
+//!   (`EpilogueSpec::act_grad`), the derivative from the block in cache.
 //!
 //! The sums may come in any association and operand order (the graph has
 //! `(x·W + b) + s·XA·B`; the kernel adds the LoRA term first, then the
@@ -35,8 +40,9 @@
 //! beyond the product is always there (a group has two or more members).
 //!
 //! Only taken when every value the call stands for other than the output
-//! has no reader outside it and is not a graph output (training graphs keep
-//! the pre-activation or `XA·B` for the backward: then nothing is fused),
+//! (and the derivative) has no reader outside it and is not a graph output
+//! (a training graph that keeps the pre-activation itself or `XA·B` for the
+//! backward: then nothing is fused),
 //! and every member of the group is one of them. Nodes of the LoRA branch
 //! outside the group (its scaling lowered as a single node, or a loop group
 //! of its own) are *absorbed*: their steps are dropped and their members
@@ -146,9 +152,9 @@ fn match_group(
     group_of: &HashMap<NodeId, usize>,
 ) -> Option<EpilogueGroup> {
     let grp = &groups[gi];
-    let last = *grp.nodes.last()?;
+    let (last, grad) = group_outputs(g, grp)?;
     let out = g.node(last)?;
-    if grp.outputs != [last] || !matches!(out.dtype, DType::F32 | DType::F64) {
+    if !matches!(out.dtype, DType::F32 | DType::F64) {
         return None;
     }
     let mut m = Matcher {
@@ -159,10 +165,13 @@ fn match_group(
         dtype: out.dtype,
         matched: Vec::new(),
     };
-    let ops = m.output(last)?;
+    let mut ops = m.output(last)?;
+    if let Some(d) = grad {
+        m.derivative(d, &mut ops.0)?;
+    }
     let matmul = ops.1;
     let matched = std::mem::take(&mut m.matched);
-    let others = m.check_closed(&matched, last, &ops.0)?;
+    let others = m.check_closed(&matched, &[Some(last), grad], &ops.0)?;
     let mut absorbed_groups: Vec<usize> = others
         .iter()
         .filter_map(|n| group_of.get(n).copied())
@@ -182,7 +191,51 @@ fn match_group(
     })
 }
 
+/// The group's output and its activation-derivative output, if any: a
+/// group with one output, its last node; or two outputs, one of them a
+/// `GeluGrad` / `GeluTanhGrad` (checked against the activation by
+/// [`Matcher::derivative`]).
+fn group_outputs(g: &Graph, grp: &LoopGroup) -> Option<(NodeId, Option<NodeId>)> {
+    let is_grad = |n: &NodeId| {
+        matches!(
+            g.node(*n).map(|n| &n.op),
+            Some(Op::GeluGrad | Op::GeluTanhGrad)
+        )
+    };
+    match grp.outputs[..] {
+        [out] if grp.nodes.last() == Some(&out) => Some((out, None)),
+        [a, b] => match (is_grad(&a), is_grad(&b)) {
+            (false, true) => Some((a, Some(b))),
+            (true, false) => Some((b, Some(a))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl Matcher<'_> {
+    /// Takes `grad` (`GeluGrad(pre)` / `GeluTanhGrad(pre)`) as the
+    /// derivative output of `ops`, whose activation must be the matching
+    /// GELU of the same `pre`.
+    fn derivative(&mut self, grad: NodeId, ops: &mut EpilogueOperands) -> Option<()> {
+        let want = match self.g.node(grad)?.op {
+            Op::GeluGrad => Op::Gelu,
+            Op::GeluTanhGrad => Op::GeluTanh,
+            _ => return None,
+        };
+        let act = *self
+            .matched
+            .iter()
+            .find(|&&n| self.g.node(n).is_some_and(|n| n.op == want))?;
+        if !self.full(grad) || self.g.operands(grad) != self.g.operands(act) {
+            return None;
+        }
+        ops.spec.act_grad = true;
+        ops.act_grad = Some(grad);
+        self.matched.push(grad);
+        Some(())
+    }
+
     /// `post + r` or `post` (module docs): the operands and the base product.
     fn output(&mut self, last: NodeId) -> Option<(EpilogueOperands, NodeId)> {
         if let Some(mut found) = self.post(last) {
@@ -438,20 +491,20 @@ impl Matcher<'_> {
     }
 
     /// Checks that the matched nodes are closed (module docs): each group
-    /// member is matched; no matched node but `last` is read from outside
-    /// or is a graph output; no operand the call reads is matched. Returns
-    /// the matched nodes outside the group.
+    /// member is matched; no matched node but the call's outputs `outs` is
+    /// read from outside or is a graph output; no operand the call reads is
+    /// matched. Returns the matched nodes outside the group.
     fn check_closed(
         &self,
         matched: &[NodeId],
-        last: NodeId,
+        outs: &[Option<NodeId>],
         ops: &EpilogueOperands,
     ) -> Option<Vec<NodeId>> {
         let set: HashSet<NodeId> = matched.iter().copied().collect();
         if set.len() != matched.len() || !self.grp.nodes.iter().all(|n| set.contains(n)) {
             return None;
         }
-        for &id in matched.iter().filter(|&&id| id != last) {
+        for &id in matched.iter().filter(|&&id| !outs.contains(&Some(id))) {
             let inside = self.g.users(id).iter().all(|u| set.contains(u));
             if !inside || self.g.outputs().contains(&id) {
                 return None;

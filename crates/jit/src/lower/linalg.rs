@@ -186,6 +186,10 @@ pub struct EpilogueOperands {
     pub bias: Option<NodeId>,
     /// Residual, `(batch·m) × n` elements.
     pub residual: Option<NodeId>,
+    /// The node whose buffer receives the activation's derivative at the
+    /// pre-activation (`spec.act_grad`: a training forward's `GeluGrad` /
+    /// `GeluTanhGrad` of the same pre-activation), `(batch·m) × n`.
+    pub act_grad: Option<NodeId>,
     /// The node whose buffer receives the result (the last node the
     /// epilogue stands for, see `lower/epilogue.rs`); the MatMul's own
     /// buffer when `None`.
@@ -232,6 +236,7 @@ pub(crate) fn matmul_with_epilogue(
         (spec.col_scale, ep.col_scale),
         (spec.bias, ep.bias),
         (spec.residual.is_some(), ep.residual),
+        (spec.act_grad, ep.act_grad),
     ];
     if needed.iter().any(|(on, node)| *on && node.is_none()) {
         return Err(crate::Error::Unsupported {
@@ -282,6 +287,7 @@ pub(crate) fn matmul_with_epilogue(
         ep.residual,
         ep.lora_scale.filter(|_| spec.lora.is_some()),
         ep.lora_ids.filter(|_| spec.lora_stack.is_some()),
+        ep.act_grad.filter(|_| spec.act_grad),
     ];
     for node in operands {
         let v = match node {
