@@ -27,7 +27,8 @@ macro_rules! avx512_lanes {
         srli = $srli:ident,
         loadu = $loadu:ident, storeu = $storeu:ident, mask = $mask:ty,
         int = $int:ty, set1_int = $set1_int:ident,
-        mask_mov = $mask_mov:ident, permute = $permute:ident, table = $table:ident
+        mask_mov = $mask_mov:ident, permute = $permute:ident, table = $table:ident,
+        scalef = $scalef:ident
     ) => {
         #[derive(Clone, Copy)]
         pub(super) struct $name($reg);
@@ -153,6 +154,13 @@ macro_rules! avx512_lanes {
                 $name(unsafe { $from_int($slli::<{ <$e>::MANTISSA_DIGITS - 1 }>($to_int(biased.0))) })
             }
             #[inline(always)]
+            fn mul_exp2i(self, n: Self) -> Self {
+                // scalef(x, n) = x·2^⌊n⌋ rounded once: for integral n in the
+                // normal range, exactly the product by `n.exp2i()` (also for
+                // 0, ±∞, NaN and, under DAZ, subnormal x).
+                $name(unsafe { $scalef(self.0, n.0) })
+            }
+            #[inline(always)]
             fn split_exp(self) -> (Self, Self) {
                 let c = <$e as super::lanes::Elem>::C;
                 let field: $int = (1 << c.mantissa_bits) - 1;
@@ -197,7 +205,8 @@ avx512_lanes! {
     to_int = _mm512_castps_si512, from_int = _mm512_castsi512_ps, slli = _mm512_slli_epi32, srli = _mm512_srli_epi32,
     loadu = _mm512_loadu_ps, storeu = _mm512_storeu_ps, mask = __mmask16,
     int = u32, set1_int = _mm512_set1_epi32,
-    mask_mov = _mm512_mask_mov_epi32, permute = _mm512_permutexvar_ps, table = table_f32
+    mask_mov = _mm512_mask_mov_epi32, permute = _mm512_permutexvar_ps, table = table_f32,
+    scalef = _mm512_scalef_ps
 }
 
 avx512_lanes! {
@@ -208,7 +217,8 @@ avx512_lanes! {
     to_int = _mm512_castpd_si512, from_int = _mm512_castsi512_pd, slli = _mm512_slli_epi64, srli = _mm512_srli_epi64,
     loadu = _mm512_loadu_pd, storeu = _mm512_storeu_pd, mask = __mmask8,
     int = u64, set1_int = _mm512_set1_epi64,
-    mask_mov = _mm512_mask_mov_epi64, permute = _mm512_permutexvar_pd, table = table_f64
+    mask_mov = _mm512_mask_mov_epi64, permute = _mm512_permutexvar_pd, table = table_f64,
+    scalef = _mm512_scalef_pd
 }
 
 /// `out[i] = f(x[i])` for f32 with AVX-512F.

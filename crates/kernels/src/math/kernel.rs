@@ -122,7 +122,7 @@ fn scale<V: Lanes>(p: V, n: V) -> V {
     let c = V::E::C;
     let n1 = n.clamp(c.exp2_min_n, c.exp2_max_n);
     let n2 = n - n1;
-    p * n1.exp2i() * n2.exp2i()
+    p.mul_exp2i(n1).mul_exp2i(n2)
 }
 
 /// e^(hi + lo) for hi ≤ 0 exact and |lo| ≲ 1 + 2⁻¹⁰·|hi|, with one

@@ -75,6 +75,14 @@ pub(crate) trait Lanes:
     /// 2^self for integral lanes in the normal exponent range:
     /// `bits(self + exp2_magic) << mantissa_bits`.
     fn exp2i(self) -> Self;
+    /// `self·2ⁿ` for integral lanes `n` in [`exp2i`](Self::exp2i)'s range:
+    /// the product by an exact power of two, rounded once — the same value
+    /// as `self * n.exp2i()`, which is the default (AVX-512 has one
+    /// instruction for it, `vscalefps` / `vscalefpd`).
+    #[inline(always)]
+    fn mul_exp2i(self, n: Self) -> Self {
+        self * n.exp2i()
+    }
     /// `(m, e)` with `self = m·2^e`, m ∈ [1, 2) and e integral, for positive
     /// normal lanes (other lanes get unspecified finite values): m is the
     /// mantissa field under the exponent of 1.0, e is the exponent field
