@@ -2,7 +2,10 @@
 //! --tool=callgrind`): builds `serve-bench`'s server (W1's base, 8 adapters
 //! of rank 16, batch 64), then runs one mode `N` times.
 //!
-//! `cargo run --release --example serve_profile -- bound|mixed|interleaved N`
+//! `cargo run --release --example serve_profile -- folded|bound|mixed|interleaved N`
+//!
+//! `folded` is serve-bench's reference: adapter `a0` folded into the weights
+//! (Inference export, LoRA folding on), the same batch.
 //!
 //! Use `--toggle-collect=*serve_profile::run_loop*` (callgrind) to count the
 //! loop only, and `CRANELORA_PROFILE_THREADS=1` to keep the kernels' pool
@@ -10,11 +13,12 @@
 //! adapters' weights are random (as in serve-bench); only the shapes matter.
 
 use anyhow::{bail, Context, Result};
-use cranelora::core::export::{input_specs, input_values};
+use cranelora::core::export::{export_model, input_specs, input_values, ExportMode, ExportOptions};
 use cranelora::core::layers::Sequential;
 use cranelora::core::lora::{LoraAdapter, LoraConfig};
 use cranelora::core::{Input, Layer, Rng, Tensor};
 use cranelora::graph::TensorData;
+use cranelora::jit::{compile, Bindings, JitOptions};
 use cranelora::serving::{adapter_of, compile_server, ServingConfig};
 use cranelora::workloads;
 
@@ -55,7 +59,7 @@ fn run_loop(call: &mut dyn FnMut() -> Result<()>, n: usize) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [mode, n] = args.as_slice() else {
-        bail!("usage: serve_profile bound|mixed|interleaved N");
+        bail!("usage: serve_profile folded|bound|mixed|interleaved N");
     };
     let n: usize = n.parse().context("N")?;
     if let Ok(t) = std::env::var("CRANELORA_PROFILE_THREADS") {
@@ -75,6 +79,17 @@ fn main() -> Result<()> {
     }
     srv.set_active(Some("a0"))?;
     let blocked = match mode.as_str() {
+        "folded" => {
+            let spec = input_specs(&[Input::Float(&x)]);
+            let g = export_model(
+                &models[0],
+                &spec,
+                &ExportOptions::new(ExportMode::Inference),
+            )?;
+            let f = compile(&g, &JitOptions::default())?;
+            let mut y = f.run(&xs, &Bindings::new())?;
+            return run_loop(&mut || Ok(f.run_into(&xs, &Bindings::new(), &mut y)?), n);
+        }
         "bound" => {
             let mut y = srv.run(&xs)?;
             return run_loop(&mut || Ok(srv.run_into(&xs, &mut y)?), n);

@@ -42,7 +42,10 @@ fn configs() -> [(ServingConfig, &'static str); 2] {
 }
 
 fn served_outputs_equal_eager<T: Scalar>() {
-    for (cfg, skip) in configs() {
+    for (mut cfg, skip) in configs() {
+        served_outputs_equal_eager_with::<T>(&cfg, skip);
+        // Every product a GEMM call: A (and a LoRA-bias layer's B) packed at bind.
+        cfg.jit.inline_matmul_macs = 0;
         served_outputs_equal_eager_with::<T>(&cfg, skip);
     }
     let srv = server::<T>(&ServingConfig::new(8));
@@ -60,6 +63,7 @@ fn served_outputs_equal_eager_with<T: Scalar>(cfg: &ServingConfig, skip: &str) {
     let srv = server::<T>(cfg);
     let x = input::<T>();
     let xs = [tensor_to_data(&x)];
+    let gemm = cfg.jit.inline_matmul_macs == 0;
     for (i, (name, cfg)) in kinds()
         .into_iter()
         .enumerate()
@@ -69,6 +73,16 @@ fn served_outputs_equal_eager_with<T: Scalar>(cfg: &ServingConfig, skip: &str) {
         srv.bind_adapter(name, &adapter_of(&model).expect("adapter"))
             .expect("binds");
         srv.set_active(Some(name)).expect("active");
+        // Every adapter weight a product reads as its right operand is
+        // bound packed (bind-time work): the result below uses those copies.
+        let bound = srv.active_bindings();
+        for p in srv.compiled().parameters() {
+            let packs = srv.compiled().packs(&p.name);
+            assert_eq!(bound.is_packed(&p.name), packs, "{name}: {}", p.name);
+        }
+        if gemm {
+            assert!(bound.is_packed("fc0.lora_a"), "{name}");
+        }
         let got = srv.run(&xs).expect("runs")[0].to_f64_vec();
         assert_close(&got, &eager(&mut model, &x), tol::<T>(), tol::<T>());
     }

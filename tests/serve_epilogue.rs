@@ -48,6 +48,12 @@ fn bound_adapters_run_in_the_epilogue<T: Scalar>(tol: f64) {
             let adapter = adapter_of(&model).expect("adapter");
             srv.bind_adapter("a", &adapter).expect("binds");
             srv.set_active(Some("a")).expect("active");
+            // `x·A` reads the bound A packed for the GEMM once per bind.
+            for l in ["fc0", "fc1"] {
+                let a = format!("{l}.lora_a");
+                assert!(srv.compiled().packs(&a), "{a}");
+                assert!(srv.active_bindings().is_packed(&a), "{a}");
+            }
             let out = srv.run(&[tensor_to_data(&x)]).expect("runs");
             let want = model.forward_float(&x).expect("eager");
             let want: Vec<f64> = want.to_vec().iter().map(|v| v.to_f64_exact()).collect();

@@ -262,15 +262,21 @@ pub(crate) fn adapter_values(
 
 /// The single-adapter Parameters from every slot's values: `W + A·(s·B)`
 /// for a merged slot (and its LoRA bias), A, s·B, bias, DoRA scale otherwise.
-/// A merged weight whose Parameter name `packed` accepts (the compiled
-/// products read it as their right operand) is bound with its GEMM-packed
-/// copy ([`Bindings::insert_packed`]), so calls do not repack it.
+/// A 2-D weight whose Parameter name `packed` accepts (the compiled
+/// products read it as their right operand: a merged weight, the `x·A` of
+/// an unmerged branch, the `xa·B` of a branch outside an epilogue) is bound
+/// with its GEMM-packed copy ([`Bindings::insert_packed`]), so calls do
+/// not repack it: packing is bind-time work, like the padding.
 pub(crate) fn bindings_of(
     slots: &[LayerSlot],
     values: &[LayerValues],
     packed: impl Fn(&str) -> bool,
 ) -> Result<Bindings> {
     let mut out = Bindings::new();
+    let put = |out: &mut Bindings, name: String, value: TensorData| match packed(&name) {
+        true => out.insert_packed(name, value),
+        false => out.insert(name, value),
+    };
     for (s, v) in slots.iter().zip(values) {
         let (d, fo) = (s.dtype, s.fan_out);
         if let Some(b) = &v.bias {
@@ -278,18 +284,16 @@ pub(crate) fn bindings_of(
         }
         if let Some(w) = &s.merged_base {
             let merged = tensor(&[s.fan_in, fo], merge(w, &v.a, &v.b, s.rank), d);
-            let param = s.base_param();
-            match packed(&param) {
-                true => out.insert_packed(param, merged)?,
-                false => out.insert(param, merged)?,
-            }
+            put(&mut out, s.base_param(), merged)?;
             continue;
         }
-        out.insert(
-            s.param("lora_a"),
-            tensor(&[s.fan_in, s.rank], v.a.clone(), d),
+        let a = tensor(&[s.fan_in, s.rank], v.a.clone(), d);
+        put(&mut out, s.param("lora_a"), a)?;
+        put(
+            &mut out,
+            s.param("lora_b"),
+            tensor(&[s.rank, fo], v.b.clone(), d),
         )?;
-        out.insert(s.param("lora_b"), tensor(&[s.rank, fo], v.b.clone(), d))?;
         if let Some(c) = &v.dora_scale {
             out.insert(s.param("lora_dora_scale"), tensor(&[fo], c.clone(), d))?;
         }
