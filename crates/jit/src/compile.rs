@@ -282,7 +282,7 @@ pub(crate) fn compile_updating(
         &const_index,
         &heads.views,
     );
-    report.fused_groups = groups.len();
+    report.fused_groups = groups.iter().filter(|grp| grp.nodes.len() >= 2).count();
     let updates =
         crate::inplace::place_updates(&g, &step_nodes, &mut report.memory, &specs.params, updates)?;
     report.nodes = g.len();
