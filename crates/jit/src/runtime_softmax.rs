@@ -116,7 +116,7 @@ fn row<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T
         }
         (None, Some(s)) => {
             let s = T::from_f64_lossy(s);
-            out.iter_mut().for_each(|o| *o = *o * s);
+            out.iter_mut().for_each(|o| *o *= s);
         }
         (None, None) => {}
     }
