@@ -5,7 +5,9 @@
 //! keeps of each group the runs of consecutive members this file can emit
 //! in one loop: elementwise ops that are not views, and Broadcast (read
 //! through stride-0 dims instead of copied). A run of two or more is
-//! a [`LoopGroup`]; everything else is lowered node by node.
+//! a [`LoopGroup`], and so is a single elementwise node reading the plan's
+//! anchor product (a GEMM epilogue candidate); everything else is lowered
+//! node by node.
 //!
 //! [`lower_group`] emits one loop nest over the group's shape: each
 //! iteration loads the group's **inputs** (operands from outside the group,
