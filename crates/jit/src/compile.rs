@@ -130,6 +130,9 @@ pub struct CompileReport {
     /// Softmaxes run with their scale and selects in one row pass
     /// (`lower/softmax.rs`).
     pub fused_softmaxes: usize,
+    /// Fused softmaxes that overwrite their scores' buffer instead of
+    /// writing a buffer of their own (`lower/softmax.rs`).
+    pub softmaxes_in_place: usize,
 }
 
 impl CompileReport {
@@ -274,15 +277,25 @@ pub(crate) fn compile_updating(
     report.matmul_epilogues = epilogues.len();
     report.head_transposes = heads.views.len() + heads.merged.len();
     report.fused_softmaxes = softmaxes.len();
+    // A fused softmax may run in place over scores nothing else reads.
+    let reuse: HashMap<NodeId, NodeId> = softmaxes
+        .values()
+        .filter(|f| softmax::may_run_in_place(&g, f))
+        .map(|f| (f.dest(), f.x))
+        .collect();
     report.memory = memory::plan(
         &g,
         &step_nodes,
         &internal,
         &param_names,
         &const_index,
-        &heads.views,
+        (&heads.views, &reuse),
     );
-    report.fused_groups = groups.len();
+    report.softmaxes_in_place = reuse
+        .iter()
+        .filter(|(d, x)| report.memory.locs.get(d) == report.memory.locs.get(x))
+        .count();
+    report.fused_groups = groups.iter().filter(|grp| grp.nodes.len() >= 2).count();
     let updates =
         crate::inplace::place_updates(&g, &step_nodes, &mut report.memory, &specs.params, updates)?;
     report.nodes = g.len();

@@ -107,14 +107,17 @@ pub fn is_view(op: &Op) -> bool {
 /// group members kept in registers; `params` are the Parameter names in
 /// binding order, `consts` maps each Constant node to its index;
 /// `views` are further nodes that share their first operand's buffer
-/// (Transposes read in place).
+/// (Transposes read in place); `reuse` maps a node to an operand whose
+/// arena buffer it takes over when that buffer dies at the node's step and
+/// has its size (a softmax run in place over its scores, `lower/softmax.rs`:
+/// the node's helper must accept its output aliasing that operand).
 pub fn plan(
     g: &Graph,
     steps: &[Vec<NodeId>],
     internal: &HashSet<NodeId>,
     params: &[String],
     consts: &HashMap<NodeId, usize>,
-    views: &HashSet<NodeId>,
+    (views, reuse): (&HashSet<NodeId>, &HashMap<NodeId, NodeId>),
 ) -> MemoryPlan {
     let order: Vec<NodeId> = steps.iter().flatten().copied().collect();
     let mut locs: HashMap<NodeId, Loc> = HashMap::new();
@@ -162,11 +165,26 @@ pub fn plan(
         for &id in nodes.iter().filter(|id| !internal.contains(id)) {
             let view = views.contains(&id).then(|| locs[&root[&id]]);
             let loc = view.or_else(|| locate(g, id, &locs, &root, params, consts));
+            let node = g.node(id).expect("internal: order lists live nodes");
+            let bytes = (node.shape.numel() * node.dtype.size_bytes()).max(1);
+            let live = (s, last.get(&id).copied().unwrap_or(s));
+            // An operand's own arena buffer (not a view's) it may take over.
+            let src = reuse
+                .get(&id)
+                .filter(|&src| root[src] == *src)
+                .and_then(|src| locs.get(src));
+            let loc = loc.or_else(|| {
+                let offset = take_dying(&mut frees, src, (s, bytes), live.1)?;
+                plan.slots.push(Slot {
+                    node: id,
+                    offset,
+                    bytes,
+                    live,
+                });
+                Some(Loc::Arena(offset))
+            });
             let loc = loc.unwrap_or_else(|| {
-                let node = g.node(id).expect("internal: order lists live nodes");
-                let bytes = (node.shape.numel() * node.dtype.size_bytes()).max(1);
                 let offset = arena.alloc(bytes);
-                let live = (s, last.get(&id).copied().unwrap_or(s));
                 frees.push((live.1, offset, bytes));
                 plan.unshared_bytes += bytes.next_multiple_of(ALIGN);
                 plan.slots.push(Slot {
@@ -191,6 +209,25 @@ pub fn plan(
     plan.arena_bytes = arena.high_water;
     plan.locs = locs;
     plan
+}
+
+/// The offset of `src`'s arena buffer when it is `bytes` long and dies at
+/// `step` (`frees`: (last step, offset, bytes)); its entry then lives to
+/// `until`, for the node that takes it over.
+fn take_dying(
+    frees: &mut [(usize, usize, usize)],
+    src: Option<&Loc>,
+    (step, bytes): (usize, usize),
+    until: usize,
+) -> Option<usize> {
+    let Some(&Loc::Arena(offset)) = src else {
+        return None;
+    };
+    let f = frees
+        .iter_mut()
+        .find(|f| f.1 == offset && f.2 == bytes && f.0 == step)?;
+    f.0 = until;
+    Some(offset)
 }
 
 /// Where a node lives if not in the arena: read in place, a view, or a

@@ -533,7 +533,8 @@ fn normalize_row<T: Scalar>(out: &mut [T]) {
 ///
 /// # Safety
 /// `plan` points to a live [`SoftmaxPlan`]; `x` and `out` point to
-/// `rows·len` valid elements (out not overlapping any operand); each
+/// `rows·len` valid elements, `out` either equal to `x` (run in place) or
+/// not overlapping it, and not overlapping any other operand; each
 /// select's two pointers are non-null exactly when the plan has that
 /// select and point to the `len` elements its [`Bcast`]s give.
 #[allow(clippy::too_many_arguments)]
@@ -556,8 +557,10 @@ unsafe extern "C" fn softmax_fused<T: Scalar>(
             sel.as_ref()
                 .map(|(bc, bo)| (slice(c, bc.len), slice(o, bo.len)))
         };
+        // In place: the scores are read from `out` itself.
+        let in_place = std::ptr::eq(x, out.cast_const());
         let ops = fused_rows::Operands {
-            x: slice(x, n),
+            x: (!in_place).then(|| slice(x, n)),
             mask: pair(&p.mask, mask_cond, mask_fill),
             post: pair(&p.post, post_cond, post_other),
         };

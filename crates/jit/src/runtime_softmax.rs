@@ -94,20 +94,32 @@ impl<T: Scalar> Select<'_, T> {
 
 /// The operands of one call, as slices.
 pub(super) struct Operands<'a, T> {
-    pub x: &'a [T],
+    /// The scores; `None` when they are in the output already (in place).
+    pub x: Option<&'a [T]>,
     pub mask: Option<(&'a [T], &'a [T])>,
     pub post: Option<(&'a [T], &'a [T])>,
 }
 
 /// Row `r` of the plan into `out`.
 fn row<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T]) {
-    let x = &ops.x[r * p.len..(r + 1) * p.len];
-    let scaled = |v: T| match p.scale {
-        Some(s) => v * T::from_f64_lossy(s),
-        None => v,
-    };
     // The masked-out entries are computed too, then replaced by the fill.
-    out.iter_mut().zip(x).for_each(|(o, &v)| *o = scaled(v));
+    match (ops.x, p.scale) {
+        (Some(x), s) => {
+            let x = &x[r * p.len..(r + 1) * p.len];
+            match s {
+                Some(s) => {
+                    let s = T::from_f64_lossy(s);
+                    out.iter_mut().zip(x).for_each(|(o, &v)| *o = v * s);
+                }
+                None => out.copy_from_slice(x),
+            }
+        }
+        (None, Some(s)) => {
+            let s = T::from_f64_lossy(s);
+            out.iter_mut().for_each(|o| *o *= s);
+        }
+        (None, None) => {}
+    }
     if let (Some((cond, other)), Some(plan)) = (ops.mask, &p.mask) {
         Select { cond, other, plan }.apply(&p.row_dims, r, out);
     }

@@ -114,6 +114,8 @@ fn attention_blocks_match_the_interpreter() {
                     // (4 when the passes compose the two transposes of K into one)
                     assert!(r.head_transposes >= 4, "{d} {dims:?} mask {mask}");
                     assert_eq!(r.fused_softmaxes, 1, "{d} {dims:?} mask {mask}");
+                    // The scores are read by the softmax only: overwritten.
+                    assert_eq!(r.softmaxes_in_place, 1, "{d} {dims:?} mask {mask}");
                 }
                 // The same operations as the copies and separate passes: bit for bit.
                 let off = gemm_path().with_attention(false);
@@ -221,9 +223,12 @@ fn transposes_with_other_readers_are_copied() {
 fn softmax_patterns_match_the_interpreter() {
     let dims = [2, 3, 7];
     for d in [DType::F32, DType::F64] {
-        for case in 0..4 {
+        // Scores from an input (a buffer of their own) or computed (an
+        // arena buffer the softmax overwrites in place).
+        for (case, computed) in (0..4).flat_map(|c| [(c, false), (c, true)]) {
             let mut g = Graph::new();
             let x = g.input("x", dims.to_vec(), d);
+            let x = if computed { g.exp(x).expect("exp") } else { x };
             let cond = g.input("cond", vec![2, 1, 7], d);
             let fill = g.input("fill", vec![3, 1], d);
             let mut ins = vec![
@@ -252,10 +257,14 @@ fn softmax_patterns_match_the_interpreter() {
             } else {
                 p
             };
+            // Read by another node (not a graph output): an arena buffer.
+            let y = if computed { g.neg(y).expect("neg") } else { y };
             g.set_outputs(&[y]).expect("y");
             check(&g, &ins, &Bindings::new(), tol(d));
             let c = compile(&g, &gemm_path()).expect("compiles");
             assert_eq!(c.report().fused_softmaxes, 1, "{d} case {case}");
+            let in_place = usize::from(computed);
+            assert_eq!(c.report().softmaxes_in_place, in_place, "{d} case {case}");
         }
     }
 }

@@ -37,7 +37,8 @@
 //! The sums may come in any association and operand order (the graph has
 //! `(x·W + b) + s·XA·B`; the kernel adds the LoRA term first, then the
 //! bias: a reassociation within the products' tolerance). At least one step
-//! beyond the product is always there (a group has two or more members).
+//! beyond the product is always there (a group has a member besides the
+//! product: a lone bias add is a group of one, `fused::keep`).
 //!
 //! Only taken when every value the call stands for other than the output
 //! (and the derivative) has no reader outside it and is not a graph output

@@ -5,7 +5,9 @@
 //! keeps of each group the runs of consecutive members this file can emit
 //! in one loop: elementwise ops that are not views, and Broadcast (read
 //! through stride-0 dims instead of copied). A run of two or more is
-//! a [`LoopGroup`]; everything else is lowered node by node.
+//! a [`LoopGroup`], and so is a single elementwise node reading the plan's
+//! anchor product (a GEMM epilogue candidate); everything else is lowered
+//! node by node.
 //!
 //! [`lower_group`] emits one loop nest over the group's shape: each
 //! iteration loads the group's **inputs** (operands from outside the group,
@@ -94,18 +96,31 @@ pub fn loop_groups(g: &Graph, plan: &FusionPlan, taken: &HashSet<NodeId>) -> Vec
                 run.push(id);
                 continue;
             }
-            if run.len() >= 2 {
-                let anchor = reads_anchor(&run);
-                out.push(finish(g, std::mem::take(&mut run), anchor));
+            if let Some(grp) = keep(g, std::mem::take(&mut run), reads_anchor) {
+                out.push(grp);
             }
-            run.clear();
         }
-        if run.len() >= 2 {
-            let anchor = reads_anchor(&run);
-            out.push(finish(g, run, anchor));
+        if let Some(grp) = keep(g, run, reads_anchor) {
+            out.push(grp);
         }
     }
     out
+}
+
+/// `run` as a group when it is one: two or more nodes, or a single
+/// elementwise node reading the plan's anchor (a product's lone bias add or
+/// residual add: a GEMM epilogue candidate, `lower/epilogue.rs`; lowered
+/// by the same loop code as a single node when it is not taken).
+fn keep(
+    g: &Graph,
+    run: Vec<NodeId>,
+    reads_anchor: impl Fn(&[NodeId]) -> Option<NodeId>,
+) -> Option<LoopGroup> {
+    let anchor = run.first().and_then(|_| reads_anchor(&run));
+    let single_epilogue = run.len() == 1
+        && anchor.is_some()
+        && !matches!(g.node(run[0]).map(|n| &n.op), Some(Op::Broadcast { .. }));
+    (run.len() >= 2 || single_epilogue).then(|| finish(g, run, anchor))
 }
 
 /// A run with its outputs.

@@ -52,15 +52,30 @@ pub(crate) fn gather(l: &mut Lowerer<'_>, id: NodeId) -> Result<()> {
     let count = l.node_of(ops[1]).shape.numel();
     let (tp, ip, op) = (l.addr(ops[0]), l.addr(ops[1]), l.addr(id));
     let size = dt.size_bytes();
-    let word = if size == 4 { types::I32 } else { types::I64 };
+    // Rows of whole 16-byte words (MiniLM's 384 f32) are copied a vector
+    // at a time; the bits are moved unchanged either way.
+    let (word, wsize) = if (d * size) % 16 == 0 {
+        (types::I64X2, 16)
+    } else if size == 4 {
+        (types::I32, 4)
+    } else {
+        (types::I64, 8)
+    };
+    let words = d * size / wsize;
     l.counted_loop(count as i64, &mut |l, s| {
         let row = checked_id(l, id, ip, s, rows);
         let src = row_ptr(l, tp, row, d, size);
         let dst = row_ptr(l, op, s, d, size);
-        let accs = [row_access(src, d, size), row_access(dst, d, size)];
-        l.nest(&[d], &accs, &mut |l, p| {
-            let v = l.b.ins().load(word, flags(), p[0], 0);
-            l.b.ins().store(flags(), v, p[1], 0);
+        let accs = [row_access(src, words, wsize), row_access(dst, words, wsize)];
+        // Vector words need not be 16-byte aligned (rows of 4 f32).
+        let mem = if word.is_vector() {
+            super::elementwise::vector_flags()
+        } else {
+            flags()
+        };
+        l.nest(&[words], &accs, &mut |l, p| {
+            let v = l.b.ins().load(word, mem, p[0], 0);
+            l.b.ins().store(mem, v, p[1], 0);
             Ok(())
         })
     })

@@ -157,6 +157,18 @@ fn match_softmax(g: &Graph, s: NodeId) -> Option<FusedSoftmax> {
     })
 }
 
+/// Whether `f` may overwrite its scores `x` (the memory plan then gives
+/// its output `x`'s buffer when that buffer dies here): `x` is read only by
+/// the call's first node, as its data operand, and is not a graph output.
+/// Each row is then read into itself before anything else touches it, so
+/// the values are those of the separate buffers.
+pub fn may_run_in_place(g: &Graph, f: &FusedSoftmax) -> bool {
+    let selects = [f.mask, f.post].into_iter().flatten();
+    g.users(f.x) == [f.nodes[0]]
+        && !g.outputs().contains(&f.x)
+        && selects.flat_map(|(c, o)| [c, o]).all(|n| n != f.x)
+}
+
 /// How operand `id` is read over the rows of `dims`: the strides of the
 /// row dims and of the last axis (0 where it is broadcast).
 fn bcast(g: &Graph, id: NodeId, dims: &[usize]) -> Bcast {

@@ -234,6 +234,10 @@ pub fn gemm_batched<T: Scalar>(
         BatchRhs::Entries(_) => Isa::detect(),
     };
     let strided_c = batch.layout.is_some();
+    // Entries whose `C_i` is one dense block (rows `n` apart, or one row:
+    // attention's score products) are written in place; the others (heads
+    // merged into wider rows) go through the thread's workspace.
+    let copy_out = batch.layout.is_some_and(|l| m > 1 && l.c_row != n);
     let per = per_thread_len::<T>(
         select::blocking::<T>(isa),
         m,
@@ -279,7 +283,7 @@ pub fn gemm_batched<T: Scalar>(
     };
     let failed = Mutex::new(None);
     pool::parallel_for_slots(count, slots, &|i, slot| {
-        let result = if strided_c {
+        let result = if copy_out {
             // SAFETY: workspace chunk `slot` (slot < slots ≤ workspace.len() /
             // per) is used by one running task at a time (parallel_for_slots'
             // guarantee); nothing of `c` is borrowed.
@@ -296,11 +300,15 @@ pub fn gemm_batched<T: Scalar>(
                 }
             })
         } else {
-            // SAFETY: entry i's C (i·m·n .. (i+1)·m·n ≤ c.len(), checked above)
-            // is written by task i only; workspace chunk `slot` as above.
+            // SAFETY: entry i's C is the dense block c_offset(i) .. + m·n
+            // (rows n apart or a single row), inside c (checked above:
+            // i·m·n + m·n without a layout, c_end ≤ c_len with one), and
+            // written by task i only: without a layout the blocks tile c,
+            // with one the layout's outputs are disjoint (may_split). The
+            // workspace chunk `slot` as above.
             let (c_i, ws) = unsafe {
                 (
-                    shared.c_part(i * m * n, m * n),
+                    shared.c_part(batch.c_offset(i), m * n),
                     shared.ws_part(slot * per, per),
                 )
             };

@@ -261,6 +261,60 @@ mod tests {
         const { assert!(2 * 128 * 128 * 64 >= pool::PARALLEL_MIN_FLOPS) };
     }
 
+    /// Dense outputs (rows `n` apart, or one row) at offsets out of order
+    /// and with gaps are written in place by the pool's tasks: each entry
+    /// equals its reference product and the gaps keep their values.
+    fn check_dense_outputs<T: Scalar>(seed: u64, (m, n, k): (usize, usize, usize)) {
+        let mut rng = Rng(seed);
+        let mut random =
+            |len: usize| -> Vec<T> { (0..len).map(|_| T::from_f64_lossy(rng.unit())).collect() };
+        let count = 7;
+        // A_i read transposed (strides (1, m)), B_i row-major; C_i in reverse
+        // order, one row apart.
+        let (a, b) = (random(count * m * k), random(count * k * n));
+        let offsets: Vec<(usize, usize)> = (0..count).map(|i| (i * m * k, i * k * n)).collect();
+        let c_at: Vec<usize> = (0..count).map(|i| (count - 1 - i) * (m + 1) * n).collect();
+        let layout = StridedLayout::new((m, n), (1, m), (n, 1), n, c_at.clone()).expect("valid");
+        assert!(layout.outputs_disjoint());
+        let batch = Batch {
+            m,
+            n,
+            k,
+            offsets: &offsets,
+            layout: Some(&layout),
+        };
+        let sentinel = T::from_f64_lossy(-7.5);
+        let mut c = vec![sentinel; count * (m + 1) * n];
+        let mut ws = vec![T::nan(); batched_workspace_len::<T>(count, m, n, k, false)];
+        gemm_batched(
+            &batch,
+            &a,
+            BatchRhs::Entries(&b),
+            &mut c,
+            &mut ws,
+            &Epilogue::none(),
+        )
+        .expect("valid batch");
+        let mut want = vec![sentinel; c.len()];
+        for (i, &at) in c_at.iter().enumerate() {
+            let ai = MatRef::with_strides(&a[i * m * k..], m, k, 1, m).expect("fits");
+            let bi = MatRef::new(&b[i * k * n..(i + 1) * k * n], k, n).expect("fits");
+            let mut ci = MatMut::new(&mut want[at..at + m * n], m, n).expect("fits");
+            reference::gemm(T::one(), ai, bi, T::zero(), &mut ci);
+        }
+        let tol = 16.0 * k as f64 * T::EPSILON_F64;
+        check_close(&c, &want, tol, tol, Nan::Mismatch)
+            .unwrap_or_else(|e| panic!("dense outputs {m}×{n}×{k}: {e}"));
+    }
+
+    #[test]
+    fn dense_strided_outputs_are_written_in_place_f32_f64() {
+        for (i, shape) in [(5, 6, 3), (1, 9, 4), (16, 33, 8)].into_iter().enumerate() {
+            check_dense_outputs::<f32>(0x0dd5_eed0 + i as u64, shape);
+            check_dense_outputs::<f64>(0x5eed_0dd0 + i as u64, shape);
+        }
+    }
+
     #[test]
     fn a_layout_for_another_batch_is_an_error() {
         let l = StridedLayout::new((2, 2), (2, 1), (2, 1), 2, vec![0]).expect("valid");
