@@ -87,8 +87,28 @@ impl EpilogueSpec {
     };
 
     /// Whether the epilogue does nothing.
+    ///
+    /// Field by field, touching no float: every GEMM call asks this before
+    /// it sets denormals-are-zero, and float work on stale bytes (a `None`
+    /// option's payload) can raise MXCSR's sticky denormal flag on the
+    /// caller's thread.
     pub fn is_none(&self) -> bool {
-        *self == Self::NONE
+        let Self {
+            lora,
+            lora_stack,
+            col_scale,
+            bias,
+            activation,
+            act_grad,
+            residual,
+        } = self;
+        lora.is_none()
+            && lora_stack.is_none()
+            && !col_scale
+            && !bias
+            && activation.is_none()
+            && !act_grad
+            && residual.is_none()
     }
 }
 
@@ -255,8 +275,26 @@ impl<'a, T: Scalar> Epilogue<'a, T> {
     }
 
     /// Whether the epilogue does nothing.
+    ///
+    /// Field by field, without [`spec`](Self::spec)'s float conversions:
+    /// in debug builds `spec().is_none()` raised MXCSR's sticky denormal
+    /// flag on the caller's thread before the GEMM set its mode (kernels
+    /// test `subnormal_inputs_count_as_zero_and_the_mode_is_restored`).
     pub fn is_none(&self) -> bool {
-        self.spec().is_none()
+        let Self {
+            lora,
+            col_scale,
+            bias,
+            activation,
+            act_grad,
+            residual,
+        } = self;
+        lora.is_none()
+            && col_scale.is_none()
+            && bias.is_none()
+            && activation.is_none()
+            && act_grad.is_none()
+            && residual.is_none()
     }
 
     /// The data-free description of this epilogue.
