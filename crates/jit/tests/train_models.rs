@@ -117,6 +117,18 @@ fn lora_variants_train_through_the_trainer() {
 /// layer's forward becomes one call whose epilogue also writes the GELU
 /// derivative the backward reads (`EpilogueSpec::act_grad`), and the steps
 /// still match the interpreter's, f32 and f64, GELU tanh and erf.
+/// The compiled MSE + SGD step (learning rate `lr`) of `m`'s LoRA
+/// parameters for input `x`, with `m`'s current values bound.
+fn mse_sgd_trainer<T: Scalar>(m: &Sequential<T>, x: &Tensor<T>, lr: f64) -> Trainer {
+    let inputs = [Input::Float(x)];
+    let options = ExportOptions::new(ExportMode::Training);
+    let g = export_model(m, &input_specs(&inputs), &options).expect("export");
+    let lora = Trainable::NameContains("lora_".into());
+    let step = training_step(&g, Loss::Mse, &lora, &Optimizer::Sgd { lr }).expect("step");
+    let b = Bindings::from_map(&bindings_for(m, &g).expect("bindings")).expect("b");
+    Trainer::new(&step, b, &JitOptions::default()).expect("trainer")
+}
+
 fn gelu_layers_keep_their_epilogue<T: Scalar>(act: Activation) {
     let mut rng = Rng::new(21);
     let dense = |i, o, act, rng: &mut Rng| Dense::new(i, o, true, act, rng).expect("dense");
@@ -133,13 +145,7 @@ fn gelu_layers_keep_their_epilogue<T: Scalar>(act: Activation) {
     m.set_training(false);
     let x = Tensor::<T>::random_normal(&[16, 48], 0.0, 1.0, &mut Rng::new(22));
     let y = Tensor::<T>::random_normal(&[16, 24], 0.0, 1.0, &mut Rng::new(23));
-    let inputs = [Input::Float(&x)];
-    let options = ExportOptions::new(ExportMode::Training);
-    let g = export_model(&m, &input_specs(&inputs), &options).expect("export");
-    let lora = Trainable::NameContains("lora_".into());
-    let step = training_step(&g, Loss::Mse, &lora, &Optimizer::Sgd { lr: 1e-2 }).expect("step");
-    let b = Bindings::from_map(&bindings_for(&m, &g).expect("bindings")).expect("b");
-    let t = Trainer::new(&step, b, &JitOptions::default()).expect("trainer");
+    let t = mse_sgd_trainer(&m, &x, 1e-2);
     let report = t.compiled().report();
     assert!(
         report.matmul_epilogues >= 2,
@@ -168,13 +174,7 @@ fn gelu_forwards_write_their_derivative_in_the_epilogue() {
 fn a_w4_like_step_stores_every_update_in_place() {
     let m = mlp::<f32>(16, random_lora());
     let x = Tensor::<f32>::random_normal(&[8, 12], 0.0, 1.0, &mut Rng::new(5));
-    let inputs = [Input::Float(&x)];
-    let options = ExportOptions::new(ExportMode::Training);
-    let g = export_model(&m, &input_specs(&inputs), &options).expect("export");
-    let lora = Trainable::NameContains("lora_".into());
-    let step = training_step(&g, Loss::Mse, &lora, &Optimizer::Sgd { lr: 1e-3 }).expect("step");
-    let b = Bindings::from_map(&bindings_for(&m, &g).expect("bindings")).expect("b");
-    let t = Trainer::new(&step, b, &JitOptions::default()).expect("trainer");
+    let t = mse_sgd_trainer(&m, &x, 1e-3);
     assert_eq!(t.updates().len(), 6, "A and B of three layers");
     let copied: Vec<&str> = t
         .updates()
