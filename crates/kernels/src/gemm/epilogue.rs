@@ -87,28 +87,8 @@ impl EpilogueSpec {
     };
 
     /// Whether the epilogue does nothing.
-    ///
-    /// Field by field, touching no float: every GEMM call asks this before
-    /// it sets denormals-are-zero, and float work on stale bytes (a `None`
-    /// option's payload) can raise MXCSR's sticky denormal flag on the
-    /// caller's thread.
     pub fn is_none(&self) -> bool {
-        let Self {
-            lora,
-            lora_stack,
-            col_scale,
-            bias,
-            activation,
-            act_grad,
-            residual,
-        } = self;
-        lora.is_none()
-            && lora_stack.is_none()
-            && !col_scale
-            && !bias
-            && activation.is_none()
-            && !act_grad
-            && residual.is_none()
+        *self == Self::NONE
     }
 }
 
