@@ -336,6 +336,32 @@ fn lora_rows_match_the_rank_sum_f32_f64() {
 /// against the reference product plus the rank sum: several row and
 /// column blocks, an edge micro-panel, threaded sizes, a transposed `XA`,
 /// ranks around the kernels' depth block (r > kc falls back to the rows).
+/// Runs `β·C0 + A·B` with epilogue `ep` (B prepacked for even `case`,
+/// plain for odd) and compares it with `expected`, at a tolerance for a
+/// depth of `A`'s columns plus the rank `r`.
+#[allow(clippy::too_many_arguments)]
+fn lora_product_matches<T: Scalar>(
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    (beta, mut actual): (T, Vec<T>),
+    ep: &Epilogue<'_, T>,
+    expected: &[T],
+    r: usize,
+    case: usize,
+    what: &str,
+) {
+    let (m, n, k) = (a.rows(), b.cols(), a.cols());
+    let packed = PackedRhs::pack(b);
+    let rhs = [Rhs::Packed(&packed), Rhs::Mat(b)][case % 2];
+    let cv = MatMut::new(&mut actual, m, n).expect("fits");
+    let mut ws = vec![T::nan(); workspace_len::<T>(m, n, k, case.is_multiple_of(2))];
+    gemm_ep(T::one(), a, rhs, beta, cv, &mut ws, ep).expect("valid product");
+    let depth = (k + r) as f64;
+    let tol = 8.0 * (depth + 8.0) * T::EPSILON_F64 * (depth + 1.0);
+    check_close(&actual, expected, tol, tol, Nan::Mismatch)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 fn lora_pass_matches_reference<T: Scalar>() {
     let mut rng = Rng(77);
     let cases = [
@@ -375,16 +401,8 @@ fn lora_pass_matches_reference<T: Scalar>() {
         let ev = &mut MatMut::new(&mut expected, m, n).expect("fits");
         reference::gemm(T::one(), a, b, T::one(), ev);
         separate_passes(&ep, &mut expected, n);
-        let packed = PackedRhs::pack(b);
-        let rhs = [Rhs::Packed(&packed), Rhs::Mat(b)][case % 2];
-        let mut actual = c0.clone();
-        let cv = MatMut::new(&mut actual, m, n).expect("fits");
-        let mut ws = vec![T::nan(); workspace_len::<T>(m, n, k, case % 2 == 0)];
-        gemm_ep(T::one(), a, rhs, T::one(), cv, &mut ws, &ep).expect("valid product");
-        let depth = (k + r) as f64;
-        let tol = 8.0 * (depth + 8.0) * T::EPSILON_F64 * (depth + 1.0);
-        check_close(&actual, &expected, tol, tol, Nan::Mismatch)
-            .unwrap_or_else(|e| panic!("{m}×{n}×{k} rank {r}: {e}"));
+        let what = format!("{m}×{n}×{k} rank {r}");
+        lora_product_matches(a, b, (T::one(), c0.clone()), &ep, &expected, r, case, &what);
     }
 }
 
@@ -454,16 +472,9 @@ fn grouped_lora_pass_matches_reference<T: Scalar>() {
         let ev = &mut MatMut::new(&mut expected, m, n).expect("fits");
         reference::gemm(T::one(), a, b, T::zero(), ev);
         separate_passes(&ep, &mut expected, n);
-        let packed = PackedRhs::pack(b);
-        let rhs = [Rhs::Packed(&packed), Rhs::Mat(b)][case % 2];
-        let mut actual = vec![T::nan(); m * n];
-        let cv = MatMut::new(&mut actual, m, n).expect("fits");
-        let mut ws = vec![T::nan(); workspace_len::<T>(m, n, k, case % 2 == 0)];
-        gemm_ep(T::one(), a, rhs, T::zero(), cv, &mut ws, &ep).expect("valid product");
-        let depth = (k + r) as f64;
-        let tol = 8.0 * (depth + 8.0) * T::EPSILON_F64 * (depth + 1.0);
-        check_close(&actual, &expected, tol, tol, Nan::Mismatch)
-            .unwrap_or_else(|e| panic!("{m}×{n}×{k} rank {r} × {stack}: {e}"));
+        let what = format!("{m}×{n}×{k} rank {r} × {stack}");
+        let c0 = vec![T::nan(); m * n];
+        lora_product_matches(a, b, (T::zero(), c0), &ep, &expected, r, case, &what);
     }
 }
 
