@@ -666,10 +666,13 @@ impl<E: Elem> Macro<'_, E> {
                 let a = &self.a[i * lda..(i + rows - 1) * lda + kc];
                 // The first row tile reads the panel from memory, prefetching
                 // it `pf` rows ahead into L1; the second (its panel now in
-                // L2) prefetches the next panel into L2 for the next first
-                // tile; the rest prefetch their panel into L1 from L2. In-place
-                // panels (the LoRA pass) are a few rows deep: none.
-                let (pf, pf_l2) = match (rs_b == nr, self.b.cold && t == 1) {
+                // L2) prefetches the block's next panel into L2 for the next
+                // first tile (not past the block: the panels after it may
+                // be another thread's); the rest prefetch their panel into
+                // L1 from L2. In-place panels (the LoRA pass) are a few rows
+                // deep: none.
+                let ahead = self.b.cold && t == 1 && j + nr < nc;
+                let (pf, pf_l2) = match (rs_b == nr, ahead) {
                     (false, _) => (0, false),
                     (true, true) => (self.b.stride, true),
                     (true, false) => (pf * rs_b, false),
