@@ -6,7 +6,9 @@
 //! W1: each round times, in turn, the 64×1024×1024 product with a
 //! prepacked weight on 1 and 2 threads, the same with a bias + GELU-tanh
 //! epilogue, a chain of four such layers (W1 folded), and the GELU-tanh
-//! pass alone. W3: each of MiniLM's 1024-row products (prepacked weights,
+//! pass alone; then the chain on 1 and 2 threads with the deep kernels
+//! and with the regular `kc`-deep blocks (a workspace one element short of
+//! `workspace_len`), interleaved, with the median of the per-round ratios. W3: each of MiniLM's 1024-row products (prepacked weights,
 //! four in turn, 2 threads) as the library splits it and as a column or a
 //! row split emulated over the pool (`w3` below). Medians over the rounds
 //! are printed with GFLOP/s.
@@ -34,6 +36,12 @@ struct Setup {
     bias: Vec<f32>,
     out: Vec<Vec<f32>>,
     ws: Vec<f32>,
+    /// One element short of `workspace_len` on 1 and on 2 threads: too
+    /// small for the deep kernels (`Family::for_product`), so the products
+    /// take the regular `kc`-deep blocks on the same threads (the session-6
+    /// kernels).
+    ws_regular: [Vec<f32>; 2],
+    regular: bool,
 }
 
 fn layer(s: &mut Setup, l: usize, input: Option<usize>, gelu: bool) {
@@ -54,7 +62,12 @@ fn layer(s: &mut Setup, l: usize, input: Option<usize>, gelu: bool) {
     } else {
         ep
     };
-    gemm_ep(1.0, a, Rhs::Packed(&s.w[l]), 0.0, c, &mut s.ws, &ep).expect("valid");
+    let ws = if s.regular {
+        &mut s.ws_regular[usize::from(pool::threads() > 1)]
+    } else {
+        &mut s.ws
+    };
+    gemm_ep(1.0, a, Rhs::Packed(&s.w[l]), 0.0, c, ws, &ep).expect("valid");
     s.out[l] = out;
 }
 
@@ -120,6 +133,28 @@ fn main() {
     }
 }
 
+/// W1 folded: four layers, bias + GELU-tanh after the first three.
+fn chain(s: &mut Setup) {
+    layer(s, 0, None, true);
+    layer(s, 1, Some(0), true);
+    layer(s, 2, Some(1), true);
+    layer(s, 3, Some(2), false);
+}
+
+/// µs per W1-folded chain with the deep kernels and with the regular ones,
+/// each after one untimed call, in the order given (alternate it between
+/// rounds so neither always runs second).
+fn deep_vs_regular(s: &mut Setup, reps: usize, regular_first: bool) -> (f64, f64) {
+    let mut times = [0.0; 2];
+    for regular in [regular_first, !regular_first] {
+        s.regular = regular;
+        chain(s);
+        times[usize::from(regular)] = time(reps, &mut || chain(s));
+    }
+    s.regular = false;
+    (times[0], times[1])
+}
+
 fn w1(rounds: usize) {
     let w: Vec<PackedRhs<f32>> = (0..4)
         .map(|l| {
@@ -133,6 +168,11 @@ fn w1(rounds: usize) {
         bias: data(N, 3),
         out: vec![vec![0.0; M * N]; 4],
         ws: vec![0.0; workspace_len::<f32>(M, N, K, true) * 2],
+        ws_regular: [1, 0].map(|threads| {
+            pool::set_threads(threads);
+            vec![0.0; workspace_len::<f32>(M, N, K, true) - 1]
+        }),
+        regular: false,
     };
     let names = [
         "gemm 1t",
@@ -142,10 +182,15 @@ fn w1(rounds: usize) {
         "gemm+gelu 2t",
         "W1-folded 4 layers 1t",
         "gelu_tanh pass 64x1024",
+        "W1-folded 4 layers 1t, regular kc",
+        "W1-folded 4 layers 2t",
+        "W1-folded 4 layers 2t, regular kc",
     ];
+    // Paired per round: regular-kc time / deep time, 1 and 2 threads.
+    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut t: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let reps = 20;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         pool::set_threads(1);
         t[0].push(time(reps, &mut || layer(&mut s, 0, None, false)));
         t[1].push(
@@ -161,13 +206,13 @@ fn w1(rounds: usize) {
             }) / 4.0,
         );
         t[4].push(time(reps, &mut || layer(&mut s, 0, None, true)));
-        pool::set_threads(1);
-        t[5].push(time(reps, &mut || {
-            layer(&mut s, 0, None, true);
-            layer(&mut s, 1, Some(0), true);
-            layer(&mut s, 2, Some(1), true);
-            layer(&mut s, 3, Some(2), false);
-        }));
+        for (threads, (deep, regular)) in [(1, (5, 7)), (0, (8, 9))] {
+            pool::set_threads(threads);
+            let (d, r) = deep_vs_regular(&mut s, reps, round % 2 == 1);
+            t[deep].push(d);
+            t[regular].push(r);
+            ratios[usize::from(threads == 0)].push(r / d);
+        }
         pool::set_threads(0);
         let mut buf = s.out[3].clone();
         t[6].push(time(reps, &mut || {
@@ -186,6 +231,12 @@ fn w1(rounds: usize) {
         println!(
             "{name:32} median {med:9.1} µs  min {:9.1} µs  {gf:6.0} GFLOP/s",
             v[0]
+        );
+    }
+    for (threads, r) in [1, 2].iter().zip(&mut ratios) {
+        println!(
+            "W1-folded {threads}t regular kc / deep, paired per round: median {:.3}",
+            median(r)
         );
     }
 }

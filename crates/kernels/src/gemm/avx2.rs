@@ -117,6 +117,7 @@ pub(super) static F32: Family<f32> = Family {
     tiles: tile_table!(tile_f32, 2; 1 2 3 4 5 6),
     narrow_width: 8,
     narrow: tile_table!(tile_f32, 1; 1 2 3 4 5 6),
+    deep: None,
 };
 
 /// The f64 family.
@@ -133,4 +134,5 @@ pub(super) static F64: Family<f64> = Family {
     tiles: tile_table!(tile_f64, 2; 1 2 3 4 5 6),
     narrow_width: 4,
     narrow: tile_table!(tile_f64, 1; 1 2 3 4 5 6),
+    deep: None,
 };

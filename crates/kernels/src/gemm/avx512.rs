@@ -4,6 +4,10 @@
 //! each step loads two vectors of the `B` micro-panel, prefetches the same
 //! two lines [`PF`] rows ahead, and broadcasts one element of `A` per row,
 //! so the loop runs 24 FMAs per 14 loads and 2 prefetches.
+//!
+//! Each family has a deep twin ([`F32_DEEP`], [`F64_DEEP`]): the same tiles
+//! with a packed-`A` row stride for one depth block of up to [`KC_DEEP`],
+//! which short products with a prepacked weight use (`Family::for_product`).
 
 use super::kernel::{tile, tile_table, Lanes, Tile};
 use super::select::{Blocking, Family};
@@ -27,6 +31,12 @@ const PF: usize = 32;
 const LDA32: usize = KC + 16;
 /// As [`LDA32`] for f64.
 const LDA64: usize = KC + 8;
+/// Depth of the deep families' one block: `k` of a 1024-wide layer.
+const KC_DEEP: usize = 1024;
+/// Row stride of packed `A` in the deep f32 family (one line past `KC_DEEP`).
+const LDA32_DEEP: usize = KC_DEEP + 16;
+/// As [`LDA32_DEEP`] for f64.
+const LDA64_DEEP: usize = KC_DEEP + 8;
 
 // SAFETY: every method is an AVX-512F intrinsic on __m512; the trait's
 // contract makes callers check AVX-512F first. Loads and stores are the
@@ -62,6 +72,10 @@ unsafe impl Lanes for __m512 {
     unsafe fn prefetch(p: *const f32) {
         _mm_prefetch::<_MM_HINT_T0>(p.cast());
     }
+    #[inline(always)]
+    unsafe fn prefetch_l2(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T1>(p.cast());
+    }
 }
 
 // SAFETY: as for __m512, with 8 f64 lanes.
@@ -96,6 +110,10 @@ unsafe impl Lanes for __m512d {
     unsafe fn prefetch(p: *const f64) {
         _mm_prefetch::<_MM_HINT_T0>(p.cast());
     }
+    #[inline(always)]
+    unsafe fn prefetch_l2(p: *const f64) {
+        _mm_prefetch::<_MM_HINT_T1>(p.cast());
+    }
 }
 
 /// An f32 tile of `M` rows and `NV` vectors.
@@ -118,6 +136,26 @@ unsafe fn tile_f64<const M: usize, const NV: usize>(t: &Tile<f64>) {
     unsafe { tile::<__m512d, LDA64, M, NV>(t) }
 }
 
+/// An f32 tile of the deep family.
+///
+/// # Safety
+/// As [`tile_f32`].
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_f32_deep<const M: usize, const NV: usize>(t: &Tile<f32>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { tile::<__m512, LDA32_DEEP, M, NV>(t) }
+}
+
+/// An f64 tile of the deep family.
+///
+/// # Safety
+/// As [`tile_f64`].
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_f64_deep<const M: usize, const NV: usize>(t: &Tile<f64>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { tile::<__m512d, LDA64_DEEP, M, NV>(t) }
+}
+
 /// The f32 family.
 pub(super) static F32: Family<f32> = Family {
     blocking: Blocking {
@@ -132,6 +170,20 @@ pub(super) static F32: Family<f32> = Family {
     tiles: tile_table!(tile_f32, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 16,
     narrow: tile_table!(tile_f32, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    deep: Some(&F32_DEEP),
+};
+
+/// [`F32`] with one depth block of up to [`KC_DEEP`].
+pub(super) static F32_DEEP: Family<f32> = Family {
+    blocking: Blocking {
+        kc: KC_DEEP,
+        lda: LDA32_DEEP,
+        ..F32.blocking
+    },
+    tiles: tile_table!(tile_f32_deep, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
+    narrow_width: 16,
+    narrow: tile_table!(tile_f32_deep, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    deep: None,
 };
 
 /// The f64 family.
@@ -148,4 +200,18 @@ pub(super) static F64: Family<f64> = Family {
     tiles: tile_table!(tile_f64, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 8,
     narrow: tile_table!(tile_f64, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    deep: Some(&F64_DEEP),
+};
+
+/// [`F64`] with one depth block of up to [`KC_DEEP`].
+pub(super) static F64_DEEP: Family<f64> = Family {
+    blocking: Blocking {
+        kc: KC_DEEP,
+        lda: LDA64_DEEP,
+        ..F64.blocking
+    },
+    tiles: tile_table!(tile_f64_deep, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
+    narrow_width: 8,
+    narrow: tile_table!(tile_f64_deep, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    deep: None,
 };

@@ -345,8 +345,14 @@ pub(super) fn run<E: Elem + Scalar>(
     (m, n, rs): (usize, usize, usize),
     workspace: &mut [E],
 ) {
-    let bl = fam.blocking;
     let packed = matches!(p.b, BSource::Packed(_));
+    // The deep family needs more room for `A` (one `k`-deep block); a
+    // workspace sized for the regular blocking keeps the regular kernels.
+    let fam = match fam.for_product(m, p.k, packed) {
+        deep if workspace.len() >= workspace_len::<E>(deep.blocking, m, n, p.k, packed) => deep,
+        _ => fam,
+    };
+    let bl = fam.blocking;
     let per = per_thread_len::<E>(bl, m, n, p.k, packed);
     let threads = planned_threads(bl, m, n, p.k).min(workspace.len() / per.max(1));
     let split = Split::new(bl, m, n, threads.max(1), packed);
@@ -462,12 +468,14 @@ fn block<E: Elem + Scalar>(
                         data: b_buf,
                         stride: kc * bl.nr,
                         rs: bl.nr,
+                        cold: false,
                     }
                 }
                 BSource::Packed(d) => Panels {
                     data: &d[jc / bl.nr * p.k * bl.nr + pc * bl.nr..],
                     stride: p.k * bl.nr,
                     rs: bl.nr,
+                    cold: true,
                 },
             };
             let beta = if pc == 0 { p.beta } else { E::ONE };
@@ -542,6 +550,7 @@ fn lora_block<E: Elem + Scalar>(
             data: &lb[jc.min(lb.len())..],
             stride: bl.nr,
             rs: t.b.row_stride,
+            cold: false,
         };
         let at = Macro {
             kc: r,
@@ -616,6 +625,10 @@ struct Panels<'a, E> {
     data: &'a [E],
     stride: usize,
     rs: usize,
+    /// A prepacked weight, read from memory (L3/DRAM) once per call:
+    /// while one micro-panel is in use, the next is prefetched into L2
+    /// (see [`Macro::run`]). Panels packed per call are already in cache.
+    cold: bool,
 }
 
 impl<E> Panels<'_, E> {
@@ -649,8 +662,21 @@ impl<E: Elem> Macro<'_, E> {
             } else {
                 fam.tiles
             };
-            for (i, rows) in row_tiles(mc, mr) {
+            for (t, (i, rows)) in row_tiles(mc, mr).enumerate() {
                 let a = &self.a[i * lda..(i + rows - 1) * lda + kc];
+                // The first row tile reads the panel from memory, prefetching
+                // it `pf` rows ahead into L1; the second (its panel now in
+                // L2) prefetches the block's next panel into L2 for the next
+                // first tile (not past the block: the panels after it may
+                // be another thread's); the rest prefetch their panel into
+                // L1 from L2. In-place panels (the LoRA pass) are a few rows
+                // deep: none.
+                let ahead = self.b.cold && t == 1 && j + nr < nc;
+                let (pf, pf_l2) = match (rs_b == nr, ahead) {
+                    (false, _) => (0, false),
+                    (true, true) => (self.b.stride, true),
+                    (true, false) => (pf * rs_b, false),
+                };
                 let tile = Tile {
                     kc,
                     a: a.as_ptr(),
@@ -661,8 +687,8 @@ impl<E: Elem> Macro<'_, E> {
                     nr: cols,
                     alpha,
                     beta,
-                    // In-place panels (the LoRA pass) are a few rows deep.
-                    pf: if rs_b == nr { pf * rs_b } else { 0 },
+                    pf,
+                    pf_l2,
                 };
                 // SAFETY: `a` holds rows × kc at stride lda, `b` kc rows of nr
                 // at stride rs_b (`panel` sliced both), `tile_ptr` checked the

@@ -117,6 +117,8 @@ fn check_epilogues<T: Scalar>(seed: u64) {
         (3, 1100, 5),
         (64, 200, 100),
         (13, 70, 600),
+        // One deep depth block (`Family::for_product`) with a prepacked B.
+        (40, 70, 520),
     ];
     for (s, &(m, n, k)) in shapes.iter().enumerate() {
         let (a, b) = (random::<T>(&mut rng, m * k), random::<T>(&mut rng, k * n));

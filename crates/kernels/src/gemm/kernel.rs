@@ -61,6 +61,10 @@ pub(super) unsafe trait Lanes: Copy {
     /// default). `p` may point anywhere: a prefetch never faults.
     #[inline(always)]
     unsafe fn prefetch(_p: *const Self::Elem) {}
+    /// As [`prefetch`](Self::prefetch), into L2 only (for data needed
+    /// after the current tile).
+    #[inline(always)]
+    unsafe fn prefetch_l2(_p: *const Self::Elem) {}
 }
 
 /// One microkernel call: where its operands are and how to combine with `C`.
@@ -86,6 +90,9 @@ pub(super) struct Tile<E> {
     /// Elements past the current `B` row to prefetch each step (a hint:
     /// the address may lie past the panel).
     pub pf: usize,
+    /// Prefetch into L2 ([`Lanes::prefetch_l2`]) instead of L1: `pf` then
+    /// reaches into the next micro-panel, which a later tile reads.
+    pub pf_l2: bool,
 }
 
 /// The entry point of a microkernel instance.
@@ -116,7 +123,12 @@ pub(super) unsafe fn tile<V: Lanes, const LDA: usize, const M: usize, const NV: 
             *slot = V::load(b.add(v * V::LANES));
         }
         for v in 0..NV {
-            V::prefetch(b.wrapping_add(t.pf + v * V::LANES));
+            let p = b.wrapping_add(t.pf + v * V::LANES);
+            if t.pf_l2 {
+                V::prefetch_l2(p);
+            } else {
+                V::prefetch(p);
+            }
         }
         for (i, row) in acc.iter_mut().enumerate() {
             let ai = V::splat(*a.add(i * LDA));

@@ -28,6 +28,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod batch;
+#[cfg(test)]
+mod deep_tests;
 mod driver;
 mod epilogue;
 #[cfg(test)]
@@ -180,7 +182,13 @@ pub fn workspace_len<T: Scalar>(m: usize, n: usize, k: usize, rhs_packed: bool) 
 }
 
 fn workspace_len_on<T: Scalar>(isa: Isa, m: usize, n: usize, k: usize, packed: bool) -> usize {
-    driver::workspace_len::<T>(select::blocking::<T>(isa), m, n, k, packed)
+    driver::workspace_len::<T>(
+        select::blocking_for::<T>(isa, m, k, packed),
+        m,
+        n,
+        k,
+        packed,
+    )
 }
 
 /// `C ← α·A·B + β·C`, using `workspace` for packing (no allocation).
@@ -410,7 +418,7 @@ mod tests {
     }
 
     /// `check_case`, with `B` always prepacked if `packed_only`.
-    fn check_product<T: Scalar>(
+    pub(super) fn check_product<T: Scalar>(
         isa: Isa,
         rng: &mut Rng,
         (m, n, k): (usize, usize, usize),

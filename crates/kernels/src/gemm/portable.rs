@@ -92,6 +92,7 @@ pub(super) static F32: Family<f32> = Family {
     tiles: tile_table!(tile_f32, 1; 1 2 3 4),
     narrow_width: 8,
     narrow: tile_table!(tile_f32, 1; 1 2 3 4),
+    deep: None,
 };
 
 /// The f64 family.
@@ -108,4 +109,5 @@ pub(super) static F64: Family<f64> = Family {
     tiles: tile_table!(tile_f64, 1; 1 2 3 4),
     narrow_width: 4,
     narrow: tile_table!(tile_f64, 1; 1 2 3 4),
+    deep: None,
 };

@@ -80,6 +80,39 @@ pub(crate) struct Family<E: 'static> {
     pub narrow_width: usize,
     /// As `tiles`, for edge panels of at most `narrow_width` valid columns.
     pub narrow: &'static [TileFn<E>],
+    /// The same microkernels compiled for one deep depth block (`kc` up to
+    /// the whole `k` of a model's layer), for short products with a
+    /// prepacked weight (see [`Family::for_product`]); `None` where not
+    /// measured.
+    pub deep: Option<&'static Family<E>>,
+}
+
+impl<E> Family<E> {
+    /// The family an `m × · × k` product runs with: the [`deep`](Self::deep)
+    /// one when `B` is prepacked, `A` is at most one `mc`-row block, and `k`
+    /// is more than one of this family's depth blocks but at most one of
+    /// the deep family's.
+    ///
+    /// Such a product (W1's 64×1024×1024 layers) then walks `k` in one
+    /// block: each `C` tile is written once instead of `k / kc` times, and
+    /// every micro-panel of the weight is read as one contiguous stream
+    /// (`PackedRhs` stores a panel over the whole depth), where `kc`-deep
+    /// blocks read each weight panel in `k / kc` pieces 128 KiB apart and
+    /// restart the hardware prefetcher at each (docs/jit.md, "W1: one depth
+    /// block"). `A` (≤ `mc` rows × `k`) and one weight panel (`k × nr`) stay
+    /// in L2.
+    pub(crate) fn for_product(&self, m: usize, k: usize, b_packed: bool) -> &Family<E> {
+        match self.deep {
+            Some(d) if b_packed && m <= self.blocking.mc && k > self.blocking.kc => {
+                if k <= d.blocking.kc {
+                    d
+                } else {
+                    self
+                }
+            }
+            _ => self,
+        }
+    }
 }
 
 /// Element types with microkernel families.
@@ -125,5 +158,14 @@ pub(crate) fn blocking<T: Scalar>(isa: Isa) -> Blocking {
     match T::DTYPE {
         DType::F64 => f64::family(isa).blocking,
         _ => f32::family(isa).blocking,
+    }
+}
+
+/// The blocking an `m × · × k` product of `T` runs with on `isa`
+/// ([`Family::for_product`]).
+pub(crate) fn blocking_for<T: Scalar>(isa: Isa, m: usize, k: usize, b_packed: bool) -> Blocking {
+    match T::DTYPE {
+        DType::F64 => f64::family(isa).for_product(m, k, b_packed).blocking,
+        _ => f32::family(isa).for_product(m, k, b_packed).blocking,
     }
 }
