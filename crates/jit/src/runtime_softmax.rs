@@ -17,7 +17,7 @@ pub struct Bcast {
 
 impl Bcast {
     /// Offset of row `r` (row dims `dims`, row-major).
-    fn row_offset(&self, dims: &[usize], mut r: usize) -> usize {
+    pub(super) fn row_offset(&self, dims: &[usize], mut r: usize) -> usize {
         let mut off = 0;
         for d in (0..dims.len()).rev() {
             off += (r % dims[d]) * self.rows[d];
