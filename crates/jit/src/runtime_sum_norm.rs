@@ -43,28 +43,25 @@ impl<T: Scalar> Operand<'_, T> {
     /// `out[j] = term[j]` (`first`) or `out[j] += term[j]` along row `r`.
     fn apply(&self, dims: &[usize], r: usize, out: &mut [T], first: bool) {
         let n = out.len();
-        let put = |o: &mut T, v: T| *o = if first { v } else { *o + v };
-        match *self {
-            Operand::Gather(table, ids) => {
-                // In range: checked by the generated code before the call.
-                let row = ids[r] as usize * n;
-                let src = &table[row..row + n];
-                out.iter_mut().zip(src).for_each(|(o, &v)| put(o, v));
-            }
+        let src = match *self {
+            // In range: checked by the generated code before the call.
+            Operand::Gather(table, ids) => &table[ids[r] as usize * n..][..n],
             Operand::Dense(data, b) => {
                 let base = b.row_offset(dims, r);
-                match b.last {
-                    1 => {
-                        let src = &data[base..base + n];
-                        out.iter_mut().zip(src).for_each(|(o, &v)| put(o, v));
+                if b.last != 1 {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let v = data[base + j * b.last];
+                        *o = if first { v } else { *o + v };
                     }
-                    s => {
-                        for (j, o) in out.iter_mut().enumerate() {
-                            put(o, data[base + j * s]);
-                        }
-                    }
+                    return;
                 }
+                &data[base..base + n]
             }
+        };
+        if first {
+            out.copy_from_slice(src);
+        } else {
+            out.iter_mut().zip(src).for_each(|(o, &v)| *o = *o + v);
         }
     }
 }
