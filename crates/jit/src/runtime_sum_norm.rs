@@ -61,7 +61,7 @@ impl<T: Scalar> Operand<'_, T> {
         if first {
             out.copy_from_slice(src);
         } else {
-            out.iter_mut().zip(src).for_each(|(o, &v)| *o = *o + v);
+            out.iter_mut().zip(src).for_each(|(o, &v)| *o += v);
         }
     }
 }
