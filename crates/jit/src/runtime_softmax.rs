@@ -18,6 +18,11 @@ pub struct Bcast {
 impl Bcast {
     /// Offset of row `r` (row dims `dims`, row-major).
     pub(super) fn row_offset(&self, dims: &[usize], mut r: usize) -> usize {
+        // A scalar (a fill, a zero) or a row broadcast to every row: no
+        // divisions (they were a visible share of the masked softmax rows).
+        if self.rows.iter().all(|&s| s == 0) {
+            return 0;
+        }
         let mut off = 0;
         for d in (0..dims.len()).rev() {
             off += (r % dims[d]) * self.rows[d];
@@ -53,7 +58,7 @@ impl<T: Scalar> Select<'_, T> {
     /// `out[j] = truthy(cond) ? out[j] : other` along row `r`.
     fn apply(&self, dims: &[usize], r: usize, out: &mut [T]) {
         let (c, o) = self.plan;
-        let (cb, ob) = (c.row_offset(dims, r), o.row_offset(dims, r));
+        let cb = c.row_offset(dims, r);
         let n = out.len();
         // The interpreter's truth value: nonzero, NaN included.
         let pick = |keep: T, m: T, alt: T| if m != T::zero() { keep } else { alt };
@@ -65,25 +70,28 @@ impl<T: Scalar> Select<'_, T> {
             // a NaN condition is truthy, and `NaN == 0` is false.
             (0, _) => {
                 if self.cond[cb] == T::zero() {
+                    let ob = o.row_offset(dims, r);
                     for (j, y) in out.iter_mut().enumerate() {
                         *y = self.other[ob + j * o.last];
                     }
                 }
             }
             (1, 0) => {
-                let alt = self.other[ob];
+                let alt = self.other[o.row_offset(dims, r)];
                 let cond = &self.cond[cb..cb + n];
                 out.iter_mut()
                     .zip(cond)
                     .for_each(|(y, &m)| *y = pick(*y, m, alt));
             }
             (1, 1) => {
+                let ob = o.row_offset(dims, r);
                 let (cond, other) = (&self.cond[cb..cb + n], &self.other[ob..ob + n]);
                 out.iter_mut()
                     .zip(cond.iter().zip(other))
                     .for_each(|(y, (&m, &a))| *y = pick(*y, m, a));
             }
             _ => {
+                let ob = o.row_offset(dims, r);
                 for (j, y) in out.iter_mut().enumerate() {
                     *y = pick(*y, self.cond[cb + j * c.last], self.other[ob + j * o.last]);
                 }
