@@ -15,7 +15,7 @@
 
 use crate::lower::gather_matmul::GatherMatMulPlan;
 pub use fused_rows::{Bcast, SoftmaxPlan};
-pub use sum_norm::{SumNormPlan, SumTerm};
+pub use sum_norm::{SumNormPlan, SumTerm, MAX_TERMS as SUM_NORM_MAX_TERMS};
 
 #[path = "runtime_softmax.rs"]
 mod fused_rows;

@@ -4,6 +4,10 @@
 use super::{for_row_blocks, row_stats, Bcast};
 use cranelora_kernels::Scalar;
 
+/// The most terms one call takes (the operands live in a fixed array: a
+/// call allocates nothing).
+pub const MAX_TERMS: usize = 8;
+
 /// How one term of the sum is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SumTerm {
@@ -88,22 +92,18 @@ pub(super) unsafe extern "C" fn run<T: Scalar>(
     let (p, ops, affine, out) = unsafe {
         let p = &*plan;
         let ptr = |i: usize| *ptrs.add(i);
-        let ops: Vec<Operand<'_, T>> = p
-            .terms
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let data = ptr(2 * i).cast::<T>();
-                match t {
-                    SumTerm::Dense(b) => Operand::Dense(std::slice::from_raw_parts(data, b.len), b),
-                    &SumTerm::Gather { table_rows } => {
-                        let ids = std::slice::from_raw_parts(ptr(2 * i + 1).cast::<i64>(), p.rows);
-                        let table = std::slice::from_raw_parts(data, table_rows * p.len);
-                        Operand::Gather(table, ids)
-                    }
+        let mut ops: [Option<Operand<'_, T>>; MAX_TERMS] = Default::default();
+        for ((i, t), op) in p.terms.iter().enumerate().zip(&mut ops) {
+            let data = ptr(2 * i).cast::<T>();
+            *op = Some(match t {
+                SumTerm::Dense(b) => Operand::Dense(std::slice::from_raw_parts(data, b.len), b),
+                &SumTerm::Gather { table_rows } => {
+                    let ids = std::slice::from_raw_parts(ptr(2 * i + 1).cast::<i64>(), p.rows);
+                    let table = std::slice::from_raw_parts(data, table_rows * p.len);
+                    Operand::Gather(table, ids)
                 }
-            })
-            .collect();
+            });
+        }
         let k = 2 * p.terms.len();
         let (g, b) = (ptr(k).cast::<T>(), ptr(k + 1).cast::<T>());
         let affine = (p.affine && !g.is_null()).then(|| {
@@ -119,14 +119,14 @@ pub(super) unsafe extern "C" fn run<T: Scalar>(
             std::slice::from_raw_parts_mut(out, p.rows * p.len),
         )
     };
-    if p.len == 0 || ops.is_empty() {
+    if p.len == 0 || ops[0].is_none() {
         return;
     }
     let (len, eps) = (p.len, T::from_f64_lossy(p.eps));
     // ~12 operations per element (the adds, two reduction passes, the affine map).
     for_row_blocks(out, len, 12, &|first, out| {
         for (i, dst) in out.chunks_exact_mut(len).enumerate() {
-            for (k, op) in ops.iter().enumerate() {
+            for (k, op) in ops.iter().map_while(Option::as_ref).enumerate() {
                 op.apply(&p.row_dims, first + i, dst, k == 0);
             }
             let (mean, rstd) = row_stats(dst, eps);

@@ -37,7 +37,7 @@ use cranelora_graph::{DType, Graph, NodeId, Op};
 use std::collections::{HashMap, HashSet};
 
 /// The most terms one call takes.
-pub const MAX_TERMS: usize = 8;
+pub const MAX_TERMS: usize = crate::runtime::SUM_NORM_MAX_TERMS;
 
 /// One term of the sum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
