@@ -165,10 +165,12 @@ fn match_norm(g: &Graph, n: NodeId) -> Option<FusedSumNorm> {
     })
 }
 
+/// A chain's leaves, each with the Add that reads it.
+type Leaves = Vec<(NodeId, NodeId)>;
+
 /// The Add chain ending in `top` (read only by `reader`): its leaves in
 /// summation order, each with the Add that reads it, and the Adds from the
 /// bottom up; `None` unless `top` is such an Add.
-type Leaves = Vec<(NodeId, NodeId)>;
 fn chain(
     g: &Graph,
     top: NodeId,
