@@ -5,8 +5,8 @@ use crate::jit::Jit;
 use crate::lower::fused::{loop_groups, schedule, LoopGroup, Step};
 use crate::lower::heads::HeadLayouts;
 use crate::lower::linalg::is_inline_product;
-use crate::lower::softmax;
 use crate::lower::{entry_signature, epilogue, Lowerer, Plans};
+use crate::lower::{softmax, sum_norm};
 use crate::memory::{self, MemoryPlan};
 use crate::serve::{AdapterStrategy, LayerChoice};
 use crate::{Error, Result};
@@ -133,6 +133,9 @@ pub struct CompileReport {
     /// Fused softmaxes that overwrite their scores' buffer instead of
     /// writing a buffer of their own (`lower/softmax.rs`).
     pub softmaxes_in_place: usize,
+    /// LayerNorms run with the embedding lookups and adds before them in
+    /// one row pass (`lower/sum_norm.rs`).
+    pub fused_sum_norms: usize,
 }
 
 impl CompileReport {
@@ -202,11 +205,19 @@ pub(crate) fn compile_updating(
         HashMap::new()
     };
     let in_softmax = softmax::members(&softmaxes);
+    // LayerNorms over a sum of embedding lookups (`lower/sum_norm.rs`): the
+    // same, at the norm's step.
+    let norms = if options.passes.fuse {
+        sum_norm::plan(&g, &order)
+    } else {
+        HashMap::new()
+    };
+    let in_norm = sum_norm::members(&norms);
+    let taken: HashSet<NodeId> = in_softmax.union(&in_norm).copied().collect();
     let fusion = report.pass_report.fusion.as_ref();
-    let (groups, mut steps) = fusion_steps(&g, &order, fusion, &in_softmax);
-    steps.retain(
-        |s| !matches!(s, Step::Node(id) if in_softmax.contains(id) && !softmaxes.contains_key(id)),
-    );
+    let (groups, mut steps) = fusion_steps(&g, &order, fusion, &taken);
+    let dest = |id: &NodeId| softmaxes.contains_key(id) || norms.contains_key(id);
+    steps.retain(|s| !matches!(s, Step::Node(id) if taken.contains(id) && !dest(id)));
     // Groups that become GEMM epilogues: their MatMul runs at the group's
     // step, into the group's output. The nodes and groups the call absorbs
     // (the product, a LoRA branch's XA·B and its scaling) lose their steps
@@ -252,7 +263,7 @@ pub(crate) fn compile_updating(
     steps.retain(|s| !matches!(s, Step::Node(id) if merged.contains(id)));
     let mut internal = absorbed.clone();
     internal.extend(heads.merged.keys().copied());
-    internal.extend(in_softmax.iter().filter(|n| !softmaxes.contains_key(n)));
+    internal.extend(taken.iter().filter(|n| !dest(n)));
     for grp in &groups {
         internal.extend(grp.nodes.iter().filter(|n| !grp.outputs.contains(n)));
     }
@@ -260,9 +271,10 @@ pub(crate) fn compile_updating(
     let step_nodes: Vec<Vec<NodeId>> = steps
         .iter()
         .map(|s| match *s {
-            Step::Node(id) => match (heads.merged.get(&id), softmaxes.get(&id)) {
-                (Some(&t), _) => vec![id, t],
-                (_, Some(f)) => f.nodes.clone(),
+            Step::Node(id) => match (heads.merged.get(&id), softmaxes.get(&id), norms.get(&id)) {
+                (Some(&t), _, _) => vec![id, t],
+                (_, Some(f), _) => f.nodes.clone(),
+                (_, _, Some(f)) => f.nodes.clone(),
                 _ => vec![id],
             },
             Step::Group(gi) => {
@@ -277,6 +289,7 @@ pub(crate) fn compile_updating(
     report.matmul_epilogues = epilogues.len();
     report.head_transposes = heads.views.len() + heads.merged.len();
     report.fused_softmaxes = softmaxes.len();
+    report.fused_sum_norms = norms.len();
     // A fused softmax may run in place over scores nothing else reads.
     let reuse: HashMap<NodeId, NodeId> = softmaxes
         .values()
@@ -324,7 +337,7 @@ pub(crate) fn compile_updating(
         &heads,
     );
     lowerer.inline_macs = options.inline_matmul_macs;
-    lowerer.lower_all(&steps, &groups, &epilogues, &softmaxes)?;
+    lowerer.lower_all(&steps, &groups, &epilogues, &softmaxes, &norms)?;
     let dump = options.dump_clif || std::env::var("CRANELORA_DUMP_CLIF").is_ok_and(|v| v == "1");
     if dump {
         let text = jit.ctx.func.display().to_string();

@@ -15,9 +15,12 @@
 
 use crate::lower::gather_matmul::GatherMatMulPlan;
 pub use fused_rows::{Bcast, SoftmaxPlan};
+pub use sum_norm::{SumNormPlan, SumTerm, MAX_TERMS as SUM_NORM_MAX_TERMS};
 
 #[path = "runtime_softmax.rs"]
 mod fused_rows;
+#[path = "runtime_sum_norm.rs"]
+mod sum_norm;
 use cranelora_kernels::gemm::{
     gemm, gemm_batched, ActGradOut, Batch, BatchRhs, Epilogue, EpilogueSpec, LoraTerm, MatMut,
     MatRef, PackedRhs, Rhs, StridedLayout,
@@ -224,6 +227,8 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ),
         ("cranelora_layer_norm_f32", layer_norm::<f32> as *const u8),
         ("cranelora_layer_norm_f64", layer_norm::<f64> as *const u8),
+        ("cranelora_sum_norm_f32", sum_norm::run::<f32> as *const u8),
+        ("cranelora_sum_norm_f64", sum_norm::run::<f64> as *const u8),
         (
             "cranelora_gather_matmul_f32",
             gather_matmul::<f32> as *const u8,
@@ -610,8 +615,7 @@ unsafe extern "C" fn layer_norm<T: Scalar>(
     for_row_blocks(out, len, 10, &|first, out| {
         let x = &x[first * len..first * len + out.len()];
         for (row, dst) in x.chunks_exact(len).zip(out.chunks_exact_mut(len)) {
-            let (mean, var) = reduce::moments(row);
-            let rstd = (var + eps).sqrt().recip();
+            let (mean, rstd) = row_stats(row, eps);
             match affine {
                 Some((g, b)) => {
                     for (((d, &v), &g), &b) in dst.iter_mut().zip(row).zip(g).zip(b) {
@@ -625,6 +629,14 @@ unsafe extern "C" fn layer_norm<T: Scalar>(
             }
         }
     });
+}
+
+/// A LayerNorm row's mean and `1/√(var + eps)` (biased variance, from
+/// [`reduce::moments`]); shared with the fused sum + norm
+/// (`runtime_sum_norm.rs`), which then applies the same expression in place.
+fn row_stats<T: Scalar>(row: &[T], eps: T) -> (T, T) {
+    let (mean, var) = reduce::moments(row);
+    (mean, (var + eps).sqrt().recip())
 }
 
 /// `out[r] = x[r]·w[ids[r]]` (crate::lower::gather_matmul).

@@ -17,7 +17,12 @@ pub struct Bcast {
 
 impl Bcast {
     /// Offset of row `r` (row dims `dims`, row-major).
-    fn row_offset(&self, dims: &[usize], mut r: usize) -> usize {
+    pub(super) fn row_offset(&self, dims: &[usize], mut r: usize) -> usize {
+        // A scalar (a fill, a zero) or a row broadcast to every row: no
+        // divisions (they were a visible share of the masked softmax rows).
+        if self.rows.iter().all(|&s| s == 0) {
+            return 0;
+        }
         let mut off = 0;
         for d in (0..dims.len()).rev() {
             off += (r % dims[d]) * self.rows[d];
@@ -53,7 +58,7 @@ impl<T: Scalar> Select<'_, T> {
     /// `out[j] = truthy(cond) ? out[j] : other` along row `r`.
     fn apply(&self, dims: &[usize], r: usize, out: &mut [T]) {
         let (c, o) = self.plan;
-        let (cb, ob) = (c.row_offset(dims, r), o.row_offset(dims, r));
+        let cb = c.row_offset(dims, r);
         let n = out.len();
         // The interpreter's truth value: nonzero, NaN included.
         let pick = |keep: T, m: T, alt: T| if m != T::zero() { keep } else { alt };
@@ -65,25 +70,28 @@ impl<T: Scalar> Select<'_, T> {
             // a NaN condition is truthy, and `NaN == 0` is false.
             (0, _) => {
                 if self.cond[cb] == T::zero() {
+                    let ob = o.row_offset(dims, r);
                     for (j, y) in out.iter_mut().enumerate() {
                         *y = self.other[ob + j * o.last];
                     }
                 }
             }
             (1, 0) => {
-                let alt = self.other[ob];
+                let alt = self.other[o.row_offset(dims, r)];
                 let cond = &self.cond[cb..cb + n];
                 out.iter_mut()
                     .zip(cond)
                     .for_each(|(y, &m)| *y = pick(*y, m, alt));
             }
             (1, 1) => {
+                let ob = o.row_offset(dims, r);
                 let (cond, other) = (&self.cond[cb..cb + n], &self.other[ob..ob + n]);
                 out.iter_mut()
                     .zip(cond.iter().zip(other))
                     .for_each(|(y, (&m, &a))| *y = pick(*y, m, a));
             }
             _ => {
+                let ob = o.row_offset(dims, r);
                 for (j, y) in out.iter_mut().enumerate() {
                     *y = pick(*y, self.cond[cb + j * c.last], self.other[ob + j * o.last]);
                 }
@@ -103,6 +111,20 @@ pub(super) struct Operands<'a, T> {
 /// Row `r` of the plan into `out`.
 fn row<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T]) {
     // The masked-out entries are computed too, then replaced by the fill.
+    if !scale_and_mask(p, ops, r, out) {
+        scale(p, ops, r, out);
+        if let (Some((cond, other)), Some(plan)) = (ops.mask, &p.mask) {
+            Select { cond, other, plan }.apply(&p.row_dims, r, out);
+        }
+    }
+    normalize_row(out);
+    if let (Some((cond, other)), Some(plan)) = (ops.post, &p.post) {
+        Select { cond, other, plan }.apply(&p.row_dims, r, out);
+    }
+}
+
+/// `out = scale·x` (or `x`) along row `r`.
+fn scale<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T]) {
     match (ops.x, p.scale) {
         (Some(x), s) => {
             let x = &x[r * p.len..(r + 1) * p.len];
@@ -120,13 +142,49 @@ fn row<T: Scalar>(p: &SoftmaxPlan, ops: &Operands<'_, T>, r: usize, out: &mut [T
         }
         (None, None) => {}
     }
-    if let (Some((cond, other)), Some(plan)) = (ops.mask, &p.mask) {
-        Select { cond, other, plan }.apply(&p.row_dims, r, out);
+}
+
+/// Attention's usual first pass in one sweep instead of two: `out[j] =
+/// cond[j] ≠ 0 ? scale·x[j] : fill` for a condition contiguous along the
+/// row (a padding mask over the keys) and one fill per row; the same
+/// product and the same pick as [`scale`] then [`Select::apply`]. Returns
+/// false (nothing written) for any other layout.
+fn scale_and_mask<T: Scalar>(
+    p: &SoftmaxPlan,
+    ops: &Operands<'_, T>,
+    r: usize,
+    out: &mut [T],
+) -> bool {
+    let (Some((cond, other)), Some((c, o))) = (ops.mask, &p.mask) else {
+        return false;
+    };
+    if (c.last, o.last) != (1, 0) {
+        return false;
     }
-    normalize_row(out);
-    if let (Some((cond, other)), Some(plan)) = (ops.post, &p.post) {
-        Select { cond, other, plan }.apply(&p.row_dims, r, out);
+    let (cb, ob) = (c.row_offset(&p.row_dims, r), o.row_offset(&p.row_dims, r));
+    let (cond, fill, n) = (&cond[cb..cb + out.len()], other[ob], out.len());
+    let s = p.scale.map_or(T::one(), T::from_f64_lossy);
+    // The interpreter's truth value: nonzero, NaN included.
+    let pick = |keep: T, m: T| if m != T::zero() { keep } else { fill };
+    match (ops.x, p.scale) {
+        (Some(x), Some(_)) => out
+            .iter_mut()
+            .zip(cond.iter().zip(&x[r * n..(r + 1) * n]))
+            .for_each(|(y, (&m, &v))| *y = pick(v * s, m)),
+        (Some(x), None) => out
+            .iter_mut()
+            .zip(cond.iter().zip(&x[r * n..(r + 1) * n]))
+            .for_each(|(y, (&m, &v))| *y = pick(v, m)),
+        (None, Some(_)) => out
+            .iter_mut()
+            .zip(cond)
+            .for_each(|(y, &m)| *y = pick(*y * s, m)),
+        (None, None) => out
+            .iter_mut()
+            .zip(cond)
+            .for_each(|(y, &m)| *y = pick(*y, m)),
     }
+    true
 }
 
 /// Every row of the plan, split over the pool's threads when large.

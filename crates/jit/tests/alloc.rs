@@ -83,7 +83,7 @@ fn a_training_step_allocates_nothing() {
 
 fn run_into_allocates_nothing() {
     // A graph with a GEMM (workspace from the arena), a kernel call, a
-    // reduction, a gather and data movement.
+    // reduction, a gather summed and normalized, and data movement.
     let mut g = Graph::new();
     let x = g.input("x", [16, 40], DType::F32);
     let w = g.parameter("w", [40, 24], DType::F32);
@@ -99,6 +99,8 @@ fn run_into_allocates_nothing() {
         .push(cranelora_graph::Op::Gather, &[table, ids])
         .expect("gather");
     let y = g.add(y, e).expect("add");
+    // A LayerNorm over the lookup's sum: one fused helper call (sum_norm).
+    let y = g.layer_norm(y, None, 1, 1e-5).expect("norm");
     let y = g.softmax(y, 1).expect("softmax");
     let t = g.transpose(y, &[1, 0]).expect("t");
     let s = g
@@ -107,6 +109,7 @@ fn run_into_allocates_nothing() {
     g.set_outputs(&[y, s]).expect("outputs");
 
     let c = compile(&g, &JitOptions::default()).expect("compile");
+    assert_eq!(c.report().fused_sum_norms, 1);
     let mut b = Bindings::new();
     b.insert(
         "w",

@@ -216,8 +216,8 @@ fn transposes_with_other_readers_are_copied() {
     }
 }
 
-/// The softmax row pass with a scale only, a mask only, a mask with a
-/// non-scalar fill, and a select after it alone; every pattern against the
+/// The softmax row pass with a scale only, a scaled mask, a scaled mask with
+/// a non-scalar fill, a select after it alone, and a mask with no scale; every pattern against the
 /// interpreter, NaN and infinities in the scores included.
 #[test]
 fn softmax_patterns_match_the_interpreter() {
@@ -225,7 +225,7 @@ fn softmax_patterns_match_the_interpreter() {
     for d in [DType::F32, DType::F64] {
         // Scores from an input (a buffer of their own) or computed (an
         // arena buffer the softmax overwrites in place).
-        for (case, computed) in (0..4).flat_map(|c| [(c, false), (c, true)]) {
+        for (case, computed) in (0..5).flat_map(|c| [(c, false), (c, true)]) {
             let mut g = Graph::new();
             let x = g.input("x", dims.to_vec(), d);
             let x = if computed { g.exp(x).expect("exp") } else { x };
@@ -247,10 +247,14 @@ fn softmax_patterns_match_the_interpreter() {
                     let sc = g.scale(x, 2.0).expect("scale");
                     g.select(cond, sc, filler).expect("mask")
                 }
-                _ => x,
+                3 => x,
+                _ => {
+                    let filler = g.scalar(-7.0, d).expect("fill");
+                    g.select(cond, x, filler).expect("mask")
+                }
             };
             let p = g.softmax(s, 2).expect("softmax");
-            let y = if case >= 2 {
+            let y = if case == 2 || case == 3 {
                 let rows = g.input("rows", vec![2, 3, 1], d);
                 ins.push(data(&[2, 3, 1], d, 13, true));
                 g.select(rows, p, fill).expect("post")

@@ -247,3 +247,178 @@ fn explicit_broadcasts_fuse_as_strided_reads() {
         }
     }
 }
+
+/// A BERT embedding block: `LayerNorm(word[ids] + type[types] + pos)`, the
+/// word table `[11, dm]`, types `[2, dm]`, positions `[s, dm]` broadcast over
+/// the batch; `swap` puts each chain operand second (`pos + (…)`).
+fn embedding_block(
+    d: DType,
+    (b, s, dm): (usize, usize, usize),
+    swap: bool,
+    affine: bool,
+) -> (Graph, Vec<TensorData>) {
+    let mut g = Graph::new();
+    let word = g.input("word", vec![11, dm], d);
+    let types = g.input("types", vec![2, dm], d);
+    let pos = g.input("pos", vec![s, dm], d);
+    let ids = g.input("ids", vec![b, s], DType::I64);
+    let tids = g.input("tids", vec![b, s], DType::I64);
+    let w = g
+        .push(cranelora_graph::Op::Gather, &[word, ids])
+        .expect("word");
+    let t = g
+        .push(cranelora_graph::Op::Gather, &[types, tids])
+        .expect("type");
+    let add = |g: &mut Graph, x: NodeId, y: NodeId| if swap { g.add(y, x) } else { g.add(x, y) };
+    let e = add(&mut g, w, t).expect("w + t");
+    let e = add(&mut g, e, pos).expect("+ pos");
+    let mut ins = vec![
+        data(&[11, dm], d, 31, true),
+        data(&[2, dm], d, 32, false),
+        data(&[s, dm], d, 33, false),
+        TensorData::i64([b, s], (0..b * s).map(|i| (i * 7 % 11) as i64).collect()).expect("ids"),
+        TensorData::i64([b, s], (0..b * s).map(|i| (i % 3 % 2) as i64).collect()).expect("types"),
+    ];
+    let gb = affine.then(|| {
+        ins.push(data(&[dm], d, 34, false));
+        ins.push(data(&[dm], d, 35, false));
+        (g.input("gamma", vec![dm], d), g.input("beta", vec![dm], d))
+    });
+    let y = g.layer_norm(e, gb, 2, 1e-12).expect("norm");
+    g.set_outputs(&[y]).expect("y");
+    (g, ins)
+}
+
+/// The embedding block runs as one sum + norm pass (`lower/sum_norm.rs`):
+/// bit for bit the unfused gathers, adds and LayerNorm, and close to the
+/// interpreter, for either operand order, with and without γ and β, row
+/// widths below, at and above a vector, NaN and infinities in the table.
+#[test]
+fn embedding_sum_and_norm_fuse_and_match_unfused() {
+    for d in FLOATS {
+        for dims in [(1, 1, 1), (2, 5, 7), (3, 4, 16), (2, 9, 33)] {
+            for (swap, affine) in [(false, true), (true, true), (false, false)] {
+                let (g, ins) = embedding_block(d, dims, swap, affine);
+                let (fused, unfused) = check(&g, &ins);
+                let what = format!("{d} {dims:?} swap {swap} affine {affine}");
+                assert_eq!(fused.report().fused_sum_norms, 1, "{what}");
+                assert_eq!(unfused.report().fused_sum_norms, 0, "{what}");
+                // No buffers for the two gathered copies and the sums.
+                let bytes = |c: &CompiledGraph| c.report().memory.arena_bytes;
+                assert!(bytes(&fused) < bytes(&unfused), "{what}");
+            }
+        }
+    }
+}
+
+/// An id outside the table is the Gather's error, fused or not.
+#[test]
+fn embedding_ids_out_of_range_are_the_gathers_error() {
+    for bad in [11, -1] {
+        let (g, mut ins) = embedding_block(DType::F32, (2, 3, 8), false, true);
+        let mut ids = ins[3]
+            .to_f64_vec()
+            .iter()
+            .map(|&x| x as i64)
+            .collect::<Vec<_>>();
+        ids[4] = bad;
+        ins[3] = TensorData::i64([2, 3], ids).expect("ids");
+        let errors: Vec<String> = [true, false]
+            .map(|fuse| {
+                compiled(&g, fuse)
+                    .run(&ins, &Bindings::new())
+                    .expect_err("bad id")
+                    .to_string()
+            })
+            .into();
+        assert_eq!(errors[0], errors[1]);
+        assert!(
+            errors[0].contains(&format!("id {bad} is outside 0..11")),
+            "{}",
+            errors[0]
+        );
+    }
+}
+
+/// Not fused (and still right): a sum with no lookup (a residual add stays
+/// with its product's epilogue), more terms than one call takes; fused: a
+/// lookup that is also a graph output (read as a plain term), a `[b, s, 1]`
+/// term broadcast along the row.
+#[test]
+fn sum_norms_need_a_sole_gather_and_a_plain_chain() {
+    for d in FLOATS {
+        let (b, s, dm) = (2, 3, 8);
+        let norm = |g: &mut Graph, x: NodeId| {
+            let y = g.layer_norm(x, None, 2, 1e-5).expect("norm");
+            g.set_outputs(&[y]).expect("y");
+        };
+        let table = |g: &mut Graph| g.input("table", vec![5, dm], d);
+        let ids = TensorData::i64([b, s], vec![0, 4, 2, 1, 3, 0]).expect("ids");
+        // x + y, no lookup.
+        let mut g = Graph::new();
+        let (x, y) = (
+            g.input("x", vec![b, s, dm], d),
+            g.input("y", vec![b, s, dm], d),
+        );
+        let e = g.add(x, y).expect("sum");
+        norm(&mut g, e);
+        let ins = [
+            data(&[b, s, dm], d, 1, false),
+            data(&[b, s, dm], d, 2, false),
+        ];
+        assert_eq!(check(&g, &ins).0.report().fused_sum_norms, 0);
+        // Two lookups, the first an output too (read from its buffer as a
+        // plain term, the second absorbed); then nine lookups (too many).
+        // Distinct ids per lookup, or CSE makes them one.
+        for terms in [2, 9] {
+            let mut g = Graph::new();
+            let t = table(&mut g);
+            let mut ins = vec![data(&[5, dm], d, 3, false)];
+            let rows: Vec<NodeId> = (0..terms)
+                .map(|k| {
+                    let i = g.input(&format!("ids{k}"), vec![b, s], DType::I64);
+                    let v = (0..b * s).map(|j| ((j + k) % 5) as i64).collect();
+                    ins.push(TensorData::i64([b, s], v).expect("ids"));
+                    g.push(cranelora_graph::Op::Gather, &[t, i])
+                        .expect("gather")
+                })
+                .collect();
+            let e = rows[1..]
+                .iter()
+                .fold(rows[0], |acc, &r| g.add(acc, r).expect("sum"));
+            let y = g.layer_norm(e, None, 2, 1e-5).expect("norm");
+            let outs = if terms == 2 {
+                vec![y, rows[0]]
+            } else {
+                vec![y]
+            };
+            g.set_outputs(&outs).expect("outs");
+            let fused = usize::from(terms == 2);
+            assert_eq!(
+                check(&g, &ins).0.report().fused_sum_norms,
+                fused,
+                "{d} {terms} terms"
+            );
+        }
+        // gather + x with x [b, s, 1]: the Add broadcasts, its shape is the
+        // norm's; a [b, s, 1] term read through a stride-0 last axis is fused.
+        let mut g = Graph::new();
+        let (t, i) = (table(&mut g), g.input("ids", vec![b, s], DType::I64));
+        let r = g
+            .push(cranelora_graph::Op::Gather, &[t, i])
+            .expect("gather");
+        let col = g.input("col", vec![b, s, 1], d);
+        let e = g.add(r, col).expect("sum");
+        norm(&mut g, e);
+        let ins = [
+            data(&[5, dm], d, 4, false),
+            ids.clone(),
+            data(&[b, s, 1], d, 5, false),
+        ];
+        assert_eq!(
+            check(&g, &ins).0.report().fused_sum_norms,
+            1,
+            "{d} column term"
+        );
+    }
+}

@@ -38,6 +38,23 @@ fn checked_id(l: &mut Lowerer<'_>, node: NodeId, ids: Value, s: Value, rows: usi
     id
 }
 
+/// Checks every id of `ids` (the Gather `node`'s) against `rows`, leaving
+/// the function with the Gather's error on the first one out of range; for
+/// code that then reads the table rows itself (`sum_norm.rs`).
+pub(crate) fn checked_ids(
+    l: &mut Lowerer<'_>,
+    node: NodeId,
+    ids: NodeId,
+    rows: usize,
+) -> Result<()> {
+    let count = l.node_of(ids).shape.numel();
+    let ip = l.addr(ids);
+    l.counted_loop(count as i64, &mut |l, s| {
+        checked_id(l, node, ip, s, rows);
+        Ok(())
+    })
+}
+
 /// Row pointer `base + row·d·size`.
 fn row_ptr(l: &mut Lowerer<'_>, base: Value, row: Value, d: usize, size: usize) -> Value {
     let off = l.b.ins().imul_imm_s(row, (d * size) as i64);

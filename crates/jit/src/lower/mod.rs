@@ -19,6 +19,7 @@
 //! | `heads.rs` | attention heads split/merged in place: Transposes read or written through strides by the products |
 //! | `rows.rs` | Softmax, LayerNorm (runtime row kernels) |
 //! | `softmax.rs` | attention's scale → mask select → softmax → row select as one row pass |
+//! | `sum_norm.rs` | a LayerNorm over a sum of embedding lookups (BERT's embedding block) as one row pass |
 //! | `gather_matmul.rs` | GatherMatMul (grouped runtime GEMM, checked ids) |
 //!
 //! The function's signature is the ABI of [`crate::compiled`]:
@@ -38,6 +39,7 @@ pub(crate) mod reduce;
 pub(crate) mod rows;
 pub(crate) mod small_matmul;
 pub(crate) mod softmax;
+pub(crate) mod sum_norm;
 
 use crate::memory::{is_view, Loc};
 use crate::runtime::{ConvPlan, MatMulPlan, RowPlan, SoftmaxPlan};
@@ -64,6 +66,7 @@ pub struct Plans {
     pub(crate) conv: Vec<Box<ConvPlan>>,
     pub(crate) rows: Vec<Box<RowPlan>>,
     pub(crate) softmax: Vec<Box<SoftmaxPlan>>,
+    pub(crate) sum_norm: Vec<Box<crate::runtime::SumNormPlan>>,
     pub(crate) gather_matmul: Vec<Box<gather_matmul::GatherMatMulPlan>>,
     /// Parameters (indices into the sorted Parameters) that products read
     /// as a 2-D right operand, in slot order: the caller passes each one's
@@ -183,12 +186,14 @@ impl<'a> Lowerer<'a> {
         groups: &[LoopGroup],
         epilogues: &HashMap<usize, epilogue::EpilogueGroup>,
         softmaxes: &HashMap<NodeId, softmax::FusedSoftmax>,
+        norms: &HashMap<NodeId, sum_norm::FusedSumNorm>,
     ) -> Result<()> {
         for step in steps {
             match *step {
-                Step::Node(id) => match softmaxes.get(&id) {
-                    Some(f) => softmax::lower(&mut self, f)?,
-                    None => self.node(id)?,
+                Step::Node(id) => match (softmaxes.get(&id), norms.get(&id)) {
+                    (Some(f), _) => softmax::lower(&mut self, f)?,
+                    (_, Some(f)) => sum_norm::lower(&mut self, f)?,
+                    _ => self.node(id)?,
                 },
                 Step::Group(gi) => match epilogues.get(&gi) {
                     Some(e) => linalg::matmul_with_epilogue(&mut self, e.matmul, &e.operands)?,

@@ -171,7 +171,7 @@ pub fn may_run_in_place(g: &Graph, f: &FusedSoftmax) -> bool {
 
 /// How operand `id` is read over the rows of `dims`: the strides of the
 /// row dims and of the last axis (0 where it is broadcast).
-fn bcast(g: &Graph, id: NodeId, dims: &[usize]) -> Bcast {
+pub(crate) fn bcast(g: &Graph, id: NodeId, dims: &[usize]) -> Bcast {
     let own = g.node(id).expect("internal: live node").shape.dims();
     let strides = contiguous_strides(own);
     let lead = dims.len() - own.len();
