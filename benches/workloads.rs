@@ -9,7 +9,8 @@
 //! rustc-baseline), `W3` (all five modes; interp is ~0.4 s per call, so the
 //! group uses flat sampling with 10 samples), `W4` (eager, interp, jit: one
 //! SGD step), `W5` (W3's export + passes + JIT compile, jit and jit-folded).
-//! Filter with e.g. `cargo bench --bench workloads -- W2`.
+//! Filter with e.g. `cargo bench --features benches --bench workloads -- W2`
+//! (criterion is an optional dependency behind the `benches` feature).
 
 use cranelora::bench::{
     compile_once, eager_expected, forward_runner, train_runner, Mode, Runner, Workload,

@@ -11,7 +11,7 @@ use cranelora::graph::TensorData;
 use cranelora::kernels::Scalar;
 use cranelora::serving::{adapter_of, ServingConfig};
 
-mod serve_support;
+use crate::serve_support;
 use serve_support::*;
 
 /// The adapter kinds the JIT serves, each with a distinct rank ≤ 8.

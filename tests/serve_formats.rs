@@ -11,7 +11,7 @@ use cranelora::core::testing::assert_close;
 use cranelora::core::{Activation, Layer, Rng, Tensor};
 use cranelora::serving::{adapter_of, compile_server, ServingConfig};
 
-mod serve_support;
+use crate::serve_support;
 use serve_support::*;
 
 /// The PEFT fixture `linear_basic` (fc1 Linear(16,32) → ReLU → fc2

@@ -14,7 +14,7 @@ use cranelora::jit::Error;
 use cranelora::serving::{adapter_of, ServingConfig};
 use std::sync::Arc;
 
-mod serve_support;
+use crate::serve_support;
 use serve_support::*;
 
 #[test]

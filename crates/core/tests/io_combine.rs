@@ -1,7 +1,7 @@
 //! Weighted combination of adapters (PEFT's `add_weighted_adapter`): `cat`
 //! is exact, `linear` follows PEFT's square-root formula.
 
-mod io_common;
+use crate::io_common;
 
 use cranelora_core::io::{
     apply_peft_adapter, combine_adapters, extract_peft_adapter, Combination, PeftAdapter,

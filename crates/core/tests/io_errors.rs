@@ -1,7 +1,7 @@
 //! Every mismatch between a file and a model is an error that names the
 //! file, the key and the shapes, and leaves the model unchanged.
 
-mod io_common;
+use crate::io_common;
 
 use cranelora_core::io::{
     load_peft_adapter, load_safetensors, read_safetensors, save_peft_adapter, save_safetensors,

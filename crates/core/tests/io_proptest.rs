@@ -4,7 +4,7 @@
 //! CI size and is raised with `CRANELORA_PROPTEST_CASES`; each test prints
 //! how many inputs it tried (`--nocapture`).
 
-mod io_common;
+use crate::io_common;
 
 use cranelora_core::io::{
     parse_safetensors, save_peft_adapter, PeftConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS,

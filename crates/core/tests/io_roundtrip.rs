@@ -3,7 +3,7 @@
 //! LoRA bias, conv, embedding, rank and alpha patterns, trained biases), and
 //! the names, shapes and config fields as PEFT writes them.
 
-mod io_common;
+use crate::io_common;
 
 use cranelora_core::io::{
     load_peft_adapter, load_safetensors, read_peft_adapter, read_safetensors, save_peft_adapter,

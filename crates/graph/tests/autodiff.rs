@@ -2,7 +2,7 @@
 //! differences in f64 run by the interpreter; accumulation over several
 //! consumers; StopGradient and comparisons; pruning; names and errors.
 
-mod common;
+use crate::common;
 
 use common::{f64s, i64s, Rng};
 use cranelora_graph::{

@@ -2,7 +2,7 @@
 //! `y = gelu(x·W + b + s·(x·A)·B)`. Run with `BLESS=1` to rewrite the files
 //! under `tests/golden/` after an intended change.
 
-mod common;
+use crate::common;
 
 use common::{check, f32s, Rng};
 use cranelora_graph::{dump, interpret, to_dot, Bindings, DType, Graph, TensorData};

@@ -1,7 +1,7 @@
 //! The interpreter on elementwise ops: hand-computed values, broadcasting,
 //! NaN rules, masks, casts, in f32 and f64.
 
-mod common;
+use crate::common;
 
 use common::{as_dtype, check, f32s, f64s, i64s, run};
 use cranelora_graph::{DType, Graph, NodeId, Op, Result};

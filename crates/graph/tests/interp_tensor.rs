@@ -2,7 +2,7 @@
 //! gather / scatter-add and convolutions, against hand-computed values or
 //! direct loops, in f32 and f64; and its run-time errors.
 
-mod common;
+use crate::common;
 
 use common::{as_dtype, check, dot, f32s, f64s, i64s, run, try_run, Rng};
 use cranelora_graph::{

@@ -4,7 +4,7 @@
 //! folding (f64: 1e-10, f32: 1e-4) and scale merging (1e-15 in f64) — plus
 //! the pass manager's pipeline, report, verification and idempotence.
 
-mod common;
+use crate::common;
 
 use common::{f32s, f64s, i64s, Rng};
 use cranelora_graph::passes::{

@@ -20,7 +20,7 @@
 //! Cases: `CRANELORA_PROPTEST_CASES` (default 64); the random seed is fixed
 //! so CI is reproducible, and `CRANELORA_PROPTEST_SEED` (a u64) picks another.
 
-mod common;
+use crate::common;
 
 use common::Rng;
 use cranelora_graph::passes::{

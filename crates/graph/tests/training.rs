@@ -2,7 +2,7 @@
 //! computations: SGD on a LoRA dense layer with MSE, Adam and AdamW over
 //! two steps, cross-entropy, and the Parameter selection.
 
-mod common;
+use crate::common;
 
 use common::{f64s, i64s, Rng};
 use cranelora_graph::training::{

@@ -4,7 +4,7 @@
 //! (computed here by a naive loop) gives the interpreter's result on the
 //! unmerged Serving export.
 
-mod common;
+use crate::common;
 
 use common::assert_same;
 use cranelora_core::export::{bindings_for, export_model, input_specs, input_values};
@@ -309,7 +309,7 @@ fn the_move_cost_is_measured() {
 }
 
 /// W1's shapes (1024×1024, rank 16, 64 rows, f32), 200 calls each, three runs:
-/// `cargo test -p cranelora-jit --test adapter_strategy -- --ignored --nocapture`
+/// `cargo test -p cranelora-jit --test integration adapter_strategy:: -- --ignored --nocapture`
 /// (docs/jit.md, "Merged or unmerged", records the results).
 #[test]
 #[ignore = "a measurement; run by hand"]

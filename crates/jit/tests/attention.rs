@@ -5,7 +5,7 @@
 //! pass off, in f32 and f64, on odd shapes; the report says the paths were
 //! taken.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, check, data};
 use cranelora_graph::{interpret, Bindings, DType, Graph, NodeId, ReduceKind, TensorData};

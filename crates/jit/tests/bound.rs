@@ -5,7 +5,7 @@
 //! a remove, a clone or a switch to other bindings — shows up as a wrong
 //! value or a missing error.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, data};
 use cranelora_graph::{interpret, DType, Graph, TensorData};

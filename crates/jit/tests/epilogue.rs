@@ -5,7 +5,7 @@
 //! across the kernels' blocks and threading threshold; and that other
 //! groups stay loops.
 
-mod common;
+use crate::common;
 
 use common::{apply, assert_same, data, Act, ACTS};
 use cranelora_graph::{interpret, DType, Graph, TensorData};

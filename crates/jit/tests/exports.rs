@@ -2,7 +2,7 @@
 //! DoRA, LoRA bias), in every export mode, LoRA folding on and off: JIT
 //! against the interpreter (f64, 1e-12).
 
-mod common;
+use crate::common;
 
 use common::assert_same;
 use cranelora_core::export::{bindings_for, export_model, input_specs, input_values};

@@ -4,7 +4,7 @@
 //! Also the vector row reductions that fused chains feed (reduce.rs):
 //! within their documented reassociation bound.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, data};
 use cranelora_graph::{interpret, DType, Graph, NodeId, ReduceKind, TensorData};

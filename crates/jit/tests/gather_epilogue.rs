@@ -12,7 +12,7 @@
 //! scattered ids, rows without adapter (id −1), fewer rows than the
 //! microkernel pass needs, sizes the GEMM threads, and bad ids as errors.
 
-mod common;
+use crate::common;
 
 use common::{apply, check, data, no_passes, Act};
 use cranelora_graph::{interpret, Bindings, DType, Graph, TensorData};

@@ -4,7 +4,7 @@
 //! weights), bad ids as errors from both, and the vector-Jacobian product
 //! against central finite differences.
 
-mod common;
+use crate::common;
 
 use common::{check, data};
 use cranelora_graph::autodiff::grad;

@@ -1,7 +1,7 @@
 //! Golden CLIF: the lowered function of a few small graphs, compared with
 //! the files under `tests/golden/`. A change to the lowering that changes
 //! the code shows up here as a diff; `BLESS=1 cargo test -p cranelora-jit
-//! --test golden` rewrites the files after review.
+//! --test integration golden::` rewrites the files after review.
 //!
 //! Addresses embedded as immediates (constants, runtime plans) differ from
 //! run to run and are replaced by `<addr>`. Cranelift's verifier runs on

@@ -4,7 +4,7 @@
 //! the checks before a step, and publishing a trainer's parameters to
 //! concurrent inference through `SharedBindings`.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, data};
 use cranelora_graph::{interpret, DType, Graph, ReduceKind, TensorData};

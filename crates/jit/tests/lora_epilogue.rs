@@ -7,7 +7,7 @@
 //! 2-D and batched activations; the compile report counts the fused groups,
 //! and a LoRA intermediate with another reader is not fused.
 
-mod common;
+use crate::common;
 
 use common::{apply, assert_same, data, Act, ACTS};
 use cranelora_graph::{interpret, DType, Graph, NodeId, TensorData};

@@ -2,7 +2,7 @@
 //! (Serving export, adapters as Parameters, LoRA folding off) and
 //! "jit-folded" (Inference export, everything Constant, LoRA folding on).
 
-mod common;
+use crate::common;
 
 use common::assert_same;
 use cranelora_core::export::{
@@ -57,7 +57,7 @@ fn jit_and_jit_folded_match_interp_and_eager_on_a_lora_mlp() {
 
 /// W1 of WORKLOADS.md (4 × dense 1024→1024, GELU tanh after the first 3,
 /// LoRA rank 16 on all, batch 64): compile time per phase and time per call.
-/// `cargo test --release -p cranelora-jit --test lora_mlp -- --ignored --nocapture`
+/// `cargo test --release -p cranelora-jit --test integration lora_mlp:: -- --ignored --nocapture`
 #[test]
 #[ignore = "timing; run by hand in release"]
 fn w1_compile_and_run_times() {

@@ -2,7 +2,7 @@
 //! defined), over shapes with sizes not divisible by 4, size 1, scalars and
 //! broadcasting corners.
 
-mod common;
+use crate::common;
 
 use common::{check, data, positive};
 use cranelora_graph::{Bindings, Conv2dParams, DType, Graph, Op, ReduceKind, TensorData};

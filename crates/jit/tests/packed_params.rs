@@ -3,7 +3,7 @@
 //! packing W on every call, with the interpreter's results; a binding
 //! replaced or removed never leaves a stale packed copy behind.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, data};
 use cranelora_graph::{interpret, DType, Graph, TensorData};

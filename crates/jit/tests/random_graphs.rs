@@ -10,7 +10,7 @@
 //! Cases: 300 by default, `CRANELORA_PROPTEST_CASES=n` (or proptest's own
 //! `PROPTEST_CASES=n`) to change.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, data};
 use cranelora_graph::{

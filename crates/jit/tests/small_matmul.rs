@@ -10,7 +10,7 @@
 //! rounding), against the product computed in f64; a reordering bug or a
 //! wrong element is far outside it.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, data};
 use cranelora_core::export::{

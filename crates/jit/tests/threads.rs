@@ -1,7 +1,7 @@
 //! Concurrency and the checks made before entering native code (the
 //! compile/drop cycles are in `code_memory.rs`, a process of their own).
 
-mod common;
+use crate::common;
 
 use common::data;
 use cranelora_graph::{DType, Graph, Op, TensorData};

@@ -4,7 +4,7 @@
 //! variants (rsLoRA, DoRA, LoRA bias), f32 and f64, against the
 //! interpreter step after step.
 
-mod common;
+use crate::common;
 
 use common::trainer_matches_interp;
 use cranelora_core::export::{bindings_for, export_model, input_specs, input_values};
@@ -189,7 +189,7 @@ fn a_w4_like_step_stores_every_update_in_place() {
 /// SGD): `Trainer::step` (in place) against the functional step the bench
 /// runs today (`run_into`, then every new value re-inserted as a binding),
 /// interleaved in one process; prints the medians and their ratio.
-/// `cargo test -p cranelora-jit --test train_models -- --ignored --nocapture`
+/// `cargo test -p cranelora-jit --test integration train_models:: -- --ignored --nocapture`
 #[test]
 #[ignore = "timing"]
 fn trainer_step_against_the_functional_step() {

@@ -3,7 +3,7 @@
 //! [`Trainer`] (new values stored into the Parameter buffers) gives the
 //! interpreter's loss, parameters and optimizer state, step after step.
 
-mod common;
+use crate::common;
 
 use common::{assert_same, data, trainer_matches_interp};
 use cranelora_graph::training::{training_step, Adam, Loss, Optimizer, Trainable, TrainingStep};

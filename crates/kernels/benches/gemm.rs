@@ -5,7 +5,7 @@
 //! (2·m·n·k), so criterion's "elem/s" reads as FLOP/s.
 //!
 //! ```text
-//! cargo bench -p cranelora-kernels --bench gemm -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p cranelora-kernels --features benches --bench gemm -- --warm-up-time 1 --measurement-time 3
 //! ```
 
 use cranelora_kernels::gemm::{gemm, workspace_len, MatMut, MatRef, PackedRhs, Rhs};
