@@ -78,7 +78,7 @@ pub enum Mode {
     JitFolded,
     /// Eager forward of the merged plain model.
     MergedEager,
-    /// W2 written by hand in Rust with constant shapes ([`baseline`]).
+    /// W2 written by hand in Rust with constant shapes ([`baseline`](super::baseline)).
     RustcBaseline,
 }
 
