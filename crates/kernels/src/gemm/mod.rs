@@ -34,6 +34,7 @@ mod driver;
 mod epilogue;
 #[cfg(test)]
 mod epilogue_tests;
+mod huge;
 mod kernel;
 mod layout;
 mod pack;
@@ -89,6 +90,7 @@ impl<T: Scalar> PackedRhs<T> {
         if k > 0 && n > 0 {
             pack::pack_b(b, 0..k, 0..n, nr, &mut data[off..off + len]);
         }
+        huge::collapse(&data[off..off + len]);
         Self {
             k,
             n,
@@ -101,11 +103,22 @@ impl<T: Scalar> PackedRhs<T> {
     }
 
     /// A zeroed buffer with `len` elements starting on a 64-byte boundary
-    /// at the returned offset.
+    /// at the returned offset; from [`huge::HUGE_PAGE`] bytes on, on a
+    /// huge-page boundary, its whole huge pages advised as such (see
+    /// [`huge`]).
     fn aligned_buffer(len: usize) -> (Vec<T>, usize) {
-        let slack = 64 / std::mem::size_of::<T>();
+        let elem = std::mem::size_of::<T>();
+        let align = if len * elem >= huge::HUGE_PAGE {
+            huge::HUGE_PAGE
+        } else {
+            64
+        };
+        let slack = align / elem;
         let data = vec![T::zero(); len + slack];
-        let off = data.as_ptr().align_offset(64).min(slack);
+        let off = data.as_ptr().align_offset(align).min(slack);
+        if align == huge::HUGE_PAGE {
+            huge::advise(&data[off..off + len]);
+        }
         (data, off)
     }
 
@@ -136,6 +149,7 @@ impl<T: Scalar> Clone for PackedRhs<T> {
     fn clone(&self) -> Self {
         let (mut data, off) = Self::aligned_buffer(self.len);
         data[off..off + self.len].copy_from_slice(self.panels());
+        huge::collapse(&data[off..off + self.len]);
         Self { data, off, ..*self }
     }
 }
