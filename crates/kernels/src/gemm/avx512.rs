@@ -116,44 +116,26 @@ unsafe impl Lanes for __m512d {
     }
 }
 
-/// An f32 tile of `M` rows and `NV` vectors.
+/// An f32 tile of `M` rows and `NV` vectors, packed `A` rows `LDA` apart
+/// ([`LDA32`], or [`LDA32_DEEP`] in the deep family).
 ///
 /// # Safety
 /// AVX-512F must be available, and `t` must satisfy [`tile`]'s contract.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_f32<const M: usize, const NV: usize>(t: &Tile<f32>) {
+unsafe fn tile_f32<const LDA: usize, const M: usize, const NV: usize>(t: &Tile<f32>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { tile::<__m512, LDA32, M, NV>(t) }
+    unsafe { tile::<__m512, LDA, M, NV>(t) }
 }
 
-/// An f64 tile of `M` rows and `NV` vectors.
+/// An f64 tile of `M` rows and `NV` vectors, packed `A` rows `LDA` apart
+/// ([`LDA64`], or [`LDA64_DEEP`] in the deep family).
 ///
 /// # Safety
 /// AVX-512F must be available, and `t` must satisfy [`tile`]'s contract.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_f64<const M: usize, const NV: usize>(t: &Tile<f64>) {
+unsafe fn tile_f64<const LDA: usize, const M: usize, const NV: usize>(t: &Tile<f64>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { tile::<__m512d, LDA64, M, NV>(t) }
-}
-
-/// An f32 tile of the deep family.
-///
-/// # Safety
-/// As [`tile_f32`].
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_f32_deep<const M: usize, const NV: usize>(t: &Tile<f32>) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { tile::<__m512, LDA32_DEEP, M, NV>(t) }
-}
-
-/// An f64 tile of the deep family.
-///
-/// # Safety
-/// As [`tile_f64`].
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_f64_deep<const M: usize, const NV: usize>(t: &Tile<f64>) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { tile::<__m512d, LDA64_DEEP, M, NV>(t) }
+    unsafe { tile::<__m512d, LDA, M, NV>(t) }
 }
 
 /// The f32 family.
@@ -167,9 +149,9 @@ pub(super) static F32: Family<f32> = Family {
         nc: 1024,
         pf: PF,
     },
-    tiles: tile_table!(tile_f32, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
+    tiles: tile_table!(tile_f32<LDA32>, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 16,
-    narrow: tile_table!(tile_f32, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    narrow: tile_table!(tile_f32<LDA32>, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
     deep: Some(&F32_DEEP),
 };
 
@@ -180,9 +162,9 @@ pub(super) static F32_DEEP: Family<f32> = Family {
         lda: LDA32_DEEP,
         ..F32.blocking
     },
-    tiles: tile_table!(tile_f32_deep, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
+    tiles: tile_table!(tile_f32<LDA32_DEEP>, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 16,
-    narrow: tile_table!(tile_f32_deep, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    narrow: tile_table!(tile_f32<LDA32_DEEP>, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
     deep: None,
 };
 
@@ -197,9 +179,9 @@ pub(super) static F64: Family<f64> = Family {
         nc: 512,
         pf: PF,
     },
-    tiles: tile_table!(tile_f64, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
+    tiles: tile_table!(tile_f64<LDA64>, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 8,
-    narrow: tile_table!(tile_f64, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    narrow: tile_table!(tile_f64<LDA64>, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
     deep: Some(&F64_DEEP),
 };
 
@@ -210,8 +192,8 @@ pub(super) static F64_DEEP: Family<f64> = Family {
         lda: LDA64_DEEP,
         ..F64.blocking
     },
-    tiles: tile_table!(tile_f64_deep, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
+    tiles: tile_table!(tile_f64<LDA64_DEEP>, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
     narrow_width: 8,
-    narrow: tile_table!(tile_f64_deep, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+    narrow: tile_table!(tile_f64<LDA64_DEEP>, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
     deep: None,
 };

@@ -199,10 +199,15 @@ unsafe fn store_partial<V: Lanes, const M: usize, const NV: usize>(
     }
 }
 
-/// Builds the table `[k::<1, NV>, …, k::<MR, NV>]` of a family's microkernels.
+/// Builds the table `[k::<1, NV>, …, k::<MR, NV>]` of a family's microkernels
+/// (`k<P>`: `[k::<P, 1, NV>, …]`, a leading const parameter such as the
+/// packed-`A` row stride).
 macro_rules! tile_table {
     ($f:ident, $nv:literal; $($m:literal)*) => {
         &[$($f::<$m, $nv> as $crate::gemm::kernel::TileFn<_>),*]
+    };
+    ($f:ident<$pre:ident>, $nv:literal; $($m:literal)*) => {
+        &[$($f::<$pre, $m, $nv> as $crate::gemm::kernel::TileFn<_>),*]
     };
 }
 pub(super) use tile_table;

@@ -103,12 +103,12 @@ impl<E> Family<E> {
     /// in L2.
     pub(crate) fn for_product(&self, m: usize, k: usize, b_packed: bool) -> &Family<E> {
         match self.deep {
-            Some(d) if b_packed && m <= self.blocking.mc && k > self.blocking.kc => {
-                if k <= d.blocking.kc {
-                    d
-                } else {
-                    self
-                }
+            Some(d)
+                if b_packed
+                    && m <= self.blocking.mc
+                    && (self.blocking.kc + 1..=d.blocking.kc).contains(&k) =>
+            {
+                d
             }
             _ => self,
         }
